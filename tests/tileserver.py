@@ -83,7 +83,7 @@ class TileServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 parsed = urlparse(self.path)
                 query = parse_qs(parsed.query)
                 if server.token is not None and query.get("access_token", [None])[0] != server.token:

@@ -31,7 +31,8 @@ def _read_dataset(ds: gdal.Dataset, what: str) -> np.ndarray:
     for i in range(1, ds.RasterCount + 1):
         band = ds.GetRasterBand(i)
         if band.DataType != gdal.GDT_Byte:
-            raise ImageError(f"{what} is not an 8-bit image (band {i} is {gdal.GetDataTypeName(band.DataType)})")
+            kind = gdal.GetDataTypeName(band.DataType)
+            raise ImageError(f"{what} is not an 8-bit image (band {i} is {kind})")
         if band.GetColorTable() is not None and ds.RasterCount == 1:
             # Palette PNG: expand to RGB(A) so callers see colours, not indices.
             table = band.GetColorTable()
@@ -113,8 +114,8 @@ def write_png(path: str | os.PathLike[str], pixels: np.ndarray) -> None:
         mem.GetRasterBand(i + 1).WriteArray(arr[..., i])
     with atomic_path(path, suffix=".png") as tmp:
         out = gdal.GetDriverByName("PNG").CreateCopy(str(tmp), mem, options=["ZLEVEL=6"])
-        out = None
-    mem = None
+        del out  # closing the dataset flushes the file before the rename
+    del mem
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
@@ -126,8 +127,7 @@ def encode_png(pixels: np.ndarray) -> bytes:
     for i in range(bands):
         mem.GetRasterBand(i + 1).WriteArray(arr[..., i])
     out = gdal.GetDriverByName("PNG").CreateCopy(name, mem)
-    out = None
-    mem = None
+    del out, mem
     try:
         f = gdal.VSIFOpenL(name, "rb")
         gdal.VSIFSeekL(f, 0, 2)

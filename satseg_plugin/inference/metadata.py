@@ -25,9 +25,22 @@ DEFAULT_OVERLAP_PERCENT = 25
 
 #: Display colours for classes that come without one (index 0 is background).
 DEFAULT_PALETTE: tuple[str, ...] = (
-    "#000000", "#e31a1c", "#1f78b4", "#33a02c", "#ff7f00", "#6a3d9a",
-    "#b15928", "#a6cee3", "#b2df8a", "#fb9a99", "#fdbf6f", "#cab2d6",
-    "#ffff99", "#8dd3c7", "#bebada", "#80b1d3",
+    "#000000",
+    "#e31a1c",
+    "#1f78b4",
+    "#33a02c",
+    "#ff7f00",
+    "#6a3d9a",
+    "#b15928",
+    "#a6cee3",
+    "#b2df8a",
+    "#fb9a99",
+    "#fdbf6f",
+    "#cab2d6",
+    "#ffff99",
+    "#8dd3c7",
+    "#bebada",
+    "#80b1d3",
 )
 
 
@@ -177,8 +190,17 @@ def parse_metadata(
         raise ModelError("the model's 'standardization_std' has a zero")
     zoom = _number(props, "zoom", int, None)
     known = {
-        "model_type", "class_names", "class_colors", "resolution", "tile_size", "tiles_size",
-        "tiles_overlap", "standardization_mean", "standardization_std", "zoom", "satseg_schema",
+        "model_type",
+        "class_names",
+        "class_colors",
+        "resolution",
+        "tile_size",
+        "tiles_size",
+        "tiles_overlap",
+        "standardization_mean",
+        "standardization_std",
+        "zoom",
+        "satseg_schema",
     }
     return ModelMetadata(
         class_names=names,
