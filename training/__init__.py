@@ -1,0 +1,1 @@
+"""satseg training toolkit: dataset builder, SegNet training, validation, export."""
