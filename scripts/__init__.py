@@ -1,0 +1,1 @@
+"""Project scripts: plugin packaging and the end-to-end demo."""

@@ -1,0 +1,57 @@
+"""End to end: the plugin zip installed in a fresh profile of the real QGIS desktop."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from qgis_gui import make_profile, run_qgis, xvfb
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(scope="session")
+def plugin_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The zip exactly as scripts/build_plugin.py makes it for users."""
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_plugin.py"), "--out", str(out)], check=True)
+    return next(out.glob("satseg_plugin-*.zip"))
+
+
+def test_zip_installs_loads_and_segment_extent_is_clickable(
+    plugin_zip: Path, tmp_path: Path, artifacts_dir: Path
+) -> None:
+    profiles = make_profile(tmp_path, plugin_zip)
+    shot = artifacts_dir / "gui_plugin_loaded.png"
+    body = f"""
+    from qgis.PyQt.QtWidgets import QAction, QApplication, QToolBar
+    result["loaded"] = "satseg_plugin" in qgis.utils.active_plugins
+    plugin = qgis.utils.plugins.get("satseg_plugin")
+    result["plugin_file"] = sys.modules["satseg_plugin"].__file__ if "satseg_plugin" in sys.modules else None
+    win = iface.mainWindow()
+    actions = [a for a in win.findChildren(QAction) if a.text() == "Segment extent"]
+    result["actions"] = len(actions)
+    menu_texts = [a.text() for a in iface.pluginMenu().actions()]
+    result["menu"] = menu_texts
+    bars = [b for b in win.findChildren(QToolBar) if b.objectName() == "satsegToolbar"]
+    result["toolbar_actions"] = [a.text() for b in bars for a in b.actions()]
+    plugin.segment_action.trigger()
+    QApplication.processEvents()
+    dialogs = [w for w in QApplication.topLevelWidgets() if w.objectName() == "satsegSegmentDialog"]
+    result["dialog_visible"] = any(d.isVisible() for d in dialogs)
+    QApplication.processEvents()
+    result["screenshot_saved"] = win.screen().grabWindow(0).save({str(shot)!r})
+    """
+    with xvfb() as display:
+        result = run_qgis(body, profiles, display, tmp_path)
+    assert "error" not in result, result["error"]
+    assert result["loaded"]
+    assert result["plugin_file"].startswith(str(profiles))  # the installed zip, not the checkout
+    assert result["actions"] >= 1
+    assert "&satseg" in result["menu"]
+    assert "Segment extent" in result["toolbar_actions"]
+    assert result["dialog_visible"]
+    assert result["screenshot_saved"] and shot.stat().st_size > 10_000
