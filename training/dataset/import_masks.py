@@ -1,0 +1,344 @@
+"""Import image + RGB mask pairs (datasets labelled pixel by pixel) as training tiles.
+
+Source layout (``SRC``)::
+
+    SRC/SCENE/images/X.jpg     the image (JPEG, PNG, TIFF: anything GDAL reads, RGB)
+    SRC/SCENE/masks/X.png      its mask, same size, one colour per class (palette PNGs are fine)
+
+``SCENE`` may be nested (``SRC/a/b/images/X.jpg`` is scene ``a_b``); ``SRC`` itself
+may be the scene (``SRC/images``, ``SRC/masks``). An image without a mask, or a
+mask of another size, is listed in ``skipped.csv`` and left out.
+
+Colour map (``--colors``), a JSON object::
+
+    {
+      "classes": [
+        {"name": "background", "mask_color": [], "color": "#000000"},
+        {"name": "building", "mask_color": "#3C1098", "color": "#e31a1c"},
+        ...
+      ],
+      "ignore_colors": ["#9B9B9B", "#000000"]
+    }
+
+``classes[i]`` becomes class index ``i``. ``mask_color`` is one ``#rrggbb`` or a
+list of them (the colours in the masks that mean this class); ``color`` is the
+display colour (default: ``metadata.default_color``). Index 0 is always
+``background``: when the first class is named otherwise, a background class with
+no mask colour is put in front. ``ignore_colors`` (e.g. "unlabeled") and every
+colour the map does not name become the ignore label 255, never background.
+
+Output (the dataset layout of docs/design.md): ``images/<id>.png``,
+``labels/color/<id>.png`` (every byte = class index, 255 = ignore),
+``sample.txt``, ``sample-filtered.txt`` (tiles with at least ``--min-labelled``
+labelled pixels), ``scenes.csv``, ``skipped.csv`` and ``manifest.json``
+(``kind`` "masks"). Tile ids are ``<scene>-<part>-<row>-<col>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from satseg_plugin.inference.atomic import write_text_atomic
+from satseg_plugin.inference.errors import ConfigError, SatsegError
+from satseg_plugin.inference.imageio import ImageError, read_image, to_rgb, write_png
+from satseg_plugin.inference.metadata import default_color, parse_hex_color
+from satseg_plugin.inference.progress import ProgressBar
+
+IGNORE_INDEX = 255
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class ColorMap:
+    """Class names, display colours and the lookup from packed mask colour to class index."""
+
+    names: list[str]
+    colors: list[str]
+    lookup: dict[int, int]  # 0xRRGGBB -> class index or IGNORE_INDEX
+
+
+def _pack(rgb: np.ndarray) -> np.ndarray:
+    """Pack ``(..., 3)`` uint8 colours into ``0xRRGGBB`` int32 values."""
+    c = rgb.astype(np.int32)
+    return (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]
+
+
+def _color_value(value: object, where: str) -> int:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: a colour must be a '#rrggbb' string, not {value!r}")
+    try:
+        r, g, b = parse_hex_color(value)
+    except ValueError:
+        raise ConfigError(f"{where}: {value!r} is not a '#rrggbb' colour") from None
+    return (r << 16) | (g << 8) | b
+
+
+def load_color_map(path: str | Path) -> ColorMap:
+    """Read and check a colour map file (format in the module docstring).
+
+    Raises ``ConfigError`` naming the file and the entry for anything malformed:
+    missing names, bad colours, a mask colour claimed by two classes.
+    """
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"colour map not found: {p}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"colour map {p} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("classes"), list) or not doc["classes"]:
+        raise ConfigError(f"colour map {p} needs a non-empty 'classes' list")
+    entries = list(doc["classes"])
+    first = entries[0]
+    if not (isinstance(first, dict) and str(first.get("name", "")).lower() == "background"):
+        entries.insert(0, {"name": "background", "mask_color": [], "color": "#000000"})
+    if len(entries) > IGNORE_INDEX:
+        raise ConfigError(f"colour map {p} has {len(entries)} classes; at most {IGNORE_INDEX} fit a byte")
+    names: list[str] = []
+    colors: list[str] = []
+    lookup: dict[int, int] = {}
+    for i, entry in enumerate(entries):
+        where = f"{p}, class {i}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
+            raise ConfigError(f"{where}: every class needs a 'name'")
+        name = entry["name"]
+        where = f"{p}, class {i} ({name})"
+        if name in names:
+            raise ConfigError(f"{where}: the class name is used twice")
+        mask = entry.get("mask_color", [])
+        mask_list = [mask] if isinstance(mask, str) else mask
+        if not isinstance(mask_list, list):
+            raise ConfigError(f"{where}: 'mask_color' must be a colour or a list of colours")
+        for m in mask_list:
+            value = _color_value(m, where)
+            if value in lookup:
+                raise ConfigError(f"{where}: mask colour {m} is already class {lookup[value]}")
+            lookup[value] = i
+        display = entry.get("color", default_color(i))
+        _color_value(display, where)
+        names.append(name)
+        colors.append(display.lower())
+    ignore = doc.get("ignore_colors", [])
+    if not isinstance(ignore, list):
+        raise ConfigError(f"{p}: 'ignore_colors' must be a list of colours")
+    for m in ignore:
+        value = _color_value(m, f"{p}, ignore_colors")
+        if value in lookup:
+            raise ConfigError(f"{p}: ignore colour {m} is also class {lookup[value]}")
+        lookup[value] = IGNORE_INDEX
+    return ColorMap(names, colors, lookup)
+
+
+def mask_to_labels(mask_rgb: np.ndarray, cmap: ColorMap) -> tuple[np.ndarray, Counter[int]]:
+    """Map an ``(H, W, 3)`` mask to class indices; unknown colours become 255.
+
+    Returns the ``(H, W)`` uint8 labels and a count of the unknown colours
+    (packed ``0xRRGGBB``) so the caller can report them.
+    """
+    packed = _pack(mask_rgb)
+    values, inverse = np.unique(packed, return_inverse=True)
+    mapped = np.array([cmap.lookup.get(int(v), IGNORE_INDEX) for v in values], np.uint8)
+    unknown = Counter(
+        {
+            int(v): int(n)
+            for v, n in zip(values, np.bincount(inverse.ravel()), strict=False)
+            if int(v) not in cmap.lookup
+        }
+    )
+    return mapped[inverse].reshape(packed.shape), unknown
+
+
+def tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Offsets of windows of ``tile`` every ``stride`` covering ``length`` pixels.
+
+    The last window is moved back to end at the edge, so every pixel is in a
+    tile and no tile is padded (unless ``length < tile``: one window at 0).
+    """
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] + tile < length:
+        starts.append(length - tile)
+    return starts
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_") or "x"
+
+
+def find_pairs(src: Path) -> tuple[list[tuple[str, str, Path, Path | None]], list[str]]:
+    """Find ``(scene, part, image, mask or None)`` under ``src``, sorted, and the scene names."""
+    pairs = []
+    for images_dir in sorted(p for p in [src, *src.rglob("*")] if p.is_dir() and p.name == "images"):
+        scene_dir = images_dir.parent
+        rel = scene_dir.relative_to(src).parts if scene_dir != src else (src.resolve().name,)
+        scene = _safe("_".join(rel))
+        masks_dir = scene_dir / "masks"
+        for image in sorted(images_dir.iterdir()):
+            if image.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            mask = masks_dir / f"{image.stem}.png"
+            pairs.append((scene, _safe(image.stem), image, mask if mask.is_file() else None))
+    return pairs, sorted({s for s, *_ in pairs})
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``import-masks`` options to ``parser``."""
+    parser.description = (
+        "Cut image + RGB mask pairs into training tiles in the satseg dataset layout. "
+        "SRC holds SCENE/images/X.jpg with SCENE/masks/X.png (same name, .png; any image format GDAL "
+        "reads; palette PNG masks are fine). Each SCENE is kept apart in scenes.csv so the validation "
+        "split never mixes tiles of one scene. Mask colours the colour map does not name, and its "
+        "'ignore_colors', become the ignore label 255."
+    )
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("Colour map (``--colors``), a JSON object::", 1)[1].split("Output", 1)[0]
+    parser.epilog = "colour map format (--colors):" + parser.epilog
+    parser.add_argument("src", type=Path, metavar="SRC", help="folder of scenes (SCENE/images, SCENE/masks)")
+    parser.add_argument(
+        "--colors", type=Path, required=True, metavar="JSON",
+        help="colour map: mask colours to classes (e.g. training/classes/dubai.json)",
+    )  # fmt: skip
+    parser.add_argument("--out", type=Path, required=True, help="dataset folder to write (e.g. data/)")
+    parser.add_argument("--tile", type=int, default=256, help="tile size in pixels (default: 256)")
+    parser.add_argument(
+        "--stride", type=int, default=None,
+        help="step between tiles in pixels; less than --tile overlaps them (default: --tile)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--scenes", default=None, metavar="A,B",
+        help="import only these scenes, comma-separated (default: all)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--min-labelled", type=int, default=1, metavar="N",
+        help="a tile goes to sample-filtered.txt when it has at least N labelled pixels (default: 1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--resolution-cm", type=float, default=None,
+        help="ground resolution in cm/px, recorded in the manifest (default: unknown)",
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    """Import the pairs under ``args.src``; return 0. Raises ``SatsegError`` on bad input."""
+    src: Path = args.src
+    tile: int = args.tile
+    stride: int = args.stride if args.stride is not None else tile
+    if tile < 32:
+        raise SatsegError(f"--tile must be at least 32 pixels, not {tile}")
+    if not 0 < stride <= tile:
+        raise SatsegError(f"--stride must be between 1 and --tile ({tile}), not {stride}")
+    if not src.is_dir():
+        raise SatsegError(f"source folder not found: {src}")
+    cmap = load_color_map(args.colors)
+    pairs, scenes = find_pairs(src)
+    if args.scenes:
+        wanted = [s.strip() for s in args.scenes.split(",") if s.strip()]
+        missing = sorted(set(wanted) - set(scenes))
+        if missing:
+            raise SatsegError(f"scene(s) {', '.join(missing)} not in {src} (it has: {', '.join(scenes)})")
+        pairs = [p for p in pairs if p[0] in wanted]
+    if not pairs:
+        raise SatsegError(f"no SCENE/images/*.jpg with SCENE/masks/*.png found under {src}")
+
+    out: Path = args.out
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "labels" / "color").mkdir(parents=True, exist_ok=True)
+    n = len(cmap.names)
+    pixels = np.zeros(n, np.int64)
+    ignored = 0
+    unknown: Counter[int] = Counter()
+    ids: list[str] = []
+    filtered: list[str] = []
+    scene_rows: list[str] = []
+    skipped: list[str] = []
+    with ProgressBar(len(pairs), "import-masks") as bar:
+        for scene, part, image_path, mask_path in pairs:
+            try:
+                if mask_path is None:
+                    skipped.append(
+                        f"{scene}-{part},no mask {image_path.stem}.png in {image_path.parent.parent}/masks"
+                    )
+                    continue
+                try:
+                    image, _ = to_rgb(read_image(image_path))
+                    mask, _ = to_rgb(read_image(mask_path))
+                except ImageError as exc:
+                    skipped.append(f"{scene}-{part},{str(exc).replace(',', ';')}")
+                    continue
+                if image.shape[:2] != mask.shape[:2]:
+                    skipped.append(
+                        f"{scene}-{part},image {image.shape[1]}x{image.shape[0]} and mask "
+                        f"{mask.shape[1]}x{mask.shape[0]} differ in size"
+                    )
+                    continue
+                labels, unk = mask_to_labels(mask, cmap)
+                unknown.update(unk)
+                h, w = labels.shape
+                for r, y in enumerate(tile_starts(h, tile, stride)):
+                    for c, x in enumerate(tile_starts(w, tile, stride)):
+                        img_t = np.zeros((tile, tile, 3), np.uint8)
+                        lab_t = np.full((tile, tile), IGNORE_INDEX, np.uint8)  # padding is unlabelled
+                        win_i = image[y : y + tile, x : x + tile]
+                        img_t[: win_i.shape[0], : win_i.shape[1]] = win_i
+                        lab_t[: win_i.shape[0], : win_i.shape[1]] = labels[y : y + tile, x : x + tile]
+                        tile_id = f"{scene}-{part}-{r}-{c}"
+                        write_png(out / "images" / f"{tile_id}.png", img_t)
+                        write_png(
+                            out / "labels" / "color" / f"{tile_id}.png", np.repeat(lab_t[..., None], 3, 2)
+                        )
+                        counts = np.bincount(lab_t.ravel(), minlength=256)
+                        pixels += counts[:n]
+                        ignored += int(counts[IGNORE_INDEX])
+                        ids.append(tile_id)
+                        scene_rows.append(f"{tile_id},{scene}")
+                        if int(counts[:n].sum()) >= args.min_labelled:
+                            filtered.append(tile_id)
+
+            finally:
+                bar.update()  # after the work, so the rate is right
+
+    if not ids:
+        raise SatsegError(f"no tiles could be made from {src}; see the reasons in {out / 'skipped.csv'}")
+    write_text_atomic(out / "skipped.csv", "id,reason\n" + "".join(f"{s}\n" for s in skipped))
+    write_text_atomic(out / "sample.txt", "".join(f"{i}\n" for i in ids))
+    write_text_atomic(out / "sample-filtered.txt", "".join(f"{i}\n" for i in filtered))
+    write_text_atomic(out / "scenes.csv", "id,scene\n" + "".join(f"{r}\n" for r in scene_rows))
+    used_scenes = sorted({s for s, *_ in pairs})
+    manifest = {
+        "schema": 1,
+        "kind": "masks",
+        "classes": [{"name": nm, "color": col} for nm, col in zip(cmap.names, cmap.colors, strict=False)],
+        "ignore_index": IGNORE_INDEX,
+        "tile_size": tile,
+        "stride": stride,
+        "zoom": None,
+        "resolution_cm": args.resolution_cm,
+        "source": str(src.resolve()),
+        "colors_file": str(Path(args.colors).resolve()),
+        "scenes": used_scenes,
+        "tiles": len(ids),
+        "tiles_filtered": len(filtered),
+        "skipped": len(skipped),
+        "pixels_per_class": {nm: int(v) for nm, v in zip(cmap.names, pixels, strict=False)},
+        "ignored_pixels": ignored,
+        "unknown_colors": {f"#{v:06X}": k for v, k in unknown.most_common(20)},
+    }
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    print(f"{len(ids)} tiles from {len(pairs) - len(skipped)} images in {len(used_scenes)} scenes -> {out}")
+    for nm, v in zip(cmap.names, pixels, strict=False):
+        print(f"  {nm:<20} {int(v):>12} px")
+    print(f"  {'(ignored)':<20} {ignored:>12} px")
+    if unknown:
+        listed = ", ".join(f"#{v:06X} ({k} px)" for v, k in unknown.most_common(5))
+        print(f"warning: colours not in the colour map were set to ignore: {listed}")
+    if skipped:
+        print(f"warning: {len(skipped)} image(s) skipped, see {out / 'skipped.csv'}")
+    return 0
