@@ -14,6 +14,7 @@ that a resumed download fetches only what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -167,10 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     oam, plain = oam_provider(*args.folders), folder_provider(*args.folders)
     with TileServer(lambda z, x, y: oam(z, x, y) or plain(z, x, y), port=args.port) as server:
         print(f"serving {', '.join(map(str, args.folders))} at {server.template} (Ctrl-C stops)", flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
     return 0
 
 
