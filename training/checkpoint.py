@@ -1,0 +1,87 @@
+"""Save and load SegNet checkpoints (``runs/NAME/best.pt``, ``last.pt``).
+
+A checkpoint is a dict of plain types (docs/design.md), so
+``torch.load(path, weights_only=True)`` reads it without unpickling code:
+``state_dict``, ``class_names``, ``class_colors``, ``width``, ``tile_size``,
+``zoom``, ``resolution_cm``, ``mean``, ``std``, ``epoch``, ``best_miou``; training
+adds ``optimizer``, ``scheduler`` (in ``last.pt``) and ``seed``,
+``val_fraction``, ``data`` (the dataset folder) so validate and export find the
+same split.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from satseg_plugin.inference.atomic import atomic_path
+from satseg_plugin.inference.errors import ModelError
+
+from .model import SegNet
+
+REQUIRED_KEYS = ("state_dict", "class_names", "class_colors", "width")
+
+
+def save_checkpoint(path: str | os.PathLike[str], checkpoint: dict[str, Any]) -> None:
+    """Write ``checkpoint`` to ``path`` atomically (a temporary file, then a rename)."""
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True`` and check its keys.
+
+    Raises ``ModelError`` when the file is missing, corrupt or truncated, not a
+    torch file, or lacks the keys of a satseg checkpoint.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"weights file not found: {p}")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"cannot read weights {p}: the file is corrupt or not a torch checkpoint ({first})"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise ModelError(f"{p} is not a satseg checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise ModelError(f"{p} is not a satseg checkpoint: it lacks {', '.join(missing)}")
+    if len(ckpt["class_names"]) != len(ckpt["class_colors"]):
+        raise ModelError(f"{p}: class_names and class_colors differ in length")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], where: str = "checkpoint") -> SegNet:
+    """Build the SegNet of ``ckpt`` and load its weights (eval mode, CPU).
+
+    Raises ``ModelError`` when the weights do not fit the network the
+    checkpoint describes, e.g. a classifier for another number of classes.
+    """
+    names = list(ckpt["class_names"])
+    state = ckpt["state_dict"]
+    head = state.get("classifier.weight") if isinstance(state, dict) else None
+    if head is None:
+        raise ModelError(f"{where} has no SegNet weights (no 'classifier.weight' in its state_dict)")
+    if head.shape[0] != len(names):
+        raise ModelError(
+            f"{where} has weights for {head.shape[0]} classes but names {len(names)} "
+            f"({', '.join(names)}); the weights do not belong to these classes"
+        )
+    net = SegNet(len(names), float(ckpt["width"]))
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise ModelError(
+            f"{where} does not fit a SegNet of width {ckpt['width']} with {len(names)} classes: {detail}"
+        ) from None
+    return net.eval()

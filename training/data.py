@@ -1,0 +1,266 @@
+"""The training side of the dataset folder: HDF5 cache, scene-aware split, torch Dataset.
+
+``load_dataset(data_dir)`` reads ``manifest.json`` and the sample list
+(``sample-filtered.txt``, else ``sample.txt``; ids whose image and label both
+exist) and caches the tiles in ``data/training.hdf5``:
+
+* ``images`` uint8 ``[N, S, S, 3]`` (RGB), ``labels`` uint8 ``[N, S, S]`` (class
+  index, 255 = ignore), one chunk per tile, gzip-compressed;
+* ``ids`` (the tile ids) and the attribute ``sample_hash``: a SHA-256 of the id
+  list and tile size. A changed sample list rebuilds the cache.
+
+``split_indices`` makes the seeded validation split, keeping the scenes of
+``scenes.csv`` apart (XYZ ids without scenes are grouped by their 8x8-tile
+block at zoom - 3, so neighbouring tiles stay on one side).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from satseg_plugin.inference.atomic import atomic_path
+from satseg_plugin.inference.errors import SatsegError
+from satseg_plugin.inference.imageio import read_image, to_rgb
+from satseg_plugin.inference.metadata import MEAN, STD
+from satseg_plugin.inference.progress import ProgressBar
+
+IGNORE_INDEX = 255
+CACHE_NAME = "training.hdf5"
+
+
+class DatasetError(SatsegError):
+    """The dataset folder is missing, incomplete or inconsistent."""
+
+
+@dataclass
+class TileDataset:
+    """The tiles of a dataset folder, cached in HDF5, with their classes and scenes."""
+
+    root: Path
+    cache: Path
+    ids: list[str]
+    groups: list[str]  # scene (or block) of each id, for the split
+    class_names: list[str]
+    class_colors: list[str]
+    tile_size: int
+    zoom: int | None
+    resolution_cm: float | None
+
+
+def read_manifest(data_dir: Path) -> dict:
+    """Return the parsed ``manifest.json`` of ``data_dir``; ``DatasetError`` if unusable."""
+    path = data_dir / "manifest.json"
+    if not data_dir.is_dir():
+        raise DatasetError(f"dataset folder not found: {data_dir}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(
+            f"{data_dir} has no manifest.json: build it with python -m training.dataset"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read {path}: {exc}") from None
+    classes = manifest.get("classes")
+    if (
+        not isinstance(classes, list)
+        or not classes
+        or not all(isinstance(c, dict) and "name" in c for c in classes)
+    ):
+        raise DatasetError(f"{path} has no usable 'classes' list")
+    return manifest
+
+
+def _sample_ids(data_dir: Path) -> list[str]:
+    for name in ("sample-filtered.txt", "sample.txt"):
+        path = data_dir / name
+        if path.is_file():
+            ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            return [
+                i
+                for i in ids
+                if (data_dir / "images" / f"{i}.png").is_file()
+                and (data_dir / "labels" / "color" / f"{i}.png").is_file()
+            ]
+    raise DatasetError(f"{data_dir} has neither sample-filtered.txt nor sample.txt")
+
+
+def _groups(data_dir: Path, ids: list[str]) -> list[str]:
+    scenes: dict[str, str] = {}
+    path = data_dir / "scenes.csv"
+    if path.is_file():
+        with path.open(newline="", encoding="utf-8") as f:
+            scenes = {row["id"]: row["scene"] for row in csv.DictReader(f) if row.get("id")}
+    out = []
+    for i in ids:
+        if i in scenes:
+            out.append(scenes[i])
+            continue
+        m = re.fullmatch(r"(\d+)-(\d+)-(\d+)", i)
+        if m:  # XYZ tile: its block of 8x8 tiles, so neighbours share a side of the split
+            z, x, y = (int(v) for v in m.groups())
+            out.append(f"{z}-{x >> 3}-{y >> 3}")
+        else:
+            out.append(i)
+    return out
+
+
+def sample_hash(ids: list[str], tile_size: int) -> str:
+    """The cache key: SHA-256 of the tile size and the id list."""
+    h = hashlib.sha256(f"{tile_size}\n".encode())
+    for i in ids:
+        h.update(i.encode() + b"\n")
+    return h.hexdigest()
+
+
+def _build_cache(data_dir: Path, cache: Path, ids: list[str], size: int, key: str) -> None:
+    with atomic_path(cache) as tmp, h5py.File(tmp, "w") as f:
+        images = f.create_dataset(
+            "images", (len(ids), size, size, 3), np.uint8, chunks=(1, size, size, 3), compression="gzip",
+            compression_opts=1, shuffle=True,
+        )  # fmt: skip
+        labels = f.create_dataset(
+            "labels", (len(ids), size, size), np.uint8, chunks=(1, size, size), compression="gzip",
+            compression_opts=1,
+        )  # fmt: skip
+        f.create_dataset("ids", data=np.array(ids, dtype=h5py.string_dtype()))
+        f.attrs["sample_hash"] = key
+        with ProgressBar(len(ids), "caching tiles") as bar:
+            for n, i in enumerate(ids):
+                img, _ = to_rgb(read_image(data_dir / "images" / f"{i}.png"))
+                lab = read_image(data_dir / "labels" / "color" / f"{i}.png")[..., 0]
+                if img.shape[:2] != (size, size) or lab.shape != (size, size):
+                    raise DatasetError(
+                        f"tile {i} is {img.shape[1]}x{img.shape[0]} (label {lab.shape[1]}x{lab.shape[0]}), "
+                        f"not the manifest's {size}x{size}"
+                    )
+                images[n] = img
+                labels[n] = lab
+                bar.update()
+
+
+def load_dataset(data_dir: str | Path, rebuild: bool = False) -> TileDataset:
+    """Open the dataset at ``data_dir``, building or refreshing its HDF5 cache.
+
+    Raises ``DatasetError`` when the folder, manifest or sample list is missing
+    or empty, or a tile has the wrong size.
+    """
+    root = Path(data_dir)
+    manifest = read_manifest(root)
+    ids = _sample_ids(root)
+    if not ids:
+        raise DatasetError(f"{root} lists no tile whose image and label both exist")
+    size = int(manifest.get("tile_size") or 256)
+    names = [str(c["name"]) for c in manifest["classes"]]
+    colors = [str(c.get("color", "#000000")) for c in manifest["classes"]]
+    cache = root / CACHE_NAME
+    key = sample_hash(ids, size)
+    fresh = False
+    if cache.is_file() and not rebuild:
+        try:
+            with h5py.File(cache, "r") as f:
+                fresh = f.attrs.get("sample_hash") == key
+        except OSError:
+            fresh = False  # a damaged cache is rebuilt
+    if not fresh:
+        _build_cache(root, cache, ids, size, key)
+    res = manifest.get("resolution_cm")
+    return TileDataset(
+        root=root,
+        cache=cache,
+        ids=ids,
+        groups=_groups(root, ids),
+        class_names=names,
+        class_colors=colors,
+        tile_size=size,
+        zoom=manifest.get("zoom"),
+        resolution_cm=float(res) if res is not None else None,
+    )
+
+
+def split_indices(groups: list[str], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded train/validation split of tile indices that never splits a group.
+
+    Groups (scenes) are shuffled with ``seed`` and given to validation until it
+    holds at least ``val_fraction`` of the tiles; at least one group stays on
+    each side when there are two or more. ``val_fraction`` 0 gives no validation.
+    """
+    if not 0 <= val_fraction < 1:
+        raise SatsegError(f"the validation fraction must be in [0, 1), not {val_fraction}")
+    order = sorted(set(groups))
+    rng = np.random.default_rng(seed)
+    rng.shuffle(order)
+    sizes = {g: 0 for g in order}
+    for g in groups:
+        sizes[g] += 1
+    val_groups: set[str] = set()
+    target = val_fraction * len(groups)
+    taken = 0
+    for g in order[:-1]:  # the last group always trains
+        if taken >= target or val_fraction == 0:
+            break
+        val_groups.add(g)
+        taken += sizes[g]
+    train = [i for i, g in enumerate(groups) if g not in val_groups]
+    val = [i for i, g in enumerate(groups) if g in val_groups]
+    return train, val
+
+
+def normalize(images: np.ndarray) -> np.ndarray:
+    """uint8 ``[N, H, W, 3]`` RGB -> float32 ``[N, 3, H, W]``, ``(x / 255 - MEAN) / STD``."""
+    x = images.astype(np.float32) / 255.0
+    x = (x - np.asarray(MEAN, np.float32)) / np.asarray(STD, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def read_tiles(cache: Path, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Read the uint8 images ``[n, S, S, 3]`` and labels ``[n, S, S]`` at ``indices``."""
+    with h5py.File(cache, "r") as f:
+        order = np.argsort(indices)
+        sorted_idx = np.asarray(indices)[order]
+        images = f["images"][sorted_idx]
+        labels = f["labels"][sorted_idx]
+    inverse = np.argsort(order)
+    return images[inverse], labels[inverse]
+
+
+class SegmentationTiles(Dataset):
+    """Normalised image tensors and int64 label tensors from the HDF5 cache.
+
+    With ``augment`` each sample gets a random flip and a random 90-degree
+    rotation (the eight symmetries of the square), the same for image and label.
+    """
+
+    def __init__(self, cache: Path, indices: list[int], augment: bool = False, seed: int = 0) -> None:
+        self.cache = cache
+        self.indices = list(indices)
+        self.augment = augment
+        self.rng = np.random.default_rng(seed)
+        self._file: h5py.File | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._file is None:  # opened lazily: one handle per worker process
+            self._file = h5py.File(self.cache, "r")
+        n = self.indices[k]
+        image = self._file["images"][n]
+        label = self._file["labels"][n]
+        if self.augment:
+            rot = int(self.rng.integers(4))
+            image, label = np.rot90(image, rot), np.rot90(label, rot)
+            if self.rng.integers(2):
+                image, label = image[:, ::-1], label[:, ::-1]
+        x = torch.from_numpy(normalize(image[None])[0])
+        y = torch.from_numpy(np.ascontiguousarray(label).astype(np.int64))
+        return x, y

@@ -1,0 +1,242 @@
+"""Export a SegNet checkpoint to ONNX, with metadata, checked against torch.
+
+    python -m training.export runs/NAME/best.pt --out model.onnx [--int8]
+
+The graph (``torch.onnx.export(..., dynamo=True)``, opset 18) takes ``image``
+float32 ``[N, 3, S, S]`` (N dynamic; RGB normalised with MEAN/STD) and returns
+``probabilities`` float32 ``[N, C, S, S]`` (softmax). The file carries the
+metadata of ``satseg_plugin.inference.metadata`` (Deepness keys and ours). The
+export succeeds only when onnxruntime's output on real dataset tiles is within
+``--tolerance`` (1e-4) of torch's; otherwise no file is left.
+
+``--int8`` also writes ``<out>.int8.onnx``: onnxruntime static quantisation
+(QDQ, per-channel int8 weights) calibrated on training tiles, and prints its
+speed and validation mIoU against the float model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from satseg_plugin.inference.atomic import atomic_path
+from satseg_plugin.inference.cli import run_cli
+from satseg_plugin.inference.errors import ModelError, SatsegError
+from satseg_plugin.inference.metadata import DEFAULT_OVERLAP_PERCENT, ModelMetadata, build_metadata
+
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .data import load_dataset, normalize, read_tiles, split_indices
+from .metrics import confusion_matrix, scores
+from .model import SoftmaxSegNet
+from .predictor import load_predictor
+
+OPSET = 18
+TOLERANCE = 1e-4
+
+
+def metadata_for(ckpt: dict, overlap: int) -> dict[str, str]:
+    """The ONNX ``metadata_props`` of a checkpoint (all values JSON strings)."""
+    return build_metadata(
+        ModelMetadata(
+            class_names=list(ckpt["class_names"]),
+            class_colors=list(ckpt["class_colors"]),
+            tile_size=int(ckpt.get("tile_size") or 256),
+            tiles_overlap=overlap,
+            resolution_cm=ckpt.get("resolution_cm"),
+            mean=tuple(ckpt.get("mean") or (0.485, 0.456, 0.406)),
+            std=tuple(ckpt.get("std") or (0.229, 0.224, 0.225)),
+            zoom=ckpt.get("zoom"),
+        )
+    )
+
+
+def _set_metadata(proto, props: dict[str, str]) -> None:
+    del proto.metadata_props[:]
+    for k, v in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+
+
+def export_onnx(net: torch.nn.Module, tile_size: int, out: Path, props: dict[str, str]) -> None:
+    """Write ``SoftmaxSegNet(net)`` as a self-contained ONNX file with ``props`` as metadata."""
+    import onnx
+
+    model = SoftmaxSegNet(net).eval()
+    example = (torch.zeros(2, 3, tile_size, tile_size),)
+    # The exporter logs every step and onnx_ir warns about empty attributes: noise for a user.
+    logging.getLogger("onnx_ir").setLevel(logging.ERROR)
+    logging.getLogger("onnxscript").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            example,
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=["image"],
+            output_names=["probabilities"],
+            dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1)}},
+            verbose=False,
+        )
+    proto = program.model_proto
+    _set_metadata(proto, props)
+    with atomic_path(out) as tmp:
+        onnx.save_model(proto, str(tmp))  # one file: the weights stay inside (< 2 GB)
+
+
+def parity(net: torch.nn.Module, onnx_path: Path, tiles: np.ndarray) -> float:
+    """Max abs difference of torch and onnxruntime probabilities on uint8 ``tiles``."""
+    import onnxruntime as ort
+
+    x = normalize(tiles)
+    with torch.inference_mode():
+        ref = SoftmaxSegNet(net).eval()(torch.from_numpy(x)).numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = session.run(["probabilities"], {"image": x})[0]
+    if got.shape != ref.shape:
+        raise ModelError(f"the ONNX model outputs {got.shape}, torch {ref.shape}")
+    return float(np.abs(got - ref).max())
+
+
+class _Calibration:
+    """onnxruntime ``CalibrationDataReader`` over normalised training tiles, a few at a time."""
+
+    def __init__(self, cache: Path, indices: list[int], batch: int = 4) -> None:
+        self._batches: Iterator[list[int]] = iter(
+            [indices[i : i + batch] for i in range(0, len(indices), batch)]
+        )
+        self.cache = cache
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        idx = next(self._batches, None)
+        if idx is None:
+            return None
+        return {"image": normalize(read_tiles(self.cache, idx)[0])}
+
+
+def quantize_int8(onnx_path: Path, out: Path, cache: Path, calib: list[int], props: dict[str, str]) -> None:
+    """Static int8 quantisation (QDQ, per-channel weights) calibrated on ``calib`` tiles."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    CalibrationDataReader.register(_Calibration)
+    with atomic_path(out.with_name(out.stem + ".pre.onnx")) as pre, atomic_path(out) as tmp:
+        quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
+        quantize_static(
+            str(pre),
+            str(tmp),
+            _Calibration(cache, calib),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+        proto = onnx.load(str(tmp))
+        _set_metadata(proto, props)
+        onnx.save_model(proto, str(tmp))
+        pre.unlink()  # an intermediate, not an output
+
+
+def _rate_and_miou(path: Path, images: np.ndarray, labels: np.ndarray, batch: int) -> tuple[float, float]:
+    pred = load_predictor(path)
+    pred.predict(images[:1])  # warm-up: the first run allocates
+    cm = np.zeros((pred.num_classes,) * 2, np.int64)
+    t0 = time.perf_counter()
+    for i in range(0, len(images), batch):
+        probs = pred.predict(images[i : i + batch])
+        cm += confusion_matrix(labels[i : i + batch], probs.argmax(1), pred.num_classes)
+    rate = len(images) / (time.perf_counter() - t0)
+    return rate, float(scores(cm)["miou"])  # type: ignore[arg-type]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m training.export",
+        description="Export a SegNet checkpoint to ONNX with satseg/Deepness metadata, checked with onnxruntime.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("weights", type=Path, help="checkpoint to export (runs/NAME/best.pt)")
+    p.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    p.add_argument(
+        "--data", type=Path, default=None,
+        help="dataset folder whose tiles check the export (default: the one the checkpoint was trained on)",
+    )  # fmt: skip
+    p.add_argument(
+        "--overlap", type=int, default=DEFAULT_OVERLAP_PERCENT, help="tiles_overlap metadata, percent"
+    )
+    p.add_argument("--check-tiles", type=int, default=4, help="validation tiles for the parity check")
+    p.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest allowed |onnxruntime - torch|")
+    p.add_argument("--int8", action="store_true", help="also write OUT.int8.onnx (static int8 quantisation)")
+    p.add_argument("--calibration-tiles", type=int, default=32, help="training tiles that calibrate --int8")
+    p.add_argument("--eval-tiles", type=int, default=64, help="validation tiles for --int8's speed and mIoU")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not 0 <= args.overlap < 100:
+        raise SatsegError(f"--overlap must be a percent in [0, 100), not {args.overlap}")
+    ckpt = load_checkpoint(args.weights)
+    net = model_from_checkpoint(ckpt, str(args.weights))
+    data = args.data or (Path(ckpt["data"]) if ckpt.get("data") else None)
+    if data is None or not data.is_dir():
+        raise SatsegError(
+            f"the parity check needs real tiles: give --data (the dataset folder; {data} not found)"
+        )
+    ds = load_dataset(data)
+    if ds.class_names != list(ckpt["class_names"]):
+        raise ModelError(
+            f"{args.weights} has classes {ckpt['class_names']}, the dataset {data} has {ds.class_names}"
+        )
+    train_idx, val_idx = split_indices(
+        ds.groups, float(ckpt.get("val_fraction", 0.2)), int(ckpt.get("seed", 0))
+    )
+    check_idx = (val_idx or train_idx)[: max(1, args.check_tiles)]
+    props = metadata_for(ckpt, args.overlap)
+    out: Path = args.out
+    if out.suffix.lower() != ".onnx":
+        raise SatsegError(f"--out should end in .onnx: {out}")
+
+    print(f"exporting {args.weights} (width {ckpt['width']}, {len(ckpt['class_names'])} classes) to {out}")
+    export_onnx(net, ds.tile_size, out, props)
+    diff = parity(net, out, read_tiles(ds.cache, check_idx)[0])
+    if not diff <= args.tolerance:
+        out.unlink()
+        raise ModelError(
+            f"the ONNX export differs from torch by {diff:.3g} (> {args.tolerance:g}) on {len(check_idx)} tiles; "
+            "no file written"
+        )
+    print(
+        f"parity: max |onnxruntime - torch| = {diff:.2e} on {len(check_idx)} real tiles (<= {args.tolerance:g})"
+    )
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+    if args.int8:
+        int8 = out.with_name(out.stem + ".int8.onnx")
+        rng = np.random.default_rng(0)
+        calib = sorted(rng.permutation(train_idx)[: args.calibration_tiles].tolist())
+        print(f"quantising to int8, calibrated on {len(calib)} training tiles ...")
+        quantize_int8(out, int8, ds.cache, calib, props)
+        images, labels = read_tiles(ds.cache, (val_idx or train_idx)[: args.eval_tiles])
+        fp_rate, fp_miou = _rate_and_miou(out, images, labels, 8)
+        q_rate, q_miou = _rate_and_miou(int8, images, labels, 8)
+        print(f"wrote {int8} ({int8.stat().st_size / 1e6:.1f} MB)")
+        print(f"on {len(images)} validation tiles:  float32 {fp_rate:.1f} tiles/s, mIoU {fp_miou:.4f}")
+        print(
+            f"{'':>{len(str(len(images))) + 23}}int8    {q_rate:.1f} tiles/s, mIoU {q_miou:.4f}  "
+            f"(x{q_rate / fp_rate:.2f} speed, {q_miou - fp_miou:+.4f} mIoU)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,101 @@
+"""SegNet (Badrinarayanan, Kendall, Cipolla 2017) with a width multiplier.
+
+Encoder: the 13 conv layers of VGG16-BN (3x3 conv, batch norm, ReLU) in five
+stages, each ending in a 2x2 max-pool that keeps its indices. Decoder: the
+mirror image, each stage starting with ``max_unpool2d`` at the indices of the
+matching encoder pool, then a 1x1 conv to the classes. ``forward`` returns
+logits ``[N, C, H, W]``; ``SoftmaxSegNet`` (the exported graph) returns softmax
+probabilities.
+
+Input: float32 ``[N, 3, H, W]`` in RGB order, ``(uint8 / 255 - MEAN) / STD``
+with ``satseg_plugin.inference.metadata.MEAN/STD``; H and W multiples of 32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - the usual torch spelling
+from torch import nn
+
+#: VGG16 conv widths per encoder stage (width 1.0).
+ENCODER_STAGES: tuple[tuple[int, ...], ...] = (
+    (64, 64),
+    (128, 128),
+    (256, 256, 256),
+    (512, 512, 512),
+    (512, 512, 512),
+)
+
+
+def scaled(channels: int, width: float) -> int:
+    """Channels of a layer at width multiplier ``width`` (at least 4)."""
+    return max(4, round(channels * width))
+
+
+def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+class SegNet(nn.Module):
+    """SegNet for ``num_classes`` classes at width multiplier ``width`` (1.0 = the paper's)."""
+
+    def __init__(self, num_classes: int, width: float = 1.0) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, not {num_classes}")
+        if width <= 0:
+            raise ValueError(f"width must be positive, not {width}")
+        self.num_classes = num_classes
+        self.width = float(width)
+        stages = [[scaled(c, width) for c in stage] for stage in ENCODER_STAGES]
+        self.encoder = nn.ModuleList()
+        cin = 3
+        for stage in stages:
+            layers = []
+            for cout in stage:
+                layers.append(_conv_bn_relu(cin, cout))
+                cin = cout
+            self.encoder.append(nn.Sequential(*layers))
+        # Decoder stage k mirrors encoder stage k: same convs in reverse, its last conv
+        # narrowing to the width of the stage before (64 at the top, as in the paper).
+        self.decoder = nn.ModuleList()
+        for k in reversed(range(len(stages))):
+            stage = stages[k]
+            out_last = stages[k - 1][-1] if k > 0 else stages[0][0]
+            layers = []
+            for j in range(len(stage)):
+                cout = out_last if j == len(stage) - 1 else stage[j]
+                layers.append(_conv_bn_relu(stage[j], cout))
+            self.decoder.append(nn.Sequential(*layers))
+        self.classifier = nn.Conv2d(stages[0][0], num_classes, 1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return logits ``[N, num_classes, H, W]`` for normalised RGB ``x``."""
+        pools = []
+        for stage in self.encoder:
+            x = stage(x)
+            size = x.shape[-2:]
+            x, idx = F.max_pool2d(x, 2, 2, return_indices=True)
+            pools.append((idx, size))
+        for stage, (idx, size) in zip(self.decoder, reversed(pools), strict=True):
+            x = F.max_unpool2d(x, idx, 2, 2, output_size=size)
+            x = stage(x)
+        return self.classifier(x)
+
+
+class SoftmaxSegNet(nn.Module):
+    """``SegNet`` with softmax over classes: the graph that export writes."""
+
+    def __init__(self, net: SegNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(image), dim=1)
