@@ -22,5 +22,9 @@ def test_init_gui_adds_segment_extent_and_unload_removes_it(qgis_iface, monkeypa
         assert action in plugin.toolbar.actions()
     finally:
         plugin.unload()
-    assert [a.text() for _, a in removed] == ["Segment extent"]
+    assert [a.text() for _, a in removed] == [
+        "Segment extent",
+        "Export class raster as GeoTIFF",
+        "satseg diagnostics",
+    ]
     assert plugin.segment_action is None and plugin.toolbar is None

@@ -1,0 +1,33 @@
+"""A one-line description of a model file for the dialog and the diagnostics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def describe_model(path: str) -> tuple[str, int | None]:
+    """Return ``(summary, zoom)`` for the model at ``path``; never raises.
+
+    The summary names the classes, tile size and zoom, or says in plain words
+    why the file cannot be used (missing, not a segmentation model, onnxruntime
+    not installed...). ``zoom`` is the model's XYZ zoom or None.
+    """
+    if not path:
+        return "no model chosen: pick an .onnx segmentation model", None
+    if not Path(path).is_file():
+        return f"{path} does not exist", None
+    try:
+        from ..inference.errors import SatsegError
+        from ..inference.model import SegModel
+    except ImportError as exc:
+        return f"cannot read models yet: {exc.name or exc} is not installed (see Plugins > satseg)", None
+    try:
+        meta = SegModel.load(path).metadata
+    except SatsegError as exc:
+        return str(exc), None
+    parts = [", ".join(meta.class_names), f"tiles {meta.tile_size} px"]
+    if meta.zoom is not None:
+        parts.append(f"zoom {meta.zoom}")
+    if meta.resolution_cm:
+        parts.append(f"{meta.resolution_cm:g} cm/px")
+    return "classes: " + "; ".join(parts), meta.zoom

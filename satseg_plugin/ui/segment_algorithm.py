@@ -1,0 +1,155 @@
+"""The Processing algorithm ``satseg:segment_extent``: the dialog's run, without widgets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputFile,
+    QgsProcessingOutputFolder,
+    QgsProcessingOutputNumber,
+    QgsProcessingOutputRasterLayer,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+)
+
+from ..inference.errors import Cancelled, SatsegError
+from .sources import ImagerySource, source_of_layer, source_of_url
+
+MODEL = "MODEL"
+SOURCE_LAYER = "SOURCE_LAYER"
+SOURCE_URL = "SOURCE_URL"
+EXTENT = "EXTENT"
+ZOOM = "ZOOM"
+WRITE_CLASSES = "WRITE_CLASSES"
+WRITE_HEATMAPS = "WRITE_HEATMAPS"
+WRITE_COUNTS = "WRITE_COUNTS"
+OUTPUT_FOLDER = "OUTPUT_FOLDER"
+OUT_CLASSES = "CLASSES"
+OUT_HEATMAPS = "HEATMAPS"
+OUT_COUNTS = "COUNTS"
+OUT_TILES = "TILES"
+OUT_TILES_FAILED = "TILES_FAILED"
+
+
+class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
+    """Segment an extent of an XYZ/raster layer or a tile URL with an ONNX model."""
+
+    def name(self) -> str:
+        return "segment_extent"
+
+    def displayName(self) -> str:
+        return "Segment extent"
+
+    def shortHelpString(self) -> str:
+        return (
+            "Classifies every pixel of an extent into the model's land-use classes. The imagery is an "
+            "XYZ tile layer or raster layer of the project, or a tile URL "
+            "(https://server/{z}/{x}/{y}.png). Writes classes.tif (class raster), heatmap_<class>.tif "
+            "(probability 0 to 1 per class) and pixel_counts.csv (class, pixels, share, area_m2, "
+            "area_ha) into the output folder."
+        )
+
+    def createInstance(self) -> SegmentExtentAlgorithm:
+        return SegmentExtentAlgorithm()
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
+        self.addParameter(
+            QgsProcessingParameterFile(
+                MODEL, "Model (ONNX)", behavior=QgsProcessingParameterFile.File, extension="onnx"
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterRasterLayer(SOURCE_LAYER, "Imagery layer (XYZ or raster)", optional=True)
+        )
+        self.addParameter(
+            QgsProcessingParameterString(
+                SOURCE_URL, "or tile URL (used when no layer is given)", optional=True
+            )
+        )
+        self.addParameter(QgsProcessingParameterExtent(EXTENT, "Extent"))
+        zoom = QgsProcessingParameterNumber(
+            ZOOM, "Zoom (empty: the model's)", QgsProcessingParameterNumber.Integer, optional=True
+        )
+        zoom.setMinimum(0)
+        zoom.setMaximum(24)
+        self.addParameter(zoom)
+        self.addParameter(QgsProcessingParameterBoolean(WRITE_CLASSES, "Write the class raster", True))
+        self.addParameter(QgsProcessingParameterBoolean(WRITE_HEATMAPS, "Write one heatmap per class", True))
+        self.addParameter(QgsProcessingParameterBoolean(WRITE_COUNTS, "Write the pixel-count table", True))
+        self.addParameter(QgsProcessingParameterFolderDestination(OUTPUT_FOLDER, "Output folder"))
+        self.addOutput(QgsProcessingOutputRasterLayer(OUT_CLASSES, "Class raster"))
+        self.addOutput(QgsProcessingOutputFolder(OUT_HEATMAPS, "Heatmaps folder"))
+        self.addOutput(QgsProcessingOutputFile(OUT_COUNTS, "Pixel-count table (CSV)"))
+        self.addOutput(QgsProcessingOutputNumber(OUT_TILES, "Tiles segmented"))
+        self.addOutput(QgsProcessingOutputNumber(OUT_TILES_FAILED, "Tiles that could not be had"))
+
+    def _source(self, parameters: dict[str, Any], context: QgsProcessingContext) -> ImagerySource:
+        layer = self.parameterAsRasterLayer(parameters, SOURCE_LAYER, context)
+        if layer is not None:
+            return source_of_layer(layer)
+        return source_of_url(self.parameterAsString(parameters, SOURCE_URL, context))
+
+    def processAlgorithm(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> dict[str, Any]:
+        from .segment_flow import crs_for_gdal
+
+        try:
+            from ..inference.segment import SegmentRequest, run_segment
+
+            source = self._source(parameters, context)
+            extent = self.parameterAsExtent(parameters, EXTENT, context)
+            crs = self.parameterAsExtentCrs(parameters, EXTENT, context)
+            if not crs.isValid():
+                crs = context.project().crs() if context.project() else QgsCoordinateReferenceSystem()
+            if not crs.isValid():
+                crs = QgsCoordinateReferenceSystem("EPSG:3857")
+            zoom_given = parameters.get(ZOOM) not in (None, "", QgsProcessing.TEMPORARY_OUTPUT)
+            out_dir = self.parameterAsString(parameters, OUTPUT_FOLDER, context)
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            request = SegmentRequest(
+                model=self.parameterAsFile(parameters, MODEL, context),
+                bbox=(extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()),
+                bbox_crs=crs_for_gdal(crs),
+                tiles_url=source.tiles_url,
+                raster_path=source.raster_path,
+                zoom=self.parameterAsInt(parameters, ZOOM, context) if zoom_given else None,
+                out_dir=out_dir,
+                write_classes=self.parameterAsBool(parameters, WRITE_CLASSES, context),
+                write_heatmaps=self.parameterAsBool(parameters, WRITE_HEATMAPS, context),
+                write_counts=self.parameterAsBool(parameters, WRITE_COUNTS, context),
+            )
+            feedback.pushInfo(f"imagery: {source.label}; extent {extent.toString()} in {crs.authid()}")
+
+            def progress(fraction: float, message: str) -> None:
+                feedback.setProgress(100.0 * float(fraction))
+                if message:
+                    feedback.setProgressText(message)
+
+            result = run_segment(request, progress=progress, is_cancelled=feedback.isCanceled)
+        except Cancelled:
+            raise QgsProcessingException("cancelled; no file was written") from None
+        except SatsegError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        for tile, reason in result.tiles_failed:
+            feedback.reportError(f"tile {tile} could not be had: {reason}; left empty (nodata)")
+        return {
+            OUT_CLASSES: result.classes_path,
+            OUT_HEATMAPS: out_dir if result.heatmap_paths else None,
+            OUT_COUNTS: result.counts_csv,
+            OUT_TILES: result.tiles_total,
+            OUT_TILES_FAILED: len(result.tiles_failed),
+        }

@@ -1,0 +1,177 @@
+"""The "Segment extent" dialog: which model, which imagery, which zoom, where to write."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
+from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtCore import pyqtSignal
+from qgis.PyQt.QtWidgets import (
+    QCheckBox,
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import settings
+from .layers import satseg_kind
+from .model_info import describe_model
+from .sources import ImagerySource, is_supported_layer, source_of_layer, source_of_url
+
+MAX_ZOOM = 24
+
+
+@dataclass(frozen=True)
+class SegmentChoices:
+    """What the user chose in the dialog (the extent comes from the canvas)."""
+
+    model_path: str
+    source: ImagerySource
+    zoom: int | None
+    out_parent: str
+    write_classes: bool
+    write_heatmaps: bool
+    write_counts: bool
+
+
+class SegmentDialog(QDialog):
+    """Non-modal dialog; emits ``run_requested(SegmentChoices)`` when the user clicks Run.
+
+    Building the choices can raise ``SatsegError`` (no source, say); the slot
+    connected to ``accepted`` calls ``choices()`` and reports it.
+    """
+
+    run_requested = pyqtSignal(object)
+
+    def __init__(self, project: QgsProject, extent_text: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("satsegSegmentDialog")
+        self.setWindowTitle("Segment extent")
+        self.setMinimumWidth(560)
+        self.project = project
+
+        self.model_widget = QgsFileWidget()
+        self.model_widget.setObjectName("satsegModel")
+        self.model_widget.setFilter("ONNX models (*.onnx)")
+        self.model_widget.setDialogTitle("Choose a segmentation model")
+        self.model_info = QLabel()
+        self.model_info.setWordWrap(True)
+
+        self.layer_combo = QgsMapLayerComboBox()
+        self.layer_combo.setObjectName("satsegSourceLayer")
+        self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.layer_combo.setAllowEmptyLayer(True)
+        with contextlib.suppress(TypeError):  # QGIS >= 3.24 can label the empty entry
+            self.layer_combo.setAllowEmptyLayer(True, "(the tile URL below)")  # type: ignore[call-arg]
+        self.layer_combo.setExceptedLayerList(
+            [lyr for lyr in project.mapLayers().values() if not is_supported_layer(lyr) or satseg_kind(lyr)]
+        )
+        self.url_edit = QLineEdit()
+        self.url_edit.setObjectName("satsegSourceUrl")
+        self.url_edit.setPlaceholderText("https://server/{z}/{x}/{y}.png  (used when no layer is chosen)")
+
+        self.zoom_spin = QSpinBox()
+        self.zoom_spin.setObjectName("satsegZoom")
+        self.zoom_spin.setRange(0, MAX_ZOOM)
+        self.zoom_spin.setSpecialValueText("the model's zoom")
+        self.zoom_spin.setToolTip("XYZ zoom level of the imagery; the model's own by default")
+
+        self.out_widget = QgsFileWidget()
+        self.out_widget.setObjectName("satsegOutDir")
+        self.out_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.out_widget.setDialogTitle("Folder the runs are written under")
+
+        classes, heatmaps, counts = settings.remembered_outputs()
+        self.classes_check = QCheckBox("class raster")
+        self.classes_check.setChecked(classes)
+        self.heatmaps_check = QCheckBox("one probability heatmap per class")
+        self.heatmaps_check.setChecked(heatmaps)
+        self.counts_check = QCheckBox("pixel-count table")
+        self.counts_check.setChecked(counts)
+        outputs = QHBoxLayout()
+        for check in (self.classes_check, self.heatmaps_check, self.counts_check):
+            outputs.addWidget(check)
+
+        self.extent_label = QLabel(extent_text)
+        self.extent_label.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Model", self.model_widget)
+        form.addRow("", self.model_info)
+        form.addRow("Imagery layer", self.layer_combo)
+        form.addRow("or tile URL", self.url_edit)
+        form.addRow("Zoom", self.zoom_spin)
+        form.addRow("Output folder", self.out_widget)
+        form.addRow("Outputs", outputs)
+        form.addRow("Extent", self.extent_label)
+
+        self.buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+        self.buttons.button(QDialogButtonBox.Ok).setText("Run")
+        self.buttons.accepted.connect(self.accept)
+        self.buttons.rejected.connect(self.reject)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.buttons)
+
+        self.model_widget.fileChanged.connect(self._model_changed)
+        self.layer_combo.layerChanged.connect(self._layer_changed)
+        self.model_widget.setFilePath(settings.remembered_model_path())
+        self.out_widget.setFilePath(settings.remembered_out_dir())
+        self._model_changed(self.model_widget.filePath())
+        self._select_default_layer()
+
+    def _select_default_layer(self) -> None:
+        """Pick the first XYZ layer of the project, else the first raster file layer."""
+        layers = [
+            lyr
+            for lyr in self.project.layerTreeRoot().layerOrder() or self.project.mapLayers().values()
+            if is_supported_layer(lyr) and not satseg_kind(lyr)
+        ]
+        xyz = [lyr for lyr in layers if isinstance(lyr, QgsRasterLayer) and lyr.providerType() == "wms"]
+        chosen = (xyz or layers or [None])[0]
+        self.layer_combo.setLayer(chosen)
+        self._layer_changed(chosen)
+
+    def _layer_changed(self, layer: object) -> None:
+        self.url_edit.setEnabled(layer is None)
+
+    def _model_changed(self, path: str) -> None:
+        summary, zoom = describe_model(path)
+        self.model_info.setText(summary)
+        self.zoom_spin.setSpecialValueText(
+            f"the model's ({zoom})" if zoom is not None else "the model's zoom"
+        )
+
+    def choices(self) -> SegmentChoices:
+        """Return the choices; ``SatsegError`` when the source is missing or unusable."""
+        layer = self.layer_combo.currentLayer()
+        source = source_of_layer(layer) if layer is not None else source_of_url(self.url_edit.text())
+        zoom = self.zoom_spin.value()
+        return SegmentChoices(
+            model_path=self.model_widget.filePath().strip(),
+            source=source,
+            zoom=zoom if zoom != self.zoom_spin.minimum() else None,
+            out_parent=self.out_widget.filePath().strip() or settings.default_out_dir(),
+            write_classes=self.classes_check.isChecked(),
+            write_heatmaps=self.heatmaps_check.isChecked(),
+            write_counts=self.counts_check.isChecked(),
+        )
+
+    def accept(self) -> None:
+        """Remember the model, folder and outputs, close, and ask for the run."""
+        settings.remember_model_path(self.model_widget.filePath().strip())
+        settings.remember_out_dir(self.out_widget.filePath().strip())
+        settings.remember_outputs(
+            self.classes_check.isChecked(), self.heatmaps_check.isChecked(), self.counts_check.isChecked()
+        )
+        super().accept()
+        self.run_requested.emit(self)

@@ -1,0 +1,139 @@
+"""From the "Segment extent" click to a running task: dialog, request, tile count, confirmation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from qgis.core import Qgis, QgsApplication, QgsCoordinateReferenceSystem, QgsProject, QgsRectangle
+from qgis.PyQt.QtWidgets import QMessageBox, QWidget
+
+from ..inference.errors import SatsegError
+from .dependencies import check_requirements, offer_install
+from .segment_dialog import SegmentChoices, SegmentDialog
+from .segment_task import MESSAGE_SECONDS, SegmentTask, run_name
+
+#: Above this many tiles, the user is told the count and asked to confirm.
+LARGE_RUN_TILES = 200
+
+
+def crs_for_gdal(crs: QgsCoordinateReferenceSystem) -> str:
+    """Return ``crs`` as GDAL/OSR understands it: ``EPSG:n`` when it has one, else WKT."""
+    authid = crs.authid()
+    if authid.upper().startswith("EPSG:"):
+        return authid
+    return crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
+
+
+def make_request(choices: SegmentChoices, extent: QgsRectangle, crs: QgsCoordinateReferenceSystem) -> Any:
+    """Return the ``SegmentRequest`` for ``choices`` over ``extent`` (in ``crs``)."""
+    from ..inference.segment import SegmentRequest
+
+    return SegmentRequest(
+        model=choices.model_path,
+        bbox=(extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()),
+        bbox_crs=crs_for_gdal(crs),
+        tiles_url=choices.source.tiles_url,
+        raster_path=choices.source.raster_path,
+        zoom=choices.zoom,
+        out_dir=choices.out_parent,
+        write_classes=choices.write_classes,
+        write_heatmaps=choices.write_heatmaps,
+        write_counts=choices.write_counts,
+    )
+
+
+def confirm_large_run(parent: QWidget | None, tiles: int) -> bool:
+    """Ask whether to go on with a run of ``tiles`` tiles (a modal question)."""
+    answer = QMessageBox.question(
+        parent,
+        "Segment extent",
+        f"The visible extent needs {tiles:,} tiles at this zoom; segmenting them may take a while.\n\n"
+        "Run anyway? (Zoom in, or choose a lower zoom, for a quicker run.)",
+        QMessageBox.Yes | QMessageBox.No,
+        QMessageBox.No,
+    )
+    return answer == QMessageBox.Yes
+
+
+class SegmentController:
+    """Opens the dialog and starts ``SegmentTask``s; keeps the running tasks alive.
+
+    ``confirm(parent, tiles) -> bool`` is asked before runs above
+    ``LARGE_RUN_TILES`` tiles (tests replace it). User errors go to the message bar.
+    """
+
+    def __init__(self, iface: Any) -> None:
+        self.iface = iface
+        self.confirm: Callable[[QWidget | None, int], bool] = confirm_large_run
+        self.tasks: list[SegmentTask] = []
+        self.dialog: SegmentDialog | None = None
+
+    def _warn(self, text: str) -> None:
+        self.iface.messageBar().pushMessage("satseg", text, Qgis.Warning, MESSAGE_SECONDS)
+
+    def open_dialog(self) -> SegmentDialog | None:
+        """Show the dialog (after checking that the Python packages satseg needs are there)."""
+        problems = check_requirements()
+        if problems:
+            offer_install(self.iface, problems)
+            return None
+        canvas = self.iface.mapCanvas()
+        crs = canvas.mapSettings().destinationCrs()
+        ext = canvas.extent()
+        text = (
+            f"the map's visible extent, {ext.width():.6g} x {ext.height():.6g} in "
+            f"{crs.authid() or crs.description() or 'the project CRS'}"
+        )
+        self.dialog = SegmentDialog(QgsProject.instance(), text, self.iface.mainWindow())
+        self.dialog.run_requested.connect(self._dialog_run)
+        self.dialog.show()
+        return self.dialog
+
+    def _dialog_run(self, dialog: SegmentDialog) -> None:
+        try:
+            choices = dialog.choices()
+        except SatsegError as exc:
+            self._warn(str(exc))
+            return
+        self.start(choices)
+
+    def start(self, choices: SegmentChoices, when: datetime | None = None) -> SegmentTask | None:
+        """Start segmenting the canvas's visible extent; return the task, or None if not started."""
+        canvas = self.iface.mapCanvas()
+        try:
+            if not choices.model_path:
+                raise SatsegError("choose a model file (.onnx) first")
+            if not Path(choices.model_path).is_file():
+                raise SatsegError(f"the model file {choices.model_path} does not exist")
+            if not (choices.write_classes or choices.write_heatmaps or choices.write_counts):
+                raise SatsegError("choose at least one output (class raster, heatmaps or table)")
+            request = make_request(choices, canvas.extent(), canvas.mapSettings().destinationCrs())
+            from ..inference.segment import count_tiles
+
+            tiles = count_tiles(request)
+        except SatsegError as exc:
+            self._warn(str(exc))
+            return None
+        if tiles > LARGE_RUN_TILES and not self.confirm(self.iface.mainWindow(), tiles):
+            return None
+        group_name, folder = run_name(choices.model_path, when or datetime.now())
+        task = SegmentTask(
+            request,
+            Path(choices.out_parent) / folder,
+            group_name,
+            QgsProject.instance(),
+            self.iface.messageBar(),
+        )
+        self.tasks.append(task)
+        # QGIS owns the C++ task, but Python must keep its wrapper until the task ends
+        task.taskCompleted.connect(lambda: self._forget(task))
+        task.taskTerminated.connect(lambda: self._forget(task))
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def _forget(self, task: SegmentTask) -> None:
+        if task in self.tasks:
+            self.tasks.remove(task)

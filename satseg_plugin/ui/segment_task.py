@@ -1,0 +1,153 @@
+"""The background QgsTask that runs ``run_segment`` and adds its results to the project."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import shutil
+import traceback
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qgis.core import Qgis, QgsLayerTreeGroup, QgsMessageLog, QgsProject, QgsTask
+
+from ..inference.errors import Cancelled, SatsegError
+from .layers import add_result_layers
+
+if TYPE_CHECKING:
+    from ..inference.segment import SegmentRequest, SegmentResult
+
+LOG_TAG = "satseg"
+MESSAGE_SECONDS = 10
+
+
+def run_name(model_path: str | os.PathLike[str], when: datetime) -> tuple[str, str]:
+    """Return ``(group name, folder name)`` for a run of ``model_path`` started at ``when``.
+
+    >>> run_name("models/buildings.onnx", datetime(2026, 1, 2, 3, 4, 5))
+    ('buildings 2026-01-02 03:04:05', 'buildings_20260102-030405')
+    """
+    stem = Path(model_path).stem
+    folder_stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("_") or "model"
+    return f"{stem} {when:%Y-%m-%d %H:%M:%S}", f"{folder_stem}_{when:%Y%m%d-%H%M%S}"
+
+
+def _moved(path: str | None, staging: Path, final: Path) -> str | None:
+    if path is None:
+        return None
+    return str(final / Path(path).relative_to(staging))
+
+
+class SegmentTask(QgsTask):
+    """Segment one extent in the background, then add the layer group on the main thread.
+
+    The outputs are written to a hidden staging folder beside ``out_dir`` that is
+    renamed to ``out_dir`` only when the whole run succeeded: a cancelled or failed
+    run leaves no file at all, and adds no layer.
+
+    Attributes set when the task ends: ``result`` (the ``SegmentResult``),
+    ``group`` (the layer tree group added), ``error`` (a user-facing message) and
+    ``bug`` (a traceback, for anything that is not a ``SatsegError``).
+    """
+
+    def __init__(
+        self,
+        request: SegmentRequest,
+        out_dir: str | os.PathLike[str],
+        group_name: str,
+        project: QgsProject,
+        message_bar: Any,
+    ) -> None:
+        super().__init__(f"satseg: {group_name}", QgsTask.CanCancel)
+        self.request = request
+        self.out_dir = Path(out_dir)
+        self.staging = self.out_dir.parent / f".{self.out_dir.name}.part"
+        self.group_name = group_name
+        self.project = project
+        self.message_bar = message_bar
+        self.result: SegmentResult | None = None
+        self.group: QgsLayerTreeGroup | None = None
+        self.error: str | None = None
+        self.bug: str | None = None
+
+    # --- worker thread -------------------------------------------------------------------
+    def run(self) -> bool:
+        """Run the segmentation; never touches widgets or the project (worker thread)."""
+        try:
+            from ..inference.segment import run_segment
+
+            if self.out_dir.exists():
+                raise SatsegError(f"the output folder {self.out_dir} exists already")
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging.mkdir(parents=True)
+            request = dataclasses.replace(self.request, out_dir=str(self.staging))
+            result = run_segment(
+                request,
+                progress=lambda fraction, _message: self.setProgress(100.0 * float(fraction)),
+                is_cancelled=self.isCanceled,
+            )
+            if self.isCanceled():
+                raise Cancelled("cancelled")
+            os.replace(self.staging, self.out_dir)  # the whole set appears at once
+            self.result = dataclasses.replace(
+                result,
+                classes_path=_moved(result.classes_path, self.staging, self.out_dir),
+                heatmap_paths={
+                    k: _moved(v, self.staging, self.out_dir) for k, v in result.heatmap_paths.items()
+                },
+                counts_csv=_moved(result.counts_csv, self.staging, self.out_dir),
+            )
+            return True
+        except Cancelled:
+            self.error = None
+        except SatsegError as exc:
+            self.error = str(exc)
+        except Exception:
+            self.bug = traceback.format_exc()
+        with contextlib.suppress(OSError):
+            shutil.rmtree(self.staging)
+        return False
+
+    # --- main thread ---------------------------------------------------------------------
+    def finished(self, ok: bool) -> None:
+        """Add the layers (success) or say what went wrong in the message bar."""
+        bar = self.message_bar
+        if ok and self.result is not None:
+            res = self.result
+            try:
+                self.group = add_result_layers(
+                    self.project,
+                    self.group_name,
+                    res.class_names,
+                    res.class_colors,
+                    classes_path=res.classes_path,
+                    heatmap_paths=res.heatmap_paths,
+                    counts_csv=res.counts_csv,
+                )
+            except SatsegError as exc:
+                bar.pushMessage("satseg", str(exc), Qgis.Warning, MESSAGE_SECONDS)
+                return
+            text = f"segmented {res.tiles_total} tiles into {self.out_dir}"
+            if res.tiles_failed:
+                text += f"; {len(res.tiles_failed)} tiles could not be had and are left empty (nodata)"
+                bar.pushMessage("satseg", text, Qgis.Warning, MESSAGE_SECONDS)
+            else:
+                bar.pushMessage("satseg", text, Qgis.Success, MESSAGE_SECONDS)
+        elif self.isCanceled() or (self.error is None and self.bug is None):
+            bar.pushMessage(
+                "satseg", "Segment extent was cancelled; nothing was added", Qgis.Info, MESSAGE_SECONDS
+            )
+        elif self.error is not None:
+            bar.pushMessage("satseg", self.error, Qgis.Warning, MESSAGE_SECONDS)
+        else:
+            QgsMessageLog.logMessage(self.bug or "", LOG_TAG, Qgis.Critical)
+            bar.pushMessage(
+                "satseg",
+                "Segment extent failed unexpectedly; the details are in the satseg tab of the Log Messages "
+                "panel (please report them)",
+                Qgis.Critical,
+                MESSAGE_SECONDS,
+            )

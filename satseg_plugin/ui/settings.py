@@ -1,0 +1,63 @@
+"""Defaults of the "Segment extent" dialog and what it remembers between sessions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qgis.core import QgsApplication, QgsSettings
+
+PLUGIN_DIR = Path(__file__).resolve().parents[1]
+KEY_MODEL = "satseg/model"
+KEY_OUT_DIR = "satseg/out_dir"
+KEY_OUTPUTS = "satseg/outputs"
+
+
+def bundled_models_dirs() -> list[Path]:
+    """Folders searched for a default model: the plugin's ``models/``, then a checkout's ``models/``."""
+    return [PLUGIN_DIR / "models", PLUGIN_DIR.parent / "models"]
+
+
+def default_model_path() -> str:
+    """Return the first ``.onnx`` of the bundled model folders, or "" when there is none."""
+    for folder in bundled_models_dirs():
+        if folder.is_dir():
+            models = sorted(folder.glob("*.onnx"))
+            if models:
+                return str(models[0])
+    return ""
+
+
+def remembered_model_path() -> str:
+    """Return the model chosen last time if it still exists, else the bundled default."""
+    path = str(QgsSettings().value(KEY_MODEL, "") or "")
+    if path and Path(path).is_file():
+        return path
+    return default_model_path()
+
+
+def remember_model_path(path: str) -> None:
+    QgsSettings().setValue(KEY_MODEL, path)
+
+
+def default_out_dir() -> str:
+    """Return the folder runs are written under by default: ``<profile>/satseg/runs``."""
+    return str(Path(QgsApplication.qgisSettingsDirPath()) / "satseg" / "runs")
+
+
+def remembered_out_dir() -> str:
+    return str(QgsSettings().value(KEY_OUT_DIR, "") or "") or default_out_dir()
+
+
+def remember_out_dir(path: str) -> None:
+    QgsSettings().setValue(KEY_OUT_DIR, path)
+
+
+def remembered_outputs() -> tuple[bool, bool, bool]:
+    """Return the (classes, heatmaps, counts) choice of last time; all on by default."""
+    raw = str(QgsSettings().value(KEY_OUTPUTS, "111") or "111")
+    bits = (raw + "111")[:3]
+    return bits[0] == "1", bits[1] == "1", bits[2] == "1"
+
+
+def remember_outputs(classes: bool, heatmaps: bool, counts: bool) -> None:
+    QgsSettings().setValue(KEY_OUTPUTS, "".join("1" if b else "0" for b in (classes, heatmaps, counts)))

@@ -1,0 +1,78 @@
+"""Turn a QGIS raster layer into the imagery source the inference core reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qgis.core import QgsDataSourceUri, QgsMapLayer, QgsProviderRegistry, QgsRasterLayer
+
+from ..inference.errors import SourceError
+
+
+@dataclass(frozen=True)
+class ImagerySource:
+    """Exactly one of ``tiles_url`` (an XYZ template) and ``raster_path`` (a GDAL raster)."""
+
+    tiles_url: str | None = None
+    raster_path: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.tiles_url or self.raster_path or ""
+
+
+def xyz_url_from_source(source: str) -> str | None:
+    """Return the URL template of an XYZ layer source, or None when it is not XYZ.
+
+    QGIS stores an XYZ layer as ``type=xyz&url=https://a/%7Bz%7D/%7Bx%7D/%7By%7D.png&zmax=19``;
+    ``QgsDataSourceUri`` undoes the percent-encoding of the template.
+    """
+    uri = QgsDataSourceUri()
+    uri.setEncodedUri(source)
+    if uri.param("type") != "xyz":
+        return None
+    url = uri.param("url")
+    return url or None
+
+
+def is_supported_layer(layer: QgsMapLayer | None) -> bool:
+    """Return True for raster layers satseg can read: XYZ tiles or GDAL rasters."""
+    if not isinstance(layer, QgsRasterLayer):
+        return False
+    provider = layer.providerType()
+    if provider == "wms":
+        return xyz_url_from_source(layer.source()) is not None
+    return provider == "gdal"
+
+
+def source_of_layer(layer: QgsMapLayer) -> ImagerySource:
+    """Return the imagery source behind ``layer``.
+
+    Raises ``SourceError`` for a layer that is neither an XYZ tile layer nor a
+    raster GDAL opens (a WMS or WCS service, a vector layer...).
+    """
+    if isinstance(layer, QgsRasterLayer):
+        if layer.providerType() == "wms":
+            url = xyz_url_from_source(layer.source())
+            if url:
+                return ImagerySource(tiles_url=url)
+        elif layer.providerType() == "gdal":
+            parts = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
+            path = parts.get("path") or layer.source()
+            return ImagerySource(raster_path=path)
+    raise SourceError(
+        f"the layer '{layer.name()}' cannot be segmented: choose an XYZ tile layer or a raster file "
+        "layer (GeoTIFF, VRT...), or type a tile URL"
+    )
+
+
+def source_of_url(url: str) -> ImagerySource:
+    """Return the source for a typed URL template (or TileJSON URL); ``SourceError`` if empty."""
+    text = url.strip()
+    if not text:
+        raise SourceError("no imagery source: choose a layer or type a tile URL")
+    if "://" not in text:
+        raise SourceError(
+            f"'{text}' is not a URL; a tile URL looks like https://server/{{z}}/{{x}}/{{y}}.png"
+        )
+    return ImagerySource(tiles_url=text)
