@@ -32,6 +32,10 @@ def export_geotiff(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> 
             if out is None:
                 raise SatsegError(f"could not write {dst}")
             out = None  # flush and close before the rename
+            # GeoTIFF keeps class names in a .aux.xml sidecar: it moves first, the image last
+            aux = Path(f"{tmp}.aux.xml")
+            if aux.exists():
+                os.replace(aux, f"{dst}.aux.xml")
     except RuntimeError as exc:  # GDAL's errors: unreadable source, read-only folder...
         raise SatsegError(f"could not export to {dst}: {exc}") from None
     except OSError as exc:

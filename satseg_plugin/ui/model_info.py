@@ -20,6 +20,8 @@ def describe_model(path: str) -> tuple[str, int | None]:
         from ..inference.errors import SatsegError
         from ..inference.model import SegModel
     except ImportError as exc:
+        if (exc.name or "").startswith("satseg_plugin"):  # a broken install, not a missing package
+            return f"cannot read models: {exc}", None
         return f"cannot read models yet: {exc.name or exc} is not installed (see Plugins > satseg)", None
     try:
         meta = SegModel.load(path).metadata
