@@ -98,11 +98,18 @@ def make_profile(root: Path, plugin_zip: Path, enable: bool = True) -> Path:
 
 
 def run_qgis(
-    body: str, profiles: Path, display: str, workdir: Path, timeout: float = 240, delay_ms: int = 3000
+    body: str,
+    profiles: Path,
+    display: str,
+    workdir: Path,
+    timeout: float = 240,
+    delay_ms: int = 3000,
+    extra_env: dict[str, str] | None = None,
 ) -> dict:
     """Run ``body`` inside a real QGIS window; return the ``result`` dict it filled.
 
-    ``body`` is Python at function level (it is indented here). Raises
+    ``body`` is Python at function level (it is indented here). ``extra_env``
+    is added to QGIS's environment (e.g. a ``PYTHONPATH``). Raises
     ``RuntimeError`` with QGIS's output when no result came back.
     """
     result_path = workdir / "qgis_result.json"
@@ -116,6 +123,7 @@ def run_qgis(
     )
     env = dict(os.environ, DISPLAY=display, QT_QPA_PLATFORM="xcb", HOME=str(workdir))
     env.pop("QGIS_PREFIX_PATH", None)
+    env.update(extra_env or {})
     cmd = ["qgis", "--nologo", "--noversioncheck", "--profiles-path", str(profiles), "--code", str(script)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     if not result_path.is_file():

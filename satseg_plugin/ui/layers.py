@@ -39,10 +39,12 @@ def class_layer(path: str, class_names: Sequence[str], class_colors: Sequence[st
     """Return the class raster with a paletted renderer whose legend names each class."""
     layer = QgsRasterLayer(path, "classes", "gdal")
     if layer.isValid():
-        classes = [
-            QgsPalettedRasterRenderer.Class(i, QColor(color), name)
-            for i, (name, color) in enumerate(zip(class_names, class_colors, strict=True))
-        ]
+        classes = []
+        for i, (name, color) in enumerate(zip(class_names, class_colors, strict=True)):
+            qcolor = QColor(color)
+            if i == 0 and name.lower() == "background":
+                qcolor.setAlpha(0)  # the imagery shows through where nothing was found
+            classes.append(QgsPalettedRasterRenderer.Class(i, qcolor, name))
         layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, classes))
         layer.setOpacity(CLASS_LAYER_OPACITY)
     layer.setCustomProperty(KIND_PROPERTY, "classes")
