@@ -23,7 +23,9 @@ from satseg_plugin.ui.export import export_geotiff
 from satseg_plugin.ui.segment_dialog import SegmentDialog
 from satseg_plugin.ui.sources import is_supported_layer, source_of_layer, source_of_url, xyz_url_from_source
 
-XYZ_SOURCE = "type=xyz&url=http://127.0.0.1:8123/%7Bz%7D/%7Bx%7D/%7By%7D.png?access_token%3Dabc&zmax=21&zmin=0"
+XYZ_SOURCE = (
+    "type=xyz&url=http://127.0.0.1:8123/%7Bz%7D/%7Bx%7D/%7By%7D.png?access_token%3Dabc&zmax=21&zmin=0"
+)
 
 
 @pytest.fixture()

@@ -70,10 +70,16 @@ def wait_for_task(task: object, timeout: float = 120.0) -> None:
     """Spin the event loop until ``task`` completed or terminated (its finished() has run)."""
     from qgis.core import QgsApplication, QgsTask
 
+    def running() -> bool:
+        try:
+            return task.status() not in (QgsTask.Complete, QgsTask.Terminated)  # type: ignore[attr-defined]
+        except RuntimeError:  # QGIS deletes a task once it has ended
+            return False
+
     end = time.monotonic() + timeout
-    while task.status() not in (QgsTask.Complete, QgsTask.Terminated):  # type: ignore[attr-defined]
+    while running():
         if time.monotonic() > end:
-            raise TimeoutError(f"task still {task.status()} after {timeout} s")  # type: ignore[attr-defined]
+            raise TimeoutError(f"task still running after {timeout} s")
         QgsApplication.processEvents()
         time.sleep(0.01)
     for _ in range(5):  # finished() and the completion signals are queued on the main thread

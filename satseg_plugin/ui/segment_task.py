@@ -48,9 +48,11 @@ class SegmentTask(QgsTask):
     renamed to ``out_dir`` only when the whole run succeeded: a cancelled or failed
     run leaves no file at all, and adds no layer.
 
-    Attributes set when the task ends: ``result`` (the ``SegmentResult``),
-    ``group`` (the layer tree group added), ``error`` (a user-facing message) and
-    ``bug`` (a traceback, for anything that is not a ``SatsegError``).
+    Attributes set when the task ends (plain Python, readable after QGIS deleted
+    the C++ task): ``outcome`` ("done", "cancelled", "error" or "bug"), ``result``
+    (the ``SegmentResult``), ``group`` (the layer tree group added), ``error`` (a
+    user-facing message) and ``bug`` (a traceback, for anything that is not a
+    ``SatsegError``).
     """
 
     def __init__(
@@ -72,6 +74,8 @@ class SegmentTask(QgsTask):
         self.group: QgsLayerTreeGroup | None = None
         self.error: str | None = None
         self.bug: str | None = None
+        self.outcome: str | None = None
+        self.ended = False  # finished() has run: the layers are in (or the message is out)
 
     # --- worker thread -------------------------------------------------------------------
     def run(self) -> bool:
@@ -100,13 +104,14 @@ class SegmentTask(QgsTask):
                 },
                 counts_csv=_moved(result.counts_csv, self.staging, self.out_dir),
             )
+            self.outcome = "done"
             return True
         except Cancelled:
-            self.error = None
+            self.outcome = "cancelled"
         except SatsegError as exc:
-            self.error = str(exc)
+            self.error, self.outcome = str(exc), "error"
         except Exception:
-            self.bug = traceback.format_exc()
+            self.bug, self.outcome = traceback.format_exc(), "bug"
         with contextlib.suppress(OSError):
             shutil.rmtree(self.staging)
         return False
@@ -114,6 +119,12 @@ class SegmentTask(QgsTask):
     # --- main thread ---------------------------------------------------------------------
     def finished(self, ok: bool) -> None:
         """Add the layers (success) or say what went wrong in the message bar."""
+        try:
+            self._report(ok)
+        finally:
+            self.ended = True
+
+    def _report(self, ok: bool) -> None:
         bar = self.message_bar
         if ok and self.result is not None:
             res = self.result
@@ -136,7 +147,7 @@ class SegmentTask(QgsTask):
                 bar.pushMessage("satseg", text, Qgis.Warning, MESSAGE_SECONDS)
             else:
                 bar.pushMessage("satseg", text, Qgis.Success, MESSAGE_SECONDS)
-        elif self.isCanceled() or (self.error is None and self.bug is None):
+        elif self.outcome == "cancelled" or self.isCanceled():
             bar.pushMessage(
                 "satseg", "Segment extent was cancelled; nothing was added", Qgis.Info, MESSAGE_SECONDS
             )
