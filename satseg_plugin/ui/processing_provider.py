@@ -44,4 +44,8 @@ def register_provider() -> SatsegProvider | None:
         return None
     provider = SatsegProvider()
     registry.addProvider(provider)
+    _KEEP_ALIVE[:] = [provider]  # a Python provider must outlive this call, or its algorithms vanish
     return provider
+
+
+_KEEP_ALIVE: list[SatsegProvider] = []
