@@ -38,6 +38,12 @@ def satseg_kind(layer: QgsMapLayer | None) -> str | None:
 def class_layer(path: str, class_names: Sequence[str], class_colors: Sequence[str]) -> QgsRasterLayer:
     """Return the class raster with a paletted renderer whose legend names each class."""
     layer = QgsRasterLayer(path, "classes", "gdal")
+    style_class_layer(layer, class_names, class_colors)
+    return layer
+
+
+def style_class_layer(layer: QgsRasterLayer, class_names: Sequence[str], class_colors: Sequence[str]) -> None:
+    """Give a class raster its paletted renderer (one legend entry per class) and mark it as satseg's."""
     if layer.isValid():
         classes = []
         for i, (name, color) in enumerate(zip(class_names, class_colors, strict=True)):
@@ -48,7 +54,6 @@ def class_layer(path: str, class_names: Sequence[str], class_colors: Sequence[st
         layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, classes))
         layer.setOpacity(CLASS_LAYER_OPACITY)
     layer.setCustomProperty(KIND_PROPERTY, "classes")
-    return layer
 
 
 def heatmap_layer(path: str, class_name: str) -> QgsRasterLayer:

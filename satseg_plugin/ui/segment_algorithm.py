@@ -12,6 +12,7 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputFile,
     QgsProcessingOutputFolder,
     QgsProcessingOutputNumber,
@@ -23,9 +24,11 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
+    QgsRasterLayer,
 )
 
 from ..inference.errors import Cancelled, SatsegError
+from .layers import style_class_layer
 from .sources import ImagerySource, source_of_layer, source_of_url
 
 MODEL = "MODEL"
@@ -42,6 +45,26 @@ OUT_HEATMAPS = "HEATMAPS"
 OUT_COUNTS = "COUNTS"
 OUT_TILES = "TILES"
 OUT_TILES_FAILED = "TILES_FAILED"
+
+
+class _StyleClasses(QgsProcessingLayerPostProcessorInterface):
+    """Styles the class raster Processing loads when the algorithm ran from the toolbox."""
+
+    def __init__(self, class_names: list[str], class_colors: list[str]) -> None:
+        super().__init__()
+        self.class_names = class_names
+        self.class_colors = class_colors
+
+    def postProcessLayer(
+        self, layer: Any, context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> None:
+        if isinstance(layer, QgsRasterLayer):
+            style_class_layer(layer, self.class_names, self.class_colors)
+            layer.triggerRepaint()
+
+
+#: Post-processors run after the algorithm object is gone: Python must keep them alive.
+_POST_PROCESSORS: list[_StyleClasses] = []
 
 
 class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
@@ -144,6 +167,12 @@ class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException("cancelled; no file was written") from None
         except SatsegError as exc:
             raise QgsProcessingException(str(exc)) from None
+        if result.classes_path:  # when run from the toolbox, the class raster opens styled
+            styler = _StyleClasses(list(result.class_names), list(result.class_colors))
+            _POST_PROCESSORS[:] = [styler]
+            details = QgsProcessingContext.LayerDetails("classes", context.project(), OUT_CLASSES)
+            details.setPostProcessor(styler)
+            context.addLayerToLoadOnCompletion(result.classes_path, details)
         for tile, reason in result.tiles_failed:
             feedback.reportError(f"tile {tile} could not be had: {reason}; left empty (nodata)")
         return {
