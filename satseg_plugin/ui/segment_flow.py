@@ -120,9 +120,14 @@ class SegmentController:
         if tiles > LARGE_RUN_TILES and not self.confirm(self.iface.mainWindow(), tiles):
             return None
         group_name, folder = run_name(choices.model_path, when or datetime.now())
+        out_dir = Path(choices.out_parent) / folder
+        n = 1
+        while out_dir.exists() or out_dir.with_name(f".{out_dir.name}.part").exists():  # two runs in a second
+            n += 1
+            out_dir = Path(choices.out_parent) / f"{folder}-{n}"
         task = SegmentTask(
             request,
-            Path(choices.out_parent) / folder,
+            out_dir,
             group_name,
             QgsProject.instance(),
             self.iface.messageBar(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import os
 import re
@@ -35,10 +36,19 @@ def run_name(model_path: str | os.PathLike[str], when: datetime) -> tuple[str, s
     return f"{stem} {when:%Y-%m-%d %H:%M:%S}", f"{folder_stem}_{when:%Y%m%d-%H%M%S}"
 
 
-def _moved(path: str | None, staging: Path, final: Path) -> str | None:
-    if path is None:
-        return None
-    return str(final / Path(path).relative_to(staging))
+def _moved(path: str | os.PathLike[str] | None, final: Path) -> str | None:
+    """Return where an output of the staging folder is once the folder is renamed to ``final``."""
+    return None if path is None else str(final / Path(path).name)
+
+
+def _replace(obj: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` that also works for plain objects (a copy with new attributes)."""
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.replace(obj, **changes)
+    new = copy.copy(obj)
+    for key, value in changes.items():
+        setattr(new, key, value)
+    return new
 
 
 class SegmentTask(QgsTask):
@@ -87,7 +97,7 @@ class SegmentTask(QgsTask):
                 raise SatsegError(f"the output folder {self.out_dir} exists already")
             shutil.rmtree(self.staging, ignore_errors=True)
             self.staging.mkdir(parents=True)
-            request = dataclasses.replace(self.request, out_dir=str(self.staging))
+            request = _replace(self.request, out_dir=str(self.staging))
             result = run_segment(
                 request,
                 progress=lambda fraction, _message: self.setProgress(100.0 * float(fraction)),
@@ -96,13 +106,11 @@ class SegmentTask(QgsTask):
             if self.isCanceled():
                 raise Cancelled("cancelled")
             os.replace(self.staging, self.out_dir)  # the whole set appears at once
-            self.result = dataclasses.replace(
+            self.result = _replace(
                 result,
-                classes_path=_moved(result.classes_path, self.staging, self.out_dir),
-                heatmap_paths={
-                    k: _moved(v, self.staging, self.out_dir) for k, v in result.heatmap_paths.items()
-                },
-                counts_csv=_moved(result.counts_csv, self.staging, self.out_dir),
+                classes_path=_moved(result.classes_path, self.out_dir),
+                heatmap_paths={k: _moved(v, self.out_dir) for k, v in (result.heatmap_paths or {}).items()},
+                counts_csv=_moved(result.counts_csv, self.out_dir),
             )
             self.outcome = "done"
             return True

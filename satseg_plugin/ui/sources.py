@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from qgis.core import QgsDataSourceUri, QgsMapLayer, QgsProviderRegistry, QgsRasterLayer
@@ -18,7 +19,22 @@ class ImagerySource:
 
     @property
     def label(self) -> str:
-        return self.tiles_url or self.raster_path or ""
+        """The source for messages and logs, with any access token hidden."""
+        return redacted(self.tiles_url) if self.tiles_url else (self.raster_path or "")
+
+
+_SECRET_PARAM = re.compile(
+    r"([?&](?:access_token|token|api_?key|key|apikey|sig|signature)=)[^&#]*", re.IGNORECASE
+)
+
+
+def redacted(url: str) -> str:
+    """Return ``url`` with the values of token-like query parameters replaced by ``***``.
+
+    >>> redacted("https://a/{z}/{x}/{y}.png?access_token=pk.123&fmt=png")
+    'https://a/{z}/{x}/{y}.png?access_token=***&fmt=png'
+    """
+    return _SECRET_PARAM.sub(r"\1***", url)
 
 
 def xyz_url_from_source(source: str) -> str | None:
