@@ -21,7 +21,13 @@ from satseg_plugin.ui.dependencies import (
 )
 from satseg_plugin.ui.export import export_geotiff
 from satseg_plugin.ui.segment_dialog import SegmentDialog
-from satseg_plugin.ui.sources import is_supported_layer, source_of_layer, source_of_url, xyz_url_from_source
+from satseg_plugin.ui.sources import (
+    is_supported_layer,
+    redacted,
+    source_of_layer,
+    source_of_url,
+    xyz_url_from_source,
+)
 
 XYZ_SOURCE = (
     "type=xyz&url=http://127.0.0.1:8123/%7Bz%7D/%7Bx%7D/%7By%7D.png?access_token%3Dabc&zmax=21&zmin=0"
@@ -60,6 +66,11 @@ def test_xyz_source_url_is_decoded_and_gdal_raster_gives_its_path(qgis_new_proje
     tif = _geotiff(tmp_path / "image.tif", np.ones((8, 8), np.uint8))
     raster = QgsRasterLayer(str(tif), "image", "gdal")
     assert raster.isValid() and source_of_layer(raster).raster_path == str(tif)
+    assert source_of_layer(xyz).label == "http://127.0.0.1:8123/{z}/{x}/{y}.png?access_token=***"
+    assert (
+        redacted("https://a/t/{z}/{x}/{y}?key=k1&fmt=png&api_key=k2")
+        == "https://a/t/{z}/{x}/{y}?key=***&fmt=png&api_key=***"
+    )
     with pytest.raises(SourceError, match="tile URL"):
         source_of_url("  ")
     with pytest.raises(SourceError, match="not a URL"):
