@@ -135,3 +135,36 @@ def test_segment_extent_in_the_real_qgis_window(
         assert shot.stat().st_size > 50_000
     run_dirs = [p for p in out_parent.iterdir()]
     assert len(run_dirs) == 1 and (run_dirs[0] / "classes.tif").is_file()
+
+
+def test_without_onnxruntime_qgis_says_so_and_offers_pip(plugin_zip: Path, tmp_path: Path) -> None:
+    """QGIS's own Python (no test venv on its path) may lack onnxruntime: the click must explain it."""
+    profiles = make_profile(tmp_path, plugin_zip)
+    body = """
+    from qgis.PyQt.QtCore import QTimer
+    from qgis.PyQt.QtWidgets import QApplication, QMessageBox
+    from satseg_plugin.ui.dependencies import check_requirements
+
+    result["missing"] = [p.requirement.package for p in check_requirements()]
+    seen = result["boxes"] = []
+
+    def answer_no():
+        for w in QApplication.topLevelWidgets():
+            if isinstance(w, QMessageBox) and w.isVisible():
+                seen.append(w.text())
+                w.button(QMessageBox.No).click()
+
+    QTimer.singleShot(1500, answer_no)
+    qgis.utils.plugins["satseg_plugin"].segment_action.trigger()  # modal question until answered
+    result["dialogs"] = [w.objectName() for w in QApplication.topLevelWidgets()
+                         if w.objectName() == "satsegSegmentDialog" and w.isVisible()]
+    """
+    with xvfb() as display:
+        result = run_qgis(body, profiles, display, tmp_path)
+    assert "error" not in result, result["error"]
+    if not result["missing"]:
+        pytest.skip("this QGIS's Python has every package satseg needs")
+    assert len(result["boxes"]) == 1 and result["dialogs"] == []
+    for package in result["missing"]:
+        assert f"'{package}' is not installed" in result["boxes"][0]
+    assert "satseg_deps" in result["boxes"][0]
