@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -74,6 +75,7 @@ def export_onnx(net: torch.nn.Module, tile_size: int, out: Path, props: dict[str
     # The exporter logs every step and onnx_ir warns about empty attributes: noise for a user.
     logging.getLogger("onnx_ir").setLevel(logging.ERROR)
     logging.getLogger("onnxscript").setLevel(logging.ERROR)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -129,7 +131,8 @@ def quantize_int8(onnx_path: Path, out: Path, cache: Path, calib: list[int], pro
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     CalibrationDataReader.register(_Calibration)
-    with atomic_path(out.with_name(out.stem + ".pre.onnx")) as pre, atomic_path(out) as tmp:
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".quantize-") as work, atomic_path(out) as tmp:
+        pre = Path(work) / "pre.onnx"  # shape-inferred copy: an intermediate, never an output
         quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
         quantize_static(
             str(pre),
@@ -143,7 +146,6 @@ def quantize_int8(onnx_path: Path, out: Path, cache: Path, calib: list[int], pro
         proto = onnx.load(str(tmp))
         _set_metadata(proto, props)
         onnx.save_model(proto, str(tmp))
-        pre.unlink()  # an intermediate, not an output
 
 
 def _rate_and_miou(path: Path, images: np.ndarray, labels: np.ndarray, batch: int) -> tuple[float, float]:

@@ -75,6 +75,9 @@ class SegNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        # A small classifier starts near uniform probabilities (loss ~ log C) instead of
+        # confident noise, which narrow networks take many steps to unlearn.
+        nn.init.normal_(self.classifier.weight, std=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return logits ``[N, num_classes, H, W]`` for normalised RGB ``x``."""

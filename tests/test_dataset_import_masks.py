@@ -1,0 +1,155 @@
+"""import-masks on the real Dubai aerial masks (../shared/data/dubai-aerial), a scene or two."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from satseg_plugin.inference.errors import ConfigError, SatsegError
+from satseg_plugin.inference.imageio import read_image, write_png
+from training.dataset import import_masks
+
+ROOT = Path(__file__).resolve().parents[1]
+COLORS = ROOT / "training" / "classes" / "dubai.json"
+# The table of the dataset's README, written out independently of dubai.json.
+README_CLASSES = {
+    (0x3C, 0x10, 0x98): 1,  # building
+    (0x84, 0x29, 0xF6): 2,  # land
+    (0x6E, 0xC1, 0xE4): 3,  # road
+    (0xFE, 0xDD, 0x3A): 4,  # vegetation
+    (0xE2, 0xA9, 0x29): 5,  # water
+}
+
+
+def run_import(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="import-masks")
+    import_masks.add_arguments(parser)
+    return import_masks.run(parser.parse_args([str(a) for a in argv]))
+
+
+@pytest.fixture(scope="module")
+def dubai(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dubai")
+    assert (
+        run_import(shared_data / "dubai-aerial", "--colors", COLORS, "--out", out, "--scenes", "tile2") == 0
+    )
+    return out
+
+
+def test_layout_manifest_and_scenes(dubai: Path) -> None:
+    manifest = json.loads((dubai / "manifest.json").read_text())
+    assert manifest["kind"] == "masks"
+    assert manifest["ignore_index"] == 255
+    assert [c["name"] for c in manifest["classes"]] == [
+        "background",
+        "building",
+        "land",
+        "road",
+        "vegetation",
+        "water",
+    ]
+    ids = (dubai / "sample.txt").read_text().split()
+    # tile2 has nine parts of about 510x544 px: 2 columns x 3 rows of 256 px tiles each
+    assert len(ids) == 9 * 2 * 3
+    assert set((dubai / "sample-filtered.txt").read_text().split()) <= set(ids)
+    with (dubai / "scenes.csv").open() as f:
+        scenes = {r["id"]: r["scene"] for r in csv.DictReader(f)}
+    assert scenes == dict.fromkeys(ids, "tile2")
+    totals = np.zeros(256, np.int64)
+    for i in ids:
+        assert read_image(dubai / "images" / f"{i}.png").shape == (256, 256, 3)
+        lab = read_image(dubai / "labels" / "color" / f"{i}.png")
+        assert lab.shape == (256, 256, 3)
+        assert (lab[..., 0] == lab[..., 1]).all() and (lab[..., 0] == lab[..., 2]).all()
+        totals += np.bincount(lab[..., 0].ravel(), minlength=256)
+    assert set(np.flatnonzero(totals)) <= {1, 2, 3, 4, 5, 255}
+    assert manifest["pixels_per_class"] == {
+        c["name"]: int(totals[k]) for k, c in enumerate(manifest["classes"])
+    }
+    assert manifest["pixels_per_class"]["background"] == 0  # nothing unknown became background
+
+
+def test_tile_matches_source_pixels(dubai: Path, shared_data: Path) -> None:
+    src_img = read_image(shared_data / "dubai-aerial/tile2/images/image_part_007.jpg")
+    src_mask = read_image(shared_data / "dubai-aerial/tile2/masks/image_part_007.png")
+    h, w = src_mask.shape[:2]
+    # row 2, column 1: the windows moved back to end at the bottom-right corner
+    img = read_image(dubai / "images" / "tile2-image_part_007-2-1.png")
+    lab = read_image(dubai / "labels" / "color" / "tile2-image_part_007-2-1.png")[..., 0]
+    np.testing.assert_array_equal(img, src_img[h - 256 :, w - 256 :])
+    window = src_mask[h - 256 :, w - 256 :]
+    expected = np.full((256, 256), 255, np.uint8)
+    for rgb, k in README_CLASSES.items():
+        expected[(window == rgb).all(axis=2)] = k
+    np.testing.assert_array_equal(lab, expected)
+    unlabeled = (window == (0x9B, 0x9B, 0x9B)).all(axis=2)
+    assert unlabeled.any() and (lab[unlabeled] == 255).all()
+
+
+def test_unknown_colours_ignored_and_missing_mask_skipped(tmp_path: Path) -> None:
+    src = tmp_path / "src" / "sceneA"
+    img = np.random.default_rng(0).integers(0, 255, (300, 280, 3), dtype=np.uint8)
+    mask = np.zeros((300, 280, 3), np.uint8)
+    mask[:, :100] = (0x3C, 0x10, 0x98)  # building
+    mask[:, 100:200] = (0x12, 0x34, 0x56)  # a colour the map does not know
+    mask[:, 200:] = (0, 0, 0)  # listed as an ignore colour
+    write_png(src / "images" / "a.png", img)
+    write_png(src / "masks" / "a.png", mask)
+    write_png(src / "images" / "b.png", img)  # no mask
+    out = tmp_path / "out"
+    assert run_import(tmp_path / "src", "--colors", COLORS, "--out", out, "--stride", "128") == 0
+    ids = (out / "sample.txt").read_text().split()
+    # 300 px -> windows at 0 and 44 (the last one moved back); 280 px -> 0 and 24
+    assert ids == ["sceneA-a-0-0", "sceneA-a-0-1", "sceneA-a-1-0", "sceneA-a-1-1"]
+    lab = read_image(out / "labels" / "color" / "sceneA-a-0-0.png")[..., 0]
+    assert (lab[:, :100] == 1).all() and (lab[:, 100:] == 255).all()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["unknown_colors"] == {"#123456": 300 * 100}
+    assert manifest["pixels_per_class"]["background"] == 0
+    assert "sceneA-b" in (out / "skipped.csv").read_text()
+
+
+def test_tile_starts_cover_the_edge() -> None:
+    assert import_masks.tile_starts(544, 256, 256) == [0, 256, 288]
+    assert import_masks.tile_starts(512, 256, 256) == [0, 256]
+    assert import_masks.tile_starts(200, 256, 256) == [0]
+    assert import_masks.tile_starts(600, 256, 128) == [0, 128, 256, 344]
+
+
+def test_bad_colour_maps(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"classes": [{"name": "a", "mask_color": "#12345"}]}')
+    with pytest.raises(ConfigError, match="#12345"):
+        import_masks.load_color_map(bad)
+    bad.write_text(
+        '{"classes": [{"name": "a", "mask_color": "#123456"}, {"name": "b", "mask_color": "#123456"}]}'
+    )
+    with pytest.raises(ConfigError, match="already class"):
+        import_masks.load_color_map(bad)
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        import_masks.load_color_map(bad)
+    cmap = import_masks.load_color_map(COLORS)
+    assert cmap.names[0] == "background" and len(cmap.names) == 6
+
+
+def test_bad_arguments(tmp_path: Path, shared_data: Path) -> None:
+    with pytest.raises(SatsegError, match="not in"):
+        run_import(shared_data / "dubai-aerial", "--colors", COLORS, "--out", tmp_path, "--scenes", "tile99")
+    with pytest.raises(SatsegError, match="--stride"):
+        run_import(shared_data / "dubai-aerial", "--colors", COLORS, "--out", tmp_path, "--stride", "300")
+    with pytest.raises(SatsegError, match="no SCENE/images"):
+        run_import(tmp_path, "--colors", COLORS, "--out", tmp_path / "o")
+
+
+def test_help_documents_the_layout() -> None:
+    parser = argparse.ArgumentParser(prog="import-masks")
+    import_masks.add_arguments(parser)
+    text = parser.format_help()
+    assert "SCENE/images/X.jpg" in text and "SCENE/masks/X.png" in text
+    assert "ignore_colors" in text and "(default: 256)" in text

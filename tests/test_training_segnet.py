@@ -1,0 +1,170 @@
+"""SegNet end to end on real data: Dubai masks imported, trained, validated, exported, run.
+
+Three Dubai scenes are imported as 128 px tiles (import-masks --tile 128: a
+quarter of the compute per step of 256 px tiles, so a width-0.25 SegNet gets
+enough steps in about a minute on two cores); one whole scene is held out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from satseg_plugin.inference.cli import run_cli
+from satseg_plugin.inference.imageio import read_image
+from satseg_plugin.inference.metadata import parse_metadata
+from training import export, feed_forward, train, validate
+from training.data import load_dataset, normalize, read_tiles, split_indices
+from training.dataset import import_masks
+from training.metrics import confusion_matrix, scores
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["background", "building", "land", "road", "vegetation", "water"]
+
+
+@pytest.fixture(scope="session")
+def dubai_data(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dubai128")
+    parser = argparse.ArgumentParser()
+    import_masks.add_arguments(parser)
+    args = parser.parse_args(
+        [str(shared_data / "dubai-aerial"), "--colors", str(ROOT / "training/classes/dubai.json"),
+         "--out", str(out), "--scenes", "tile1,tile2,tile3", "--tile", "128"]
+    )  # fmt: skip
+    assert import_masks.run(args) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained(dubai_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "dubai"
+    argv = ["--data", str(dubai_data), "--out", str(run), "--width", "0.25", "--epochs", "3",
+            "--optimizer", "adam", "--lr", "0.003", "--batch-size", "8", "--seed", "0"]  # fmt: skip
+    assert run_cli(train.main, argv) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
+def exported(trained: Path) -> Path:
+    out = trained / "model.onnx"
+    argv = [
+        str(trained / "best.pt"),
+        "--out",
+        str(out),
+        "--int8",
+        "--calibration-tiles",
+        "8",
+        "--eval-tiles",
+        "16",
+    ]
+    assert run_cli(export.main, argv) == 0
+    return out
+
+
+def _plain(value: object) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, (str, int)) and _plain(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool, torch.Tensor))
+
+
+def test_training_writes_log_and_plain_checkpoints(trained: Path) -> None:
+    with (trained / "training_log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert set(rows[0]) == {"epoch", "loss", "val_loss", "acc", "val_acc", "val_mIoU", "lr", "seconds"}
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    for name in ("best.pt", "last.pt"):
+        ckpt = torch.load(trained / name, weights_only=True)
+        assert _plain(ckpt)
+        assert ckpt["class_names"] == CLASSES and ckpt["width"] == 0.25 and ckpt["tile_size"] == 128
+    assert "optimizer" in torch.load(trained / "last.pt", weights_only=True)
+    best = max(float(r["val_mIoU"]) for r in rows)
+    assert torch.load(trained / "best.pt", weights_only=True)["best_miou"] == pytest.approx(best, abs=1e-6)
+
+
+def test_beats_the_majority_class_on_held_out_scenes(dubai_data: Path, trained: Path) -> None:
+    ds = load_dataset(dubai_data)
+    train_idx, val_idx = split_indices(ds.groups, 0.2, 0)
+    assert {ds.groups[i] for i in train_idx}.isdisjoint({ds.groups[i] for i in val_idx})
+    _, train_labels = read_tiles(ds.cache, train_idx)
+    majority = int(np.argmax(np.bincount(train_labels.ravel(), minlength=256)[: len(CLASSES)]))
+    _, val_labels = read_tiles(ds.cache, val_idx)
+    baseline = scores(confusion_matrix(val_labels, np.full_like(val_labels, majority), len(CLASSES)))["miou"]
+
+    out = trained / "val"
+    assert run_cli(validate.main, ["--data", str(dubai_data), "--weights", str(trained / "best.pt"),
+                                   "--out", str(out)]) == 0  # fmt: skip
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["tiles"] == len(val_idx)
+    print(f"validation mIoU {report['miou']:.3f} vs majority class ({CLASSES[majority]}) {baseline:.3f}")
+    assert report["miou"] > baseline + 0.05
+
+
+def test_export_parity_and_metadata(exported: Path, dubai_data: Path, trained: Path) -> None:
+    model = onnx.load(str(exported))
+    assert model.opset_import[0].version >= 17
+    meta = parse_metadata({p.key: p.value for p in model.metadata_props}, num_outputs=len(CLASSES))
+    assert meta.class_names == CLASSES and meta.tile_size == 128 and meta.model_type == "Segmentor"
+    assert meta.class_colors[1] == "#e31a1c"
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    assert [o.name for o in session.get_outputs()] == ["probabilities"]
+    ds = load_dataset(dubai_data)
+    images, _ = read_tiles(ds.cache, list(range(0, 15, 5)))  # three real tiles: batch size 3
+    x = normalize(images)
+    got = session.run(None, {"image": x})[0]
+    net = SoftmaxNet(trained / "best.pt")
+    with torch.inference_mode():
+        ref = net(torch.from_numpy(x)).numpy()
+    assert got.shape == (3, len(CLASSES), 128, 128)
+    assert np.abs(got - ref).max() <= 1e-4
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
+
+    int8 = exported.with_name("model.int8.onnx")
+    q = onnx.load(str(int8))
+    assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)
+    assert parse_metadata({p.key: p.value for p in q.metadata_props}).class_names == CLASSES
+
+
+def SoftmaxNet(path: Path) -> torch.nn.Module:  # noqa: N802 - reads like the class it builds
+    from training.checkpoint import load_checkpoint, model_from_checkpoint
+    from training.model import SoftmaxSegNet
+
+    return SoftmaxSegNet(model_from_checkpoint(load_checkpoint(path))).eval()
+
+
+def test_onnx_and_torch_validate_alike(exported: Path, dubai_data: Path, trained: Path) -> None:
+    miou = {}
+    for w in (trained / "best.pt", exported):
+        out = trained / f"val-{w.suffix[1:]}"
+        argv = ["--data", str(dubai_data), "--weights", str(w), "--out", str(out), "--limit", "24",
+                "--no-predictions"]  # fmt: skip
+        assert run_cli(validate.main, argv) == 0
+        miou[w.suffix] = json.loads((out / "metrics.json").read_text())["miou"]
+    assert miou[".onnx"] == pytest.approx(miou[".pt"], abs=1e-3)
+
+
+def test_feed_forward_on_a_whole_dubai_image(trained: Path, shared_data: Path, tmp_path: Path) -> None:
+    image = shared_data / "dubai-aerial/tile2/images/image_part_001.jpg"  # 509 x 544, not a tile multiple
+    out = tmp_path / "ff"
+    assert run_cli(feed_forward.main, [str(trained / "best.pt"), str(image), str(out)]) == 0
+    h, w = read_image(image).shape[:2]
+    with (out / "pixel_counts.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["class"] for r in rows] == CLASSES
+    assert sum(int(r["pixels"]) for r in rows) == h * w
+    classes = read_image(out / "classes.png")[..., 0]
+    assert classes.shape == (h, w)
+    assert [int(r["pixels"]) for r in rows] == np.bincount(classes.ravel(), minlength=len(CLASSES)).tolist()
+    assert len(list(out.glob("heatmap_*.png"))) == len(CLASSES)
+    assert read_image(out / "segments.png").shape == (h, w, 3)

@@ -1,0 +1,138 @@
+"""Segment one image of any size with a trained model and write what it found.
+
+    python -m training.feed_forward WEIGHTS IMAGE OUTDIR
+
+WEIGHTS is a checkpoint (``.pt``) or an ONNX model. The image is cut into
+overlapping tiles of the model's size whose probabilities are blended
+(``training.tiled``). Output in OUTDIR:
+
+* ``pixel_counts.csv``: ``class,pixels,share,area_m2,area_ha`` (areas only when
+  the model knows its resolution); the pixels sum to the image's pixel count;
+* ``classes.png``: one band, the class index of every pixel;
+* ``segments.png``: the class display colours blended over the image;
+* ``heatmap_<class>.png``: the probability of each class, colour-mapped
+  (``HEATMAP_STOPS``: dark blue at 0, through green, to yellow at 1.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from satseg_plugin.inference.atomic import write_text_atomic
+from satseg_plugin.inference.cli import run_cli
+from satseg_plugin.inference.errors import SatsegError
+from satseg_plugin.inference.imageio import read_image, to_rgb, write_png
+from satseg_plugin.inference.metadata import parse_hex_color
+
+from .predictor import load_predictor
+from .tiled import predict_image
+
+#: Colour map of the heatmaps (a viridis-like ramp): (probability, RGB) stops.
+HEATMAP_STOPS: tuple[tuple[float, tuple[int, int, int]], ...] = (
+    (0.0, (68, 1, 84)),
+    (0.25, (59, 82, 139)),
+    (0.5, (33, 145, 140)),
+    (0.75, (94, 201, 98)),
+    (1.0, (253, 231, 37)),
+)
+
+
+def heatmap_lut() -> np.ndarray:
+    """``[256, 3]`` uint8: the colour of probability ``i / 255``."""
+    xs = np.array([s for s, _ in HEATMAP_STOPS])
+    rgb = np.array([c for _, c in HEATMAP_STOPS], np.float64)
+    t = np.arange(256) / 255.0
+    return np.stack([np.interp(t, xs, rgb[:, k]) for k in range(3)], axis=1).round().astype(np.uint8)
+
+
+def heatmap(prob: np.ndarray) -> np.ndarray:
+    """``(H, W)`` probabilities in [0, 1] -> ``(H, W, 3)`` uint8; 1.0 maps to the top colour."""
+    index = np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)  # clip before the cast: no wrap-around
+    return heatmap_lut()[index]
+
+
+def overlay(image: np.ndarray, classes: np.ndarray, colors: list[str], alpha: float = 0.5) -> np.ndarray:
+    """The image with each pixel's class colour blended in at ``alpha``."""
+    palette = np.array([parse_hex_color(c) for c in colors], np.float32)
+    mixed = image.astype(np.float32) * (1 - alpha) + palette[classes] * alpha
+    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+
+
+def file_name(class_name: str) -> str:
+    """``heatmap_<class>``'s class part: lower case, other runs than a-z0-9 turned into ``_``."""
+    return re.sub(r"[^a-z0-9]+", "_", class_name.lower()).strip("_") or "class"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m training.feed_forward",
+        description="Segment one image (any size) with a .pt checkpoint or .onnx model; write counts, "
+        "class image, overlay and per-class heatmaps.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("weights", type=Path, metavar="WEIGHTS", help="runs/NAME/best.pt or model.onnx")
+    p.add_argument("image", type=Path, metavar="IMAGE", help="RGB image (PNG, JPEG, GeoTIFF, ...)")
+    p.add_argument("outdir", type=Path, metavar="OUTDIR", help="folder for the results")
+    p.add_argument(
+        "--overlap", type=float, default=None,
+        help="tile overlap in percent (default: the model's tiles_overlap, 25 for satseg models)",
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
+    p.add_argument("--alpha", type=float, default=0.5, help="opacity of the class colours in segments.png")
+    p.add_argument("--device", default="auto", help="torch device for .pt weights: auto, cpu, cuda")
+    p.add_argument("--no-heatmaps", action="store_true", help="skip the per-class heatmap PNGs")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise SatsegError("--batch-size must be at least 1")
+    if not 0 <= args.alpha <= 1:
+        raise SatsegError(f"--alpha must be in [0, 1], not {args.alpha}")
+    pred = load_predictor(args.weights, args.device)
+    image, _ = to_rgb(read_image(args.image))
+    overlap = pred.tiles_overlap if args.overlap is None else args.overlap
+    if not 0 <= overlap < 100:
+        raise SatsegError(f"--overlap must be a percent in [0, 100), not {overlap}")
+    h, w = image.shape[:2]
+    print(
+        f"{args.image}: {w}x{h} px, {pred.kind} model {args.weights.name}, tiles {pred.tile_size}, overlap {overlap}%"
+    )
+    probs = predict_image(image, pred.predict, pred.num_classes, pred.tile_size, overlap, args.batch_size)
+    classes = probs.argmax(0).astype(np.uint8)
+    counts = np.bincount(classes.ravel(), minlength=pred.num_classes)
+    assert counts.sum() == h * w  # every pixel has exactly one class
+
+    out: Path = args.outdir
+    out.mkdir(parents=True, exist_ok=True)
+    res = (pred.checkpoint or {}).get("resolution_cm")
+    rows = ["class,pixels,share,area_m2,area_ha"]
+    print(f"{'class':<20} {'pixels':>12} {'share':>8}")
+    for name, n in zip(pred.class_names, counts, strict=True):
+        share = n / (h * w)
+        area = n * (res / 100.0) ** 2 if res else None
+        rows.append(f"{name},{n},{share:.6f},{'' if area is None else f'{area:.2f}'},"
+                    f"{'' if area is None else f'{area / 1e4:.4f}'}")  # fmt: skip
+        print(f"{name:<20} {n:>12} {100 * share:>7.2f}%")
+    print(f"{'total':<20} {int(counts.sum()):>12} (= {w} x {h})")
+    write_text_atomic(out / "pixel_counts.csv", "\n".join(rows) + "\n")
+    write_png(out / "classes.png", classes)
+    write_png(out / "segments.png", overlay(image, classes, pred.class_colors, args.alpha))
+    if not args.no_heatmaps:
+        for i, name in enumerate(pred.class_names):
+            write_png(out / f"heatmap_{file_name(name)}.png", heatmap(probs[i]))
+    print(
+        f"wrote pixel_counts.csv, classes.png, segments.png{'' if args.no_heatmaps else ', heatmap_*.png'} in {out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
