@@ -24,8 +24,8 @@ def contact_sheet(
 ) -> Path | None:
     """Write a grid of ``ids`` (imagery, or grey where there is none) with labels blended in.
 
-    Label pixels take their class's display colour at ``alpha``; the ignore
-    label (255) is drawn white. Returns the path, or ``None`` when no id has
+    Label pixels take their class's display colour at ``alpha``, with the
+    class edges drawn fully; the ignore label (255) is drawn white. Returns the path, or ``None`` when no id has
     a label.
     """
     palette = np.zeros((256, 3), np.float32)
@@ -52,6 +52,12 @@ def contact_sheet(
                 pass
         mask = (labels > 0)[..., None]
         blended = np.where(mask, (1 - alpha) * base + alpha * palette[labels], base)
+        # Outlines at full strength: a class edge against the imagery shows misalignment at a glance.
+        edge = np.zeros(labels.shape, bool)
+        edge[1:] |= labels[1:] != labels[:-1]
+        edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+        edge &= labels > 0
+        blended[edge] = palette[labels[edge]]
         step = max(1, labels.shape[0] // cell)
         cells.append(blended[::step, ::step].astype(np.uint8))
     if not cells:
