@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -109,23 +109,24 @@ def parity(net: torch.nn.Module, onnx_path: Path, tiles: np.ndarray) -> float:
 
 
 class _Calibration:
-    """onnxruntime ``CalibrationDataReader`` over normalised training tiles, a few at a time."""
+    """onnxruntime ``CalibrationDataReader`` over batches of normalised tiles."""
 
-    def __init__(self, cache: Path, indices: list[int], batch: int = 4) -> None:
-        self._batches: Iterator[list[int]] = iter(
-            [indices[i : i + batch] for i in range(0, len(indices), batch)]
-        )
-        self.cache = cache
+    def __init__(self, batches: Iterable[np.ndarray]) -> None:
+        self._batches: Iterator[np.ndarray] = iter(batches)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        idx = next(self._batches, None)
-        if idx is None:
-            return None
-        return {"image": normalize(read_tiles(self.cache, idx)[0])}
+        batch = next(self._batches, None)
+        return None if batch is None else {"image": batch}
 
 
-def quantize_int8(onnx_path: Path, out: Path, cache: Path, calib: list[int], props: dict[str, str]) -> None:
-    """Static int8 quantisation (QDQ, per-channel weights) calibrated on ``calib`` tiles."""
+def cached_batches(cache: Path, indices: list[int], batch: int = 4) -> Iterator[np.ndarray]:
+    """Normalised ``[n, 3, S, S]`` batches of the cached tiles at ``indices``."""
+    for i in range(0, len(indices), batch):
+        yield normalize(read_tiles(cache, indices[i : i + batch])[0])
+
+
+def quantize_int8(onnx_path: Path, out: Path, batches: Iterable[np.ndarray], props: dict[str, str]) -> None:
+    """Static int8 quantisation (QDQ, per-channel weights) calibrated on ``batches`` of real tiles."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -137,7 +138,7 @@ def quantize_int8(onnx_path: Path, out: Path, cache: Path, calib: list[int], pro
         quantize_static(
             str(pre),
             str(tmp),
-            _Calibration(cache, calib),
+            _Calibration(batches),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,
@@ -227,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rng = np.random.default_rng(0)
         calib = sorted(rng.permutation(train_idx)[: args.calibration_tiles].tolist())
         print(f"quantising to int8, calibrated on {len(calib)} training tiles ...")
-        quantize_int8(out, int8, ds.cache, calib, props)
+        quantize_int8(out, int8, cached_batches(ds.cache, calib), props)
         images, labels = read_tiles(ds.cache, (val_idx or train_idx)[: args.eval_tiles])
         fp_rate, fp_miou = _rate_and_miou(out, images, labels, 8)
         q_rate, q_miou = _rate_and_miou(int8, images, labels, 8)
