@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from osgeo import gdal, ogr
+from osgeo import gdal
 
 from training.dataset.filters import FilterError, compile_filter, parse
 from training.dataset.osm_source import OsmSource, parse_hstore
