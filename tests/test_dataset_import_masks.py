@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -147,9 +149,17 @@ def test_bad_arguments(tmp_path: Path, shared_data: Path) -> None:
         run_import(tmp_path, "--colors", COLORS, "--out", tmp_path / "o")
 
 
-def test_help_documents_the_layout() -> None:
-    parser = argparse.ArgumentParser(prog="import-masks")
-    import_masks.add_arguments(parser)
-    text = parser.format_help()
-    assert "SCENE/images/X.jpg" in text and "SCENE/masks/X.png" in text
-    assert "ignore_colors" in text and "(default: 256)" in text
+def test_cli_help_and_errors(tmp_path: Path, shared_data: Path) -> None:
+    def cli(*argv: object) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "training.dataset", "import-masks", *map(str, argv)],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    helped = cli("--help")
+    assert helped.returncode == 0, helped.stderr
+    assert "SCENE/images/X.jpg" in helped.stdout and "SCENE/masks/X.png" in helped.stdout
+    assert "ignore_colors" in helped.stdout and "(default: 256)" in helped.stdout
+    failed = cli(shared_data / "dubai-aerial", "--colors", tmp_path / "none.json", "--out", tmp_path / "o")
+    assert failed.returncode == 2
+    assert failed.stderr.strip().splitlines()[-1].startswith("error: colour map not found")

@@ -253,6 +253,9 @@ class SegmentationTiles(Dataset):
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._file is None:  # opened lazily: one handle per worker process
             self._file = h5py.File(self.cache, "r")
+            worker = torch.utils.data.get_worker_info()
+            if worker is not None:  # each worker its own augmentations, not copies of one stream
+                self.rng = np.random.default_rng([int(self.rng.integers(2**31)), worker.id])
         n = self.indices[k]
         image = self._file["images"][n]
         label = self._file["labels"][n]

@@ -66,6 +66,21 @@ def _set_metadata(proto, props: dict[str, str]) -> None:
         entry.key, entry.value = k, v
 
 
+def _check_onnxscript() -> None:
+    """Fail clearly when onnxscript is too old for this torch (torch 2.13 needs 0.7 or newer)."""
+    import importlib
+
+    try:
+        importlib.import_module("torch.onnx._internal._lazy_import").onnxscript_apis.get_torchlib_ops  # noqa: B018
+    except (ModuleNotFoundError, AttributeError) as exc:
+        import onnxscript
+
+        raise SatsegError(
+            f"onnxscript {onnxscript.__version__} is too old for torch {torch.__version__}'s ONNX exporter "
+            f"({exc}); install the version in requirements.txt (pip install -r requirements.txt)"
+        ) from None
+
+
 def export_onnx(net: torch.nn.Module, tile_size: int, out: Path, props: dict[str, str]) -> None:
     """Write ``SoftmaxSegNet(net)`` as a self-contained ONNX file with ``props`` as metadata."""
     import onnx
@@ -78,6 +93,7 @@ def export_onnx(net: torch.nn.Module, tile_size: int, out: Path, props: dict[str
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        _check_onnxscript()
         program = torch.onnx.export(
             model,
             example,
@@ -88,6 +104,8 @@ def export_onnx(net: torch.nn.Module, tile_size: int, out: Path, props: dict[str
             dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1)}},
             verbose=False,
         )
+    if program is None:
+        raise ModelError("torch.onnx.export returned no program")
     proto = program.model_proto
     _set_metadata(proto, props)
     with atomic_path(out) as tmp:

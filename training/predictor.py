@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from satseg_plugin.inference.errors import ModelError
-from satseg_plugin.inference.metadata import parse_metadata
+from satseg_plugin.inference.metadata import DEFAULT_OVERLAP_PERCENT, parse_metadata
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import normalize
@@ -105,7 +105,7 @@ def load_predictor(path: str | os.PathLike[str], device: str = "auto") -> Predic
         list(ckpt["class_names"]),
         list(ckpt["class_colors"]),
         int(ckpt.get("tile_size") or 256),
-        int(ckpt.get("tiles_overlap") or 25),
+        int(ckpt["tiles_overlap"]) if ckpt.get("tiles_overlap") is not None else DEFAULT_OVERLAP_PERCENT,
         ckpt,
         _torch_runner(SoftmaxSegNet(net), pick_device(device)),
     )
