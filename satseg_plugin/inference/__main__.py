@@ -1,0 +1,171 @@
+"""Command line of the inference core: ``segment`` an extent, or show a model's ``info``.
+
+    python -m satseg_plugin.inference segment --bbox 39.2411,-6.0675,39.2459,-6.0661 \\
+        --tiles 'https://host/{z}/{x}/{y}.png' --out results/
+    python -m satseg_plugin.inference info models/satseg-default.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .cli import run_cli
+from .counts import format_table
+from .errors import ExtentError, ModelError
+from .model import DEFAULT_MODEL_NAME, SegModel, default_model_path
+from .progress import ProgressBar
+from .segment import SegmentRequest, describe_plan, run_segment
+from .tileurl import DEFAULT_TOKEN_ENV
+
+
+def _bbox(text: str) -> tuple[float, float, float, float]:
+    parts = text.replace(" ", "").split(",")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not four numbers MINX,MINY,MAXX,MAXY: {text!r}") from None
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"not four numbers MINX,MINY,MAXX,MAXY: {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _model_arg(value: str | None) -> str:
+    if value:
+        return value
+    found = default_model_path()
+    if found is None:
+        raise ModelError(f"no --model given and the default model ({DEFAULT_MODEL_NAME}) is not installed")
+    return str(found)
+
+
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "segment",
+        help="segment an extent of XYZ tiles or a raster into classes",
+        description=(
+            "Segment the extent --bbox into the model's classes. Writes OUT/classes.tif (class per pixel, "
+            "colour table, class names; 255 = nodata), OUT/heatmap_<class>.tif (probability 0..1; -1 = "
+            "nodata) and OUT/pixel_counts.csv (class, pixels, share, area_m2, area_ha; areas measured "
+            "on the ground), and prints the table. Tiles that cannot be had are left as nodata and listed."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", help=f"ONNX segmentation model (default: the shipped {DEFAULT_MODEL_NAME})")
+    p.add_argument("--bbox", required=True, type=_bbox, help="extent MINX,MINY,MAXX,MAXY in --bbox-crs")
+    p.add_argument("--bbox-crs", default="EPSG:4326", help="CRS of --bbox: EPSG:n, WKT or PROJ string")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--tiles",
+        metavar="URL",
+        help="XYZ template (https://host/{z}/{x}/{y}.png; {s}, {-y}, {q}, {token} understood) or TileJSON URL",
+    )
+    src.add_argument("--raster", metavar="FILE", help="any raster GDAL opens (GeoTIFF, VRT, WMS XML...)")
+    p.add_argument("--zoom", type=int, help="XYZ zoom (default: the model's)")
+    p.add_argument("--out", required=True, help="output folder (created if missing)")
+    p.add_argument("--overlap", type=float, help="window overlap in percent (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per model call")
+    p.add_argument("--workers", type=int, default=8, help="concurrent tile downloads")
+    p.add_argument(
+        "--cache", metavar="DIR", help="keep downloaded tiles in DIR and reuse them (off by default)"
+    )
+    p.add_argument(
+        "--token-env",
+        default=DEFAULT_TOKEN_ENV,
+        help="environment variable holding the access token (sent as access_token= or as {token})",
+    )
+    p.add_argument("--no-classes", action="store_true", help="do not write classes.tif")
+    p.add_argument("--no-heatmaps", action="store_true", help="do not write the heatmaps")
+    p.add_argument("--no-counts", action="store_true", help="do not write pixel_counts.csv")
+    p.add_argument("--generic-names", action="store_true", help="accept a model without class names")
+    p.add_argument("--dry-run", action="store_true", help="only say how many tiles and windows it would take")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _segment(args: argparse.Namespace) -> int:
+    req = SegmentRequest(
+        model=_model_arg(args.model),
+        bbox=args.bbox,
+        bbox_crs=args.bbox_crs,
+        tiles_url=args.tiles,
+        raster_path=args.raster,
+        zoom=args.zoom,
+        out_dir=args.out,
+        write_classes=not args.no_classes,
+        write_heatmaps=not args.no_heatmaps,
+        write_counts=not args.no_counts,
+        overlap_percent=args.overlap,
+        batch_size=args.batch_size,
+        cache_dir=args.cache,
+        token_env=args.token_env,
+        allow_generic_names=args.generic_names,
+        workers=args.workers,
+    )
+    if args.dry_run:
+        print(describe_plan(req))
+        return 0
+    bar: ProgressBar | None = None
+
+    def progress(fraction: float, _message: str) -> None:
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            bar = ProgressBar(1000, "segment")
+        step = round(1000 * fraction) - bar.done
+        if step > 0:
+            bar.update(step)
+
+    try:
+        result = run_segment(req, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(format_table(result.counts))
+    for tile, reason in result.tiles_failed:
+        print(f"warning: tile {tile} could not be had ({reason}); left as nodata", file=sys.stderr)
+    written = [p for p in (result.classes_path, *result.heatmap_paths.values(), result.counts_csv) if p]
+    print(
+        f"{result.tiles_total} tiles, {len(result.tiles_failed)} failed; wrote {len(written)} files to {args.out}"
+    )
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    model = SegModel.load(_model_arg(args.model), allow_generic_names=args.generic_names)
+    m = model.metadata
+    print(f"model: {model.path}")
+    for i, (name, color) in enumerate(zip(m.class_names, m.class_colors, strict=True)):
+        print(f"  class {i}: {name} {color}")
+    print(f"tile size: {m.tile_size} px, overlap {m.tiles_overlap} %")
+    print(f"zoom: {m.zoom}, resolution: {m.resolution_cm} cm/px")
+    print(f"normalisation: mean {list(m.mean)}, std {list(m.std)}")
+    print(f"execution providers: {', '.join(model.session.get_providers())}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m satseg_plugin.inference",
+        description="satseg's inference core: segment imagery with an ONNX model, without QGIS.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_segment(sub)
+    info = sub.add_parser("info", help="show a model's classes and metadata")
+    info.add_argument("model", nargs="?", help=f"ONNX model (default: the shipped {DEFAULT_MODEL_NAME})")
+    info.add_argument("--generic-names", action="store_true", help="accept a model without class names")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "segment":
+        if args.zoom is not None and not 0 <= args.zoom <= 24:
+            raise ExtentError(f"--zoom must be between 0 and 24, not {args.zoom}")
+        return _segment(args)
+    return _info(args)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

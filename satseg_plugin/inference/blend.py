@@ -1,0 +1,72 @@
+"""Blend overlapping windows' class probabilities into seamless strips of rows.
+
+Each window's probabilities are weighted by a window function that is 1 in
+the middle and falls linearly to near 0 across the overlap, so a pixel's
+probability comes mostly from the windows that see it far from their edges;
+dividing by the summed weights makes the blend a weighted mean. Only a band
+of ``size`` rows of the output is held at a time: memory grows with the
+extent's width, never with its area.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: The weight at a window's very edge: small, but not 0, so a pixel seen only there still gets a value.
+EDGE_WEIGHT = 1e-3
+
+
+def window_weights(size: int, overlap: int) -> np.ndarray:
+    """A ``(size, size)`` float32 weight: 1 inside, a linear ramp over ``overlap`` pixels at each edge."""
+    if overlap <= 0:
+        return np.ones((size, size), np.float32)
+    i = np.arange(size, dtype=np.float32)
+    edge = np.minimum(i, size - 1 - i) + 0.5
+    ramp = np.clip(edge / overlap, EDGE_WEIGHT, 1.0).astype(np.float32)
+    return np.outer(ramp, ramp)
+
+
+class BandBlender:
+    """Accumulate weighted window probabilities over a band of rows and hand out finished rows.
+
+    The band spans columns ``x0 .. x0 + width`` of the grid and ``size`` rows
+    starting at ``top``. ``add`` puts a window in; ``take(rows)`` returns the
+    first ``rows`` rows (probabilities ``(C, rows, width)`` and a validity mask)
+    and moves the band down by as many rows.
+    """
+
+    def __init__(self, classes: int, size: int, overlap: int, x0: int, width: int, top: int) -> None:
+        self.size = size
+        self.x0 = x0
+        self.top = top
+        self.weights = window_weights(size, overlap)
+        self.acc = np.zeros((classes, size, width), np.float32)
+        self.wsum = np.zeros((size, width), np.float32)
+        self.valid = np.zeros((size, width), bool)
+
+    def add(self, probabilities: np.ndarray, valid: np.ndarray, x: int, y: int) -> None:
+        """Add a ``(C, size, size)`` window whose top-left is grid pixel ``(x, y)``."""
+        r = y - self.top
+        c = x - self.x0
+        if r != 0:
+            raise ValueError(f"window row {y} is not the band's top row {self.top}")
+        cols = slice(c, c + self.size)
+        w = self.weights
+        self.acc[:, :, cols] += probabilities * w
+        self.wsum[:, cols] += w
+        self.valid[:, cols] |= valid
+
+    def take(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return the blended first ``rows`` rows and shift the band down by ``rows``."""
+        rows = min(rows, self.size)
+        wsum = self.wsum[:rows]
+        probs = np.divide(self.acc[:, :rows], wsum, out=np.zeros_like(self.acc[:, :rows]), where=wsum > 0)
+        valid = self.valid[:rows] & (wsum > 0)
+        self.acc = np.roll(self.acc, -rows, axis=1)
+        self.wsum = np.roll(self.wsum, -rows, axis=0)
+        self.valid = np.roll(self.valid, -rows, axis=0)
+        self.acc[:, -rows:] = 0
+        self.wsum[-rows:] = 0
+        self.valid[-rows:] = False
+        self.top += rows
+        return probs, valid

@@ -1,0 +1,165 @@
+"""Load an ONNX segmentation model, check it is one, and run it on image batches."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelError
+from .metadata import ModelMetadata, parse_metadata
+
+#: Where the shipped default model lives: inside the plugin, then the repository's models/.
+_PACKAGE = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_DIRS = (_PACKAGE / "models", _PACKAGE.parent / "models")
+DEFAULT_MODEL_NAME = "satseg-default.onnx"
+
+
+def default_model_path() -> Path | None:
+    """Return the shipped default model (``satseg-default.onnx``), or None if not installed."""
+    for folder in DEFAULT_MODEL_DIRS:
+        candidate = folder / DEFAULT_MODEL_NAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _dim(value: object) -> int | None:
+    """An ONNX shape entry as an int, or None when it is symbolic ("N", "height")."""
+    return value if isinstance(value, int) and value > 0 else None
+
+
+@dataclass
+class SegModel:
+    """An onnxruntime session of a segmentation model plus its metadata.
+
+    ``run`` takes normalised float32 ``[N, 3, H, W]`` batches and returns
+    ``[N, C, H, W]`` class probabilities.
+    """
+
+    path: Path
+    session: Any
+    metadata: ModelMetadata
+    input_name: str
+    output_name: str
+    fixed_batch: int | None
+    fixed_size: tuple[int, int] | None
+    _softmax: bool | None = None  # decided on the first batch: does the model output logits?
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        allow_generic_names: bool = False,
+        providers: list[str] | None = None,
+    ) -> SegModel:
+        """Open ``path`` with onnxruntime and read its metadata.
+
+        Raises ``ModelError`` (in words for a GIS user) when the file is missing,
+        is not an ONNX model, takes anything but ``[N, 3, H, W]``, outputs a
+        channel count different from its class names, or has no class names
+        (unless ``allow_generic_names``).
+        """
+        import onnxruntime as ort
+
+        p = Path(path)
+        if not p.is_file():
+            raise ModelError(f"the model file {p} does not exist")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # onnxruntime's warnings are not the user's business
+        chosen = providers or [
+            name
+            for name in ("CUDAExecutionProvider", "CPUExecutionProvider")
+            if name in ort.get_available_providers()
+        ]
+        try:
+            session = ort.InferenceSession(str(p), sess_options=options, providers=chosen)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{p.name} is not a usable ONNX model ({first[:200]})") from None
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if len(inputs) != 1:
+            raise ModelError(
+                f"{p.name} takes {len(inputs)} inputs; a segmentation model takes one image batch"
+            )
+        shape = list(inputs[0].shape)
+        if len(shape) != 4 or _dim(shape[1]) not in (3, None):
+            raise ModelError(
+                f"{p.name} takes input of shape {shape}; a segmentation model takes [N, 3, H, W] RGB images"
+            )
+        if "float" not in inputs[0].type:
+            raise ModelError(f"{p.name} takes {inputs[0].type}, not float images")
+        out_shape = list(outputs[0].shape)
+        if len(out_shape) != 4:
+            raise ModelError(
+                f"{p.name} outputs shape {out_shape}; a segmentation model outputs [N, classes, H, W]"
+            )
+        props = session.get_modelmeta().custom_metadata_map
+        meta = parse_metadata(props, _dim(out_shape[1]), allow_generic_names)
+        if meta.model_type.lower() not in ("segmentor", "segmentation"):
+            raise ModelError(f"{p.name} is a '{meta.model_type}' model, not a segmentation model (Segmentor)")
+        h, w = _dim(shape[2]), _dim(shape[3])
+        return cls(
+            path=p,
+            session=session,
+            metadata=meta,
+            input_name=inputs[0].name,
+            output_name=outputs[0].name,
+            fixed_batch=_dim(shape[0]),
+            fixed_size=(h, w) if h and w else None,
+        )
+
+    @property
+    def window_size(self) -> int:
+        """The side of the square windows the model runs on (its fixed input size, else its tile size)."""
+        if self.fixed_size is not None:
+            if self.fixed_size[0] != self.fixed_size[1]:
+                raise ModelError(
+                    f"{self.path.name} takes {self.fixed_size} windows; only square ones are supported"
+                )
+            return self.fixed_size[0]
+        return self.metadata.tile_size
+
+    def normalize(self, rgb: np.ndarray) -> np.ndarray:
+        """Turn ``[N, H, W, 3]`` uint8 RGB into the model's ``[N, 3, H, W]`` float32 input."""
+        mean = np.asarray(self.metadata.mean, np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(self.metadata.std, np.float32).reshape(1, -1, 1, 1)
+        x = rgb.transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255)
+        x -= mean
+        x /= std
+        return x
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Return ``[N, C, H, W]`` probabilities for a normalised ``[N, 3, H, W]`` batch."""
+        if self.fixed_batch is not None and batch.shape[0] != self.fixed_batch:
+            parts = [
+                self.run(batch[i : i + self.fixed_batch]) for i in range(0, batch.shape[0], self.fixed_batch)
+            ]
+            return np.concatenate(parts)
+        try:
+            (out,) = self.session.run([self.output_name], {self.input_name: batch})
+        except Exception as exc:
+            raise ModelError(
+                f"{self.path.name} failed on a batch of shape {list(batch.shape)}: {exc}"
+            ) from None
+        if out.shape[1] != self.metadata.num_classes:
+            raise ModelError(
+                f"{self.path.name} outputs {out.shape[1]} classes but its metadata names "
+                f"{self.metadata.num_classes}; the file does not belong to these class names"
+            )
+        if out.shape[2:] != batch.shape[2:]:
+            raise ModelError(
+                f"{self.path.name} outputs {out.shape[2]}x{out.shape[3]} pixels for {batch.shape[2]}x"
+                f"{batch.shape[3]} input; satseg needs one class per input pixel"
+            )
+        if self._softmax is None:  # Deepness-style models may output logits rather than probabilities
+            sums = out.sum(axis=1)
+            self._softmax = bool(out.min() < -1e-4 or out.max() > 1 + 1e-4 or np.abs(sums - 1).max() > 1e-3)
+        if self._softmax:
+            out = out - out.max(axis=1, keepdims=True)
+            np.exp(out, out=out)
+            out /= out.sum(axis=1, keepdims=True)
+        return out.astype(np.float32, copy=False)

@@ -1,0 +1,181 @@
+"""The GeoTIFFs of a run, written strip by strip and renamed into place only when complete.
+
+``classes.tif``: uint8 class indices, a colour table with the class colours,
+the class names as the band's category names, 255 = nodata. One
+``heatmap_<class>.tif`` per class: float32 probability 0..1, -1 = nodata.
+All are tiled, DEFLATE-compressed and carry overviews so QGIS draws them
+fast at any scale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from osgeo import gdal
+
+from .metadata import parse_hex_color
+from .tileplan import Grid
+
+gdal.UseExceptions()
+
+CLASS_NODATA = 255
+HEATMAP_NODATA = -1.0
+CLASSES_NAME = "classes.tif"
+_CREATE = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER"]
+
+
+def heatmap_name(class_name: str) -> str:
+    """``heatmap_<class>.tif`` with the class name made safe for any file system.
+
+    >>> heatmap_name("blue roof")
+    'heatmap_blue_roof.tif'
+    """
+    safe = re.sub(r"[^\w.-]+", "_", class_name, flags=re.UNICODE).strip("_") or "class"
+    return f"heatmap_{safe}.tif"
+
+
+def overview_factors(width: int, height: int, smallest: int = 256) -> list[int]:
+    """Overview factors 2, 4, 8, ... until the overview fits in ``smallest`` pixels."""
+    factors, f = [], 2
+    while max(width, height) / (f // 2) > smallest:
+        factors.append(f)
+        f *= 2
+    return factors
+
+
+class _Raster:
+    """One GeoTIFF being written under a temporary name beside its final path."""
+
+    def __init__(self, final: Path, grid: Grid, dtype: int, predictor: int) -> None:
+        self.final = final
+        self.tmp = final.with_name(f".{final.stem}.{uuid.uuid4().hex[:8]}.part.tif")
+        options = [*_CREATE, f"PREDICTOR={predictor}"]
+        self.ds = gdal.GetDriverByName("GTiff").Create(
+            str(self.tmp), grid.width, grid.height, 1, dtype, options
+        )
+        self.ds.SetGeoTransform(grid.geotransform)
+        self.ds.SetProjection(grid.crs_wkt)
+        self.band = self.ds.GetRasterBand(1)
+
+    def write(self, rows: np.ndarray, y: int) -> None:
+        self.band.WriteArray(rows, 0, y)
+
+    def finish(self, resampling: str) -> None:
+        """Build overviews and close; the file stays under its temporary name."""
+        factors = overview_factors(self.ds.RasterXSize, self.ds.RasterYSize)
+        if factors:
+            with _config("COMPRESS_OVERVIEW", "DEFLATE"):
+                self.ds.BuildOverviews(resampling, factors)
+        self.band = None
+        self.ds = None  # closing flushes the blocks
+
+    def discard(self) -> None:
+        self.band = None
+        self.ds = None
+        for leftover in (self.tmp, Path(f"{self.tmp}.aux.xml"), Path(f"{self.tmp}.ovr")):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+
+    def publish(self) -> None:
+        aux = Path(f"{self.tmp}.aux.xml")
+        if aux.exists():  # GTiff keeps category names in the PAM side file
+            os.replace(aux, f"{self.final}.aux.xml")
+        os.replace(self.tmp, self.final)
+
+
+@contextlib.contextmanager
+def _config(key: str, value: str):
+    old = gdal.GetConfigOption(key)
+    gdal.SetConfigOption(key, value)
+    try:
+        yield
+    finally:
+        gdal.SetConfigOption(key, old)
+
+
+class RunOutputs:
+    """The class raster and heatmaps of one run, written strip by strip.
+
+    ``write(probabilities, valid, y)`` takes ``(C, rows, width)`` probabilities of
+    output rows ``y..``; ``commit()`` builds overviews and renames every file into
+    place; ``discard()`` removes every temporary file (on error or cancel).
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        grid: Grid,
+        class_names: Sequence[str],
+        class_colors: Sequence[str],
+        write_classes: bool = True,
+        write_heatmaps: bool = True,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.class_names = list(class_names)
+        self.classes: _Raster | None = None
+        self.heatmaps: dict[str, _Raster] = {}
+        try:
+            if write_classes:
+                self.classes = _Raster(self.out_dir / CLASSES_NAME, grid, gdal.GDT_Byte, 2)
+                band = self.classes.band
+                band.SetNoDataValue(CLASS_NODATA)
+                table = gdal.ColorTable()
+                for i, color in enumerate(class_colors):
+                    table.SetColorEntry(i, (*parse_hex_color(color), 255))
+                table.SetColorEntry(CLASS_NODATA, (0, 0, 0, 0))
+                band.SetRasterColorTable(table)
+                band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
+                names = [*self.class_names, *[""] * (CLASS_NODATA - len(self.class_names)), "nodata"]
+                band.SetRasterCategoryNames(names)
+                band.SetDescription("class")
+            if write_heatmaps:
+                for name in self.class_names:
+                    r = _Raster(self.out_dir / heatmap_name(name), grid, gdal.GDT_Float32, 3)
+                    r.band.SetNoDataValue(HEATMAP_NODATA)
+                    r.band.SetDescription(f"probability of {name}")
+                    self.heatmaps[name] = r
+        except BaseException:
+            self.discard()
+            raise
+
+    @property
+    def _all(self) -> list[_Raster]:
+        return [r for r in (self.classes, *self.heatmaps.values()) if r is not None]
+
+    def write(self, probabilities: np.ndarray, valid: np.ndarray, y: int) -> np.ndarray:
+        """Write rows from ``y``; return their class indices (``CLASS_NODATA`` where invalid)."""
+        classes = probabilities.argmax(axis=0).astype(np.uint8)
+        classes[~valid] = CLASS_NODATA
+        if self.classes is not None:
+            self.classes.write(classes, y)
+        for i, name in enumerate(self.class_names):
+            if name in self.heatmaps:
+                heat = np.where(valid, probabilities[i], np.float32(HEATMAP_NODATA)).astype(np.float32)
+                self.heatmaps[name].write(heat, y)
+        return classes
+
+    def commit(self) -> tuple[str | None, dict[str, str]]:
+        """Finish every file and rename it into place; return ``(classes path, {class: heatmap path})``."""
+        try:
+            if self.classes is not None:
+                self.classes.finish("NEAREST")
+            for r in self.heatmaps.values():
+                r.finish("AVERAGE")
+        except BaseException:
+            self.discard()
+            raise
+        for r in self._all:
+            r.publish()
+        classes = str(self.classes.final) if self.classes is not None else None
+        return classes, {name: str(r.final) for name, r in self.heatmaps.items()}
+
+    def discard(self) -> None:
+        for r in self._all:
+            r.discard()

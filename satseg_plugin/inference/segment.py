@@ -1,0 +1,275 @@
+"""Segment an extent: plan windows, fetch imagery, run the model, blend, write, count.
+
+The pipeline goes strip by strip (one row of windows at a time): while the
+model runs on a strip, the next strip's tiles are already being fetched, and
+the rows a strip finishes are written to the GeoTIFFs and counted at once,
+so memory stays bounded by the extent's width.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .blend import BandBlender
+from .counts import COUNTS_NAME, ClassCount, CountAccumulator, write_counts_csv
+from .errors import Cancelled, ExtentError, SourceError
+from .model import SegModel
+from .outputs import RunOutputs
+from .sources import RasterSource, XyzSource, tile_name
+from .tileplan import (
+    Grid,
+    Windows,
+    check_bbox,
+    plan_windows,
+    srs_from_user,
+    transform_bounds,
+    xyz_grid,
+    xyz_tiles_for,
+    zoom_for_resolution,
+)
+from .tileurl import DEFAULT_TOKEN_ENV, resolve_template
+
+ProgressFn = Callable[[float, str], None]
+
+#: Refuse extents beyond this many output pixels: a slip of the zoom, not a real request.
+MAX_PIXELS = 2_000_000_000
+
+
+@dataclass
+class SegmentRequest:
+    """What to segment, with what, and where the results go.
+
+    Exactly one of ``tiles_url`` (an XYZ template or TileJSON URL, a token may be
+    in it or in the environment variable ``token_env``) and ``raster_path`` (any
+    raster GDAL opens). ``bbox`` is ``(minx, miny, maxx, maxy)`` in ``bbox_crs``.
+    ``zoom`` None means the model's. ``overlap_percent`` None means the model's.
+    """
+
+    model: str | os.PathLike[str]
+    bbox: tuple[float, float, float, float]
+    bbox_crs: str = "EPSG:4326"
+    tiles_url: str | None = None
+    raster_path: str | None = None
+    zoom: int | None = None
+    out_dir: str | os.PathLike[str] = "."
+    write_classes: bool = True
+    write_heatmaps: bool = True
+    write_counts: bool = True
+    overlap_percent: float | None = None
+    batch_size: int = 4
+    cache_dir: str | os.PathLike[str] | None = None
+    token_env: str = DEFAULT_TOKEN_ENV
+    allow_generic_names: bool = False
+    workers: int = 8
+
+
+@dataclass
+class SegmentResult:
+    """What a run wrote and measured; paths are None for outputs not asked for."""
+
+    classes_path: str | None
+    heatmap_paths: dict[str, str]
+    counts_csv: str | None
+    counts: list[ClassCount]
+    class_names: list[str]
+    class_colors: list[str]
+    tiles_total: int
+    tiles_failed: list[tuple[str, str]] = field(default_factory=list)
+    grid: Grid | None = None
+    windows: int = 0
+
+
+@dataclass
+class _Plan:
+    model: SegModel
+    grid: Grid
+    windows: Windows
+    overlap: int
+    tiles: int
+    source: XyzSource | RasterSource | None = None
+
+
+def _check_source(req: SegmentRequest) -> None:
+    if bool(req.tiles_url) == bool(req.raster_path):
+        raise SourceError("give exactly one imagery source: a tile URL or a raster file")
+
+
+def _zoom(req: SegmentRequest, model: SegModel) -> int:
+    if req.zoom is not None:
+        return int(req.zoom)
+    if model.metadata.zoom is not None:
+        return int(model.metadata.zoom)
+    if model.metadata.resolution_cm:
+        bbox = check_bbox(req.bbox)
+        lonlat = transform_bounds(bbox, srs_from_user(req.bbox_crs), srs_from_user("EPSG:4326"))
+        return zoom_for_resolution(model.metadata.resolution_cm / 100, (lonlat[1] + lonlat[3]) / 2)
+    raise ExtentError(f"{model.path.name} names no zoom or resolution: choose a zoom")
+
+
+def _plan(req: SegmentRequest, open_source: bool) -> _Plan:
+    _check_source(req)
+    model = SegModel.load(req.model, allow_generic_names=req.allow_generic_names)
+    size = model.window_size
+    overlap_percent = model.metadata.tiles_overlap if req.overlap_percent is None else req.overlap_percent
+    if req.tiles_url:
+        template = resolve_template(req.tiles_url, req.token_env)
+        grid = xyz_grid(req.bbox, req.bbox_crs, _zoom(req, model))
+        if grid.pixels > MAX_PIXELS:
+            raise ExtentError(
+                f"the extent is {grid.width:,} x {grid.height:,} pixels at zoom {grid.zoom}: "
+                "zoom in, or choose a lower zoom"
+            )
+        windows = plan_windows(grid.width, grid.height, size, overlap_percent)
+        tiles = len(xyz_tiles_for(grid, windows))
+        source = (
+            XyzSource(template, grid, workers=req.workers, cache_dir=req.cache_dir) if open_source else None
+        )
+    else:
+        res = model.metadata.resolution_cm / 100 if model.metadata.resolution_cm else None
+        source = RasterSource(str(req.raster_path), req.bbox, req.bbox_crs, res)
+        grid = source.grid
+        windows = plan_windows(grid.width, grid.height, size, overlap_percent)
+        tiles = windows.count
+        if not open_source:
+            source.close()
+            source = None
+    return _Plan(model, grid, windows, size - windows.stride, tiles, source)
+
+
+def count_tiles(req: SegmentRequest) -> int:
+    """How many imagery tiles (XYZ) or model windows (raster) ``run_segment(req)`` will need.
+
+    Loads the model and checks the source, so a bad model or URL fails here,
+    before any long work.
+    """
+    return _plan(req, open_source=False).tiles
+
+
+def _windows_of_strip(windows: Windows, j: int) -> list[tuple[int, int]]:
+    y = windows.y0 + j * windows.stride
+    return [(windows.x0 + i * windows.stride, y) for i in range(windows.nx)]
+
+
+def run_segment(
+    req: SegmentRequest,
+    progress: ProgressFn | None = None,
+    is_cancelled: Callable[[], bool] | None = None,
+) -> SegmentResult:
+    """Segment ``req.bbox`` and write the outputs asked for into ``req.out_dir``.
+
+    ``progress(fraction, message)`` is called after every batch; ``is_cancelled()``
+    is checked between batches and, when true, the run stops with ``Cancelled``
+    and removes every file it had started. Tiles that cannot be had become
+    nodata (255 in the class raster, -1 in heatmaps) and are listed in the
+    result; a refused token stops the run with ``SourceError``.
+    """
+    if req.batch_size < 1:
+        raise SourceError(f"batch size must be at least 1, not {req.batch_size}")
+    plan = _plan(req, open_source=True)
+    model, grid, windows, source = plan.model, plan.grid, plan.windows, plan.source
+    assert source is not None
+    meta = model.metadata
+    names, colors = list(meta.class_names), list(meta.class_colors)
+    report = progress or (lambda _f, _m: None)
+    cancelled = is_cancelled or (lambda: False)
+    out_dir = Path(req.out_dir)
+    outputs: RunOutputs | None = None
+    counter = CountAccumulator(grid, meta.num_classes)
+    try:
+        outputs = RunOutputs(out_dir, grid, names, colors, req.write_classes, req.write_heatmaps)
+        blender = BandBlender(
+            meta.num_classes, windows.size, plan.overlap, windows.x0, windows.span_width, windows.y0
+        )
+        next_row = 0  # first output row not yet written
+        done = 0
+        report(0.0, f"segmenting {windows.count} windows ({plan.tiles} tiles)")
+        source.prefetch(windows.y0, windows.size, windows.x0, windows.span_width)
+        for j in range(windows.ny):
+            strip_y = windows.y0 + j * windows.stride
+            if j + 1 < windows.ny:  # fetch the next strip while this one runs
+                source.prefetch(strip_y + windows.stride, windows.size, windows.x0, windows.span_width)
+            rgb, valid = source.read(strip_y, windows.size, windows.x0, windows.span_width)
+            positions = _windows_of_strip(windows, j)
+            for b in range(0, len(positions), req.batch_size):
+                if cancelled():
+                    raise Cancelled("cancelled")
+                batch = positions[b : b + req.batch_size]
+                cols = [x - windows.x0 for x, _ in batch]
+                images = np.stack([rgb[:, c : c + windows.size] for c in cols])
+                masks = [valid[:, c : c + windows.size] for c in cols]
+                if not any(m.any() for m in masks):
+                    probs = np.zeros((len(batch), meta.num_classes, windows.size, windows.size), np.float32)
+                else:
+                    probs = model.run(model.normalize(images))
+                for (x, y), p, m in zip(batch, probs, masks, strict=True):
+                    blender.add(p, m, x, y)
+                done += len(batch)
+                report(done / windows.count, f"segmented {done}/{windows.count} windows")
+            # Rows above the next strip's top get no more windows: they are final.
+            final_until = strip_y + windows.stride if j + 1 < windows.ny else strip_y + windows.size
+            rows = final_until - blender.top
+            probs_rows, valid_rows = blender.take(rows)
+            first = blender.top - rows
+            lo, hi = max(first, next_row), min(first + rows, grid.height)
+            if hi > lo:
+                c0 = -windows.x0  # grid column 0 inside the band
+                p = probs_rows[:, lo - first : hi - first, c0 : c0 + grid.width]
+                v = valid_rows[lo - first : hi - first, c0 : c0 + grid.width]
+                classes = outputs.write(p, v, lo)
+                counter.add(classes, lo)
+                next_row = hi
+        if cancelled():
+            raise Cancelled("cancelled")
+        failed = sorted(source.failed.items())
+        if failed and len(failed) >= plan.tiles:
+            reasons = sorted({r for _, r in failed})
+            raise SourceError(
+                f"no imagery tile could be had ({len(failed)} tiles failed: {'; '.join(reasons[:3])})"
+            )
+        report(1.0, "writing overviews")
+        classes_path, heatmaps = outputs.commit()
+        outputs = None
+        counts = counter.table(names, colors)
+        counts_csv = None
+        if req.write_counts:
+            counts_csv = str(out_dir / COUNTS_NAME)
+            write_counts_csv(counts_csv, counts)
+        report(1.0, "done")
+        return SegmentResult(
+            classes_path=classes_path,
+            heatmap_paths=heatmaps,
+            counts_csv=counts_csv,
+            counts=counts,
+            class_names=names,
+            class_colors=colors,
+            tiles_total=plan.tiles,
+            tiles_failed=[(tile_name(t), r) for t, r in failed],
+            grid=grid,
+            windows=windows.count,
+        )
+    except BaseException:
+        if outputs is not None:
+            outputs.discard()
+        raise
+    finally:
+        source.close()
+
+
+def describe_plan(req: SegmentRequest) -> str:
+    """One line about what ``req`` would do (grid size, zoom, windows, tiles)."""
+    plan = _plan(req, open_source=False)
+    g = plan.grid
+    zoom = f" at zoom {g.zoom}" if hasattr(g, "zoom") else ""
+    res = abs(g.geotransform[1])
+    return (
+        f"{g.width} x {g.height} pixels{zoom} ({res:.3g} units/px), {plan.windows.count} windows of "
+        f"{plan.windows.size} px, {plan.tiles} tiles"
+    )
+
+
+__all__ = ["ClassCount", "SegmentRequest", "SegmentResult", "count_tiles", "describe_plan", "run_segment"]

@@ -1,0 +1,306 @@
+"""Imagery sources that hand out RGB pixels of an output grid, strip by strip.
+
+``XyzSource`` fetches XYZ tiles over HTTP(S) with a pool of threads, with
+timeouts, retries with backoff and an optional on-disk cache; a tile that
+cannot be had becomes nodata and is listed, an HTTP 401/403 stops the run
+with a message about the token. ``RasterSource`` reads any raster GDAL opens
+(GeoTIFF, VRT, a WMS/XYZ description...) warped onto the grid.
+
+Both offer ``prefetch(y, h)`` (start fetching the rows of a strip) and
+``read(y, h, x, w)`` (``(rgb, valid)`` of those rows and columns, where
+``valid`` is False for nodata and for pixels outside the source).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import requests
+from osgeo import gdal
+from requests.adapters import HTTPAdapter
+
+from .atomic import write_bytes_atomic
+from .errors import ExtentError, SourceError
+from .imageio import ImageError, decode_image, to_rgb
+from .tileplan import XYZ_TILE, Grid, XyzGrid, check_bbox, srs_from_user, transform_bounds
+from .tileurl import RETRY_STATUS, TileTemplate, TokenError, redact, token_message
+
+gdal.UseExceptions()
+
+Tile = tuple[int, int, int]  # (x, y, z)
+
+
+def tile_name(tile: Tile) -> str:
+    """``z/x/y`` as users and logs name a tile."""
+    x, y, z = tile
+    return f"{z}/{x}/{y}"
+
+
+def _resize_nearest(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour resize of ``(h, w, b)`` pixels to ``size`` x ``size`` (512 px "retina" tiles)."""
+    h, w = pixels.shape[:2]
+    rows = (np.arange(size) * h // size).clip(0, h - 1)
+    cols = (np.arange(size) * w // size).clip(0, w - 1)
+    return pixels[rows][:, cols]
+
+
+class XyzSource:
+    """XYZ tiles of ``template`` on an ``XyzGrid``; failed tiles are recorded in ``failed``."""
+
+    def __init__(
+        self,
+        template: TileTemplate,
+        grid: XyzGrid,
+        workers: int = 8,
+        timeout: float = 20.0,
+        retries: int = 2,
+        backoff: float = 0.5,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.template = template
+        self.grid = grid
+        self.timeout = timeout
+        self.retries = max(0, retries)
+        self.backoff = backoff
+        self.failed: dict[Tile, str] = {}
+        self.fetched = 0
+        self._cache = None
+        if cache_dir is not None:
+            # One folder per service: the template without its token, hashed.
+            key = hashlib.sha256(template.public.encode()).hexdigest()[:16]
+            self._cache = Path(cache_dir) / key
+        self._local = threading.local()
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="satseg-xyz")
+        self._futures: dict[Tile, Future] = {}
+        self._tiles: dict[Tile, tuple[np.ndarray, np.ndarray] | None] = {}
+
+    # --- fetching (worker threads) ----------------------------------------------------------
+    def _session(self) -> requests.Session:
+        sess = getattr(self._local, "session", None)
+        if sess is None:
+            sess = requests.Session()
+            sess.mount("http://", HTTPAdapter(pool_maxsize=2))
+            sess.mount("https://", HTTPAdapter(pool_maxsize=2))
+            sess.headers["User-Agent"] = "satseg/0.1 (QGIS plugin)"
+            self._local.session = sess
+        return sess
+
+    def _cache_path(self, tile: Tile) -> Path | None:
+        if self._cache is None:
+            return None
+        x, y, z = tile
+        return self._cache / str(z) / str(x) / f"{y}.tile"
+
+    def _download(self, tile: Tile) -> bytes:
+        """The tile's bytes; ``TokenError`` on 401/403, ``LookupError(reason)`` when it cannot be had."""
+        x, y, z = tile
+        url = self.template.url(x, y, z)
+        token = self.template.token
+        last = ""
+        for attempt in range(self.retries + 1):
+            if self._stop.is_set():
+                raise LookupError("cancelled")
+            if attempt:
+                time.sleep(min(self.backoff * 2 ** (attempt - 1), 8.0))
+            try:
+                resp = self._session().get(url, timeout=self.timeout)
+            except requests.RequestException as exc:
+                last = redact(f"{type(exc).__name__}: {exc}", token)
+                continue
+            if resp.status_code == 200:
+                return resp.content
+            if resp.status_code in (401, 403):
+                raise TokenError(token_message(resp.status_code, self.template.token_env, token))
+            if resp.status_code in (204, 404):
+                raise LookupError(f"not found (HTTP {resp.status_code})")
+            last = f"HTTP {resp.status_code}"
+            if resp.status_code not in RETRY_STATUS:
+                break
+        raise LookupError(f"{last} (after {attempt + 1} tries)")
+
+    def _load(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded ``(rgb, valid)`` of a tile, from the cache or the service."""
+        cached = self._cache_path(tile)
+        if cached is not None and cached.is_file():
+            data = cached.read_bytes()
+        else:
+            data = self._download(tile)
+        try:
+            pixels = decode_image(data, f"tile {tile_name(tile)}")
+        except ImageError:
+            raise LookupError(f"not a readable image ({len(data)} bytes)") from None
+        if pixels.shape[:2] != (XYZ_TILE, XYZ_TILE):
+            pixels = _resize_nearest(pixels, XYZ_TILE)
+        if cached is not None and not cached.is_file():
+            write_bytes_atomic(cached, data)  # only tiles that decoded are kept
+        return to_rgb(pixels)
+
+    # --- strips (calling thread) ------------------------------------------------------------
+    def _tiles_of_rows(self, y: int, h: int, x: int, w: int) -> list[Tile]:
+        g = self.grid
+        n = 2**g.zoom
+        ty0, ty1 = max((g.py0 + y) // XYZ_TILE, 0), min((g.py0 + y + h - 1) // XYZ_TILE, n - 1)
+        tx0, tx1 = max((g.px0 + x) // XYZ_TILE, 0), min((g.px0 + x + w - 1) // XYZ_TILE, n - 1)
+        return [(tx, ty, g.zoom) for ty in range(ty0, ty1 + 1) for tx in range(tx0, tx1 + 1)]
+
+    def prefetch(self, y: int, h: int, x: int, w: int) -> None:
+        """Start fetching the tiles under rows ``y..y+h`` and columns ``x..x+w`` of the grid."""
+        for tile in self._tiles_of_rows(y, h, x, w):
+            if tile not in self._futures and tile not in self._tiles:
+                self._futures[tile] = self._pool.submit(self._load, tile)
+
+    def _get(self, tile: Tile) -> tuple[np.ndarray, np.ndarray] | None:
+        if tile not in self._tiles:
+            fut = self._futures.pop(tile, None) or self._pool.submit(self._load, tile)
+            try:
+                self._tiles[tile] = fut.result()
+                self.fetched += 1
+            except LookupError as exc:
+                self._tiles[tile] = None
+                self.failed[tile] = str(exc)
+            except TokenError:
+                self.close()
+                raise
+        return self._tiles[tile]
+
+    def read(self, y: int, h: int, x: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(rgb, valid)`` of grid rows ``y..y+h`` and columns ``x..x+w`` (outside the world: invalid)."""
+        g = self.grid
+        rgb = np.zeros((h, w, 3), np.uint8)
+        valid = np.zeros((h, w), bool)
+        gy, gx = g.py0 + y, g.px0 + x  # global pixel of the strip's corner
+        for tile in self._tiles_of_rows(y, h, x, w):
+            got = self._get(tile)
+            if got is None:
+                continue
+            trgb, tvalid = got
+            tx, ty, _ = tile
+            # Overlap of the tile [tx*256, +256) with the strip [gx, gx+w), in global pixels.
+            c0, c1 = max(tx * XYZ_TILE, gx), min((tx + 1) * XYZ_TILE, gx + w)
+            r0, r1 = max(ty * XYZ_TILE, gy), min((ty + 1) * XYZ_TILE, gy + h)
+            if c0 >= c1 or r0 >= r1:
+                continue
+            dst = (slice(r0 - gy, r1 - gy), slice(c0 - gx, c1 - gx))
+            src = (
+                slice(r0 - ty * XYZ_TILE, r1 - ty * XYZ_TILE),
+                slice(c0 - tx * XYZ_TILE, c1 - tx * XYZ_TILE),
+            )
+            rgb[dst] = trgb[src]
+            valid[dst] = tvalid[src]
+        # Tiles wholly above this strip are not needed again: strips only move down.
+        top = gy // XYZ_TILE
+        for tile in [t for t in self._tiles if t[1] < top]:
+            del self._tiles[tile]
+        return rgb, valid
+
+    def close(self) -> None:
+        """Stop fetching; queued downloads are dropped, running ones finish."""
+        self._stop.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._futures.clear()
+
+
+def _gdal_error(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+class RasterSource:
+    """A GDAL raster (any format, any CRS) warped onto a grid in its own CRS.
+
+    The grid's pixel size is ``resolution_m`` when the model gives one and the
+    raster's CRS is in metres, else the raster's own pixel size.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        bbox: tuple[float, float, float, float],
+        bbox_crs: str,
+        resolution_m: float | None,
+    ) -> None:
+        try:
+            src = gdal.Open(str(path))
+        except RuntimeError as exc:
+            raise SourceError(f"cannot open the raster {path}: {_gdal_error(exc)}") from None
+        if src.RasterCount not in (1, 3, 4):
+            raise SourceError(
+                f"the raster {path} has {src.RasterCount} bands; satseg needs RGB (3 or 4) or grey"
+            )
+        kind = src.GetRasterBand(1).DataType
+        if kind != gdal.GDT_Byte:
+            raise SourceError(
+                f"the raster {path} holds {gdal.GetDataTypeName(kind)} values; satseg needs 8-bit RGB "
+                "(convert it, e.g. gdal_translate -ot Byte -scale)"
+            )
+        wkt = src.GetProjection()
+        gt = src.GetGeoTransform(can_return_null=True)
+        if not wkt or gt is None:
+            raise SourceError(f"the raster {path} has no georeferencing (CRS and geotransform)")
+        srs = srs_from_user(wkt)
+        if srs.IsGeographic() or srs.GetLinearUnits() != 1.0 or not resolution_m:
+            xres, yres = abs(gt[1]), abs(gt[5])
+        else:
+            xres = yres = float(resolution_m)
+        bbox = check_bbox(bbox)
+        minx, miny, maxx, maxy = transform_bounds(bbox, srs_from_user(bbox_crs), srs)
+        # Clip to the raster: segmenting where there is no imagery only makes nodata.
+        rx0, ry1 = gt[0], gt[3]
+        rx1, ry0 = gt[0] + gt[1] * src.RasterXSize, gt[3] + gt[5] * src.RasterYSize
+        minx, maxx = max(minx, min(rx0, rx1)), min(maxx, max(rx0, rx1))
+        miny, maxy = max(miny, min(ry0, ry1)), min(maxy, max(ry0, ry1))
+        if minx >= maxx or miny >= maxy:
+            raise ExtentError(f"the extent does not overlap the raster {path}")
+        self._name = f"/vsimem/satseg-warp-{os.getpid()}-{id(self)}.vrt"
+        try:
+            self.ds = gdal.Warp(
+                self._name,
+                src,
+                format="VRT",
+                outputBounds=(minx, miny, maxx, maxy),
+                xRes=xres,
+                yRes=yres,
+                targetAlignedPixels=True,
+                dstAlpha=True,
+                resampleAlg="bilinear",
+            )
+        except RuntimeError as exc:
+            raise SourceError(f"cannot warp the raster {path}: {_gdal_error(exc)}") from None
+        self.grid = Grid(wkt, tuple(self.ds.GetGeoTransform()), self.ds.RasterXSize, self.ds.RasterYSize)  # type: ignore[arg-type]
+        self.path = path
+        self.failed: dict[Tile, str] = {}
+        self.fetched = 0
+
+    def prefetch(self, y: int, h: int, x: int, w: int) -> None:
+        """GDAL reads on demand; nothing to start."""
+
+    def read(self, y: int, h: int, x: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(rgb, valid)`` of grid rows ``y..y+h`` and columns ``x..x+w``; outside the grid: invalid."""
+        rgb = np.zeros((h, w, 3), np.uint8)
+        valid = np.zeros((h, w), bool)
+        r0, r1 = max(y, 0), min(y + h, self.grid.height)
+        c0, c1 = max(x, 0), min(x + w, self.grid.width)
+        if r0 >= r1 or c0 >= c1:
+            return rgb, valid
+        try:
+            data = self.ds.ReadAsArray(c0, r0, c1 - c0, r1 - r0)  # (bands, rows, cols), last band alpha
+        except RuntimeError as exc:
+            raise SourceError(f"cannot read the raster {self.path}: {_gdal_error(exc)}") from None
+        pixels = np.moveaxis(data, 0, -1)
+        part_rgb, _ = to_rgb(pixels[..., :-1])
+        dst = (slice(r0 - y, r1 - y), slice(c0 - x, c1 - x))
+        rgb[dst] = part_rgb
+        valid[dst] = pixels[..., -1] > 0
+        self.fetched += 1
+        return rgb, valid
+
+    def close(self) -> None:
+        """Release the warped dataset (GDAL must not outlive its in-memory VRT)."""
+        self.ds = None
+        gdal.Unlink(self._name)

@@ -1,0 +1,183 @@
+"""Where to segment: the output pixel grid of an extent, and the model windows over it.
+
+For an XYZ source the grid is the Web Mercator (EPSG:3857) pixel grid of the
+XYZ tiles at a zoom: its origin and pixel size are those of the tiles, and it
+covers the extent snapped outwards to whole pixels. For a raster source it is
+a grid in the raster's CRS at the model's resolution (``raster_grid``).
+
+Windows are ``size`` pixels square at a stride of ``size - overlap``; the
+first starts ``overlap // 2`` pixels before the grid so that every output pixel,
+border pixels included, lies away from a window's weakest edge.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import mercantile
+from osgeo import osr
+
+from .errors import ExtentError
+
+osr.UseExceptions()
+
+#: Half the side of the Web Mercator square, in metres.
+HALF_WORLD = 20037508.342789244
+XYZ_TILE = 256
+MAX_LATITUDE = 85.0511287798066
+
+
+def srs_from_user(text: str) -> osr.SpatialReference:
+    """Return the SpatialReference of ``EPSG:n``, WKT, PROJ or any string OSR reads, in x/y order."""
+    srs = osr.SpatialReference()
+    try:
+        srs.SetFromUserInput(text)
+    except RuntimeError:
+        raise ExtentError(f"unknown coordinate reference system {text!r}") from None
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    return srs
+
+
+def transform_bounds(
+    bbox: tuple[float, float, float, float], src: osr.SpatialReference, dst: osr.SpatialReference
+) -> tuple[float, float, float, float]:
+    """Return ``bbox`` reprojected, its edges densified so curved edges stay inside."""
+    minx, miny, maxx, maxy = bbox
+    ct = osr.CoordinateTransformation(src, dst)
+    try:
+        out = ct.TransformBounds(minx, miny, maxx, maxy, 21)
+    except RuntimeError as exc:
+        raise ExtentError(f"the extent {bbox} cannot be transformed: {exc}") from None
+    if not all(math.isfinite(v) for v in out):
+        raise ExtentError(f"the extent {bbox} lies outside what its CRS can transform")
+    return tuple(out)  # type: ignore[return-value]
+
+
+def check_bbox(bbox: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """Return ``bbox`` as floats; ``ExtentError`` unless it is four finite numbers with min < max."""
+    try:
+        minx, miny, maxx, maxy = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise ExtentError(f"an extent is four numbers minx, miny, maxx, maxy, not {bbox!r}") from None
+    if not all(math.isfinite(v) for v in (minx, miny, maxx, maxy)):
+        raise ExtentError(f"the extent {bbox} is not finite")
+    if minx >= maxx or miny >= maxy:
+        raise ExtentError(f"the extent {minx}, {miny}, {maxx}, {maxy} is empty (min must be below max)")
+    return minx, miny, maxx, maxy
+
+
+@dataclass(frozen=True)
+class Grid:
+    """An output pixel grid: ``width`` x ``height`` pixels, GDAL geotransform, CRS as WKT."""
+
+    crs_wkt: str
+    geotransform: tuple[float, float, float, float, float, float]
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+@dataclass(frozen=True)
+class XyzGrid(Grid):
+    """A grid on the XYZ pixel grid at ``zoom``; column 0 is global pixel ``px0``, row 0 is ``py0``."""
+
+    zoom: int = 0
+    px0: int = 0
+    py0: int = 0
+
+
+def xyz_resolution(zoom: int) -> float:
+    """Metres (EPSG:3857) per pixel of 256-pixel XYZ tiles at ``zoom``."""
+    return 2 * HALF_WORLD / (XYZ_TILE * 2**zoom)
+
+
+def zoom_for_resolution(resolution_m: float, latitude: float) -> int:
+    """The zoom whose ground pixel size at ``latitude`` is closest to ``resolution_m``."""
+    ground0 = xyz_resolution(0) * math.cos(math.radians(latitude))
+    return max(0, min(24, round(math.log2(ground0 / resolution_m))))
+
+
+def xyz_grid(bbox: tuple[float, float, float, float], bbox_crs: str, zoom: int) -> XyzGrid:
+    """Return the zoom-``zoom`` XYZ pixel grid covering ``bbox`` (in ``bbox_crs``).
+
+    The extent is clipped to the latitudes Web Mercator covers and snapped
+    outwards to whole pixels. ``ExtentError`` when nothing is left.
+    """
+    if not 0 <= int(zoom) <= 24:
+        raise ExtentError(f"zoom must be between 0 and 24, not {zoom}")
+    zoom = int(zoom)
+    bbox = check_bbox(bbox)
+    src = srs_from_user(bbox_crs)
+    merc = srs_from_user("EPSG:3857")
+    minx, miny, maxx, maxy = transform_bounds(bbox, src, merc) if not src.IsSame(merc) else bbox
+    limit = mercantile.xy(0, MAX_LATITUDE)[1]
+    minx, maxx = max(minx, -HALF_WORLD), min(maxx, HALF_WORLD)
+    miny, maxy = max(miny, -limit), min(maxy, limit)
+    if minx >= maxx or miny >= maxy:
+        raise ExtentError(f"the extent {bbox} in {bbox_crs} lies outside the area XYZ tiles cover")
+    res = xyz_resolution(zoom)
+    eps = 1e-6  # an edge exactly on a pixel border must not add a pixel
+    px0 = math.floor((minx + HALF_WORLD) / res + eps)
+    px1 = math.ceil((maxx + HALF_WORLD) / res - eps)
+    py0 = math.floor((HALF_WORLD - maxy) / res + eps)
+    py1 = math.ceil((HALF_WORLD - miny) / res - eps)
+    width, height = max(px1 - px0, 1), max(py1 - py0, 1)
+    gt = (px0 * res - HALF_WORLD, res, 0.0, HALF_WORLD - py0 * res, 0.0, -res)
+    return XyzGrid(merc.ExportToWkt(), gt, width, height, zoom, px0, py0)
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Square model windows over a grid, in grid pixel coordinates.
+
+    Window ``(i, j)`` covers columns ``x0 + i * stride`` to ``+ size`` and rows
+    ``y0 + j * stride`` to ``+ size``; ``nx`` by ``ny`` of them cover the grid.
+    """
+
+    size: int
+    stride: int
+    x0: int
+    y0: int
+    nx: int
+    ny: int
+
+    @property
+    def count(self) -> int:
+        return self.nx * self.ny
+
+    @property
+    def span_width(self) -> int:
+        return self.size + (self.nx - 1) * self.stride
+
+    @property
+    def span_height(self) -> int:
+        return self.size + (self.ny - 1) * self.stride
+
+
+def plan_windows(width: int, height: int, size: int, overlap_percent: float) -> Windows:
+    """Windows of ``size`` pixels overlapping by ``overlap_percent`` that cover ``width`` x ``height``."""
+    if not 0 <= overlap_percent < 100:
+        raise ExtentError(f"overlap must be a percent in [0, 100), not {overlap_percent}")
+    overlap = min(round(size * overlap_percent / 100), size - 1)
+    overlap -= overlap % 2  # an even overlap splits evenly around the grid
+    stride = size - overlap
+    pad = overlap // 2
+
+    def count(n: int) -> int:
+        return max(1, math.ceil((n + 2 * pad - size) / stride) + 1)
+
+    return Windows(size, stride, -pad, -pad, count(width), count(height))
+
+
+def xyz_tiles_for(grid: XyzGrid, windows: Windows) -> list[mercantile.Tile]:
+    """The XYZ tiles the windows read, row by row (clipped to the world)."""
+    n = 2**grid.zoom
+    left = grid.px0 + windows.x0
+    top = grid.py0 + windows.y0
+    tx0, tx1 = max(left // XYZ_TILE, 0), min((left + windows.span_width - 1) // XYZ_TILE, n - 1)
+    ty0, ty1 = max(top // XYZ_TILE, 0), min((top + windows.span_height - 1) // XYZ_TILE, n - 1)
+    return [mercantile.Tile(x, y, grid.zoom) for y in range(ty0, ty1 + 1) for x in range(tx0, tx1 + 1)]
