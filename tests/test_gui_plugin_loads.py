@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +47,11 @@ def test_zip_installs_loads_and_segment_extent_is_clickable(
     result["screenshot_saved"] = win.screen().grabWindow(0).save({str(shot)!r})
     """
     with xvfb() as display:
-        result = run_qgis(body, profiles, display, tmp_path)
+        # QGIS's Python is the system one: onnxruntime comes from the test venv (without it the
+        # click offers to install it; tests/test_gui_segment_extent.py covers that)
+        result = run_qgis(
+            body, profiles, display, tmp_path, extra_env={"PYTHONPATH": ":".join(site.getsitepackages())}
+        )
     assert "error" not in result, result["error"]
     assert result["loaded"]
     assert result["plugin_file"].startswith(str(profiles))  # the installed zip, not the checkout

@@ -137,6 +137,7 @@ def test_qgis_process_cli_runs_the_algorithm(color_model: Path, server: TileServ
         # QGIS's Python is the system one; the test venv adds onnxruntime and mercantile
         PYTHONPATH=os.pathsep.join([*site.getsitepackages(), str(ROOT)]),
     )
+    env.pop("QGIS_CUSTOM_CONFIG_PATH", None)  # pytest-qgis's; qgis_process must read the profile under HOME
     out = tmp_path / "out"
     cmd = [
         qgis_process_exe(),

@@ -65,8 +65,9 @@ def choices(model: Path, url: str, out: Path, **kw: object) -> SegmentChoices:
 def test_task_adds_a_group_with_paletted_classes_heatmaps_and_the_table(
     qgis_iface, qgis_new_project, bar, color_model: Path, area2_server: TileServer, tmp_path: Path
 ) -> None:
-    # 1.5 x 1.5 zoom-20 tiles in the middle of the area: 2 x 2 tiles of real imagery
-    show_on_canvas(qgis_iface, tiles_rect_3857(619225.25, 523265.25, 619226.75, 523266.75, 20))
+    # One zoom-20 tile's height in the middle of the area; the offscreen canvas is wide (about
+    # 3.5 : 1), so the visible extent is about 3.5 x 1 tiles, still all inside the imagery.
+    show_on_canvas(qgis_iface, tiles_rect_3857(619226.5, 523265.5, 619227.5, 523266.5, 20))
     controller = SegmentController(qgis_iface)
     task = controller.start(choices(color_model, area2_server.template, tmp_path), when=WHEN)
     assert task is not None, bar.messages

@@ -17,12 +17,13 @@ EDGE_WEIGHT = 1e-3
 
 
 def window_weights(size: int, overlap: int) -> np.ndarray:
-    """A ``(size, size)`` float32 weight: 1 inside, a linear ramp over ``overlap`` pixels at each edge."""
+    """A ``(size, size)`` float32 weight: 1 inside, a squared ramp over ``overlap`` pixels at each edge."""
     if overlap <= 0:
         return np.ones((size, size), np.float32)
     i = np.arange(size, dtype=np.float32)
     edge = np.minimum(i, size - 1 - i) + 0.5
-    ramp = np.clip(edge / overlap, EDGE_WEIGHT, 1.0).astype(np.float32)
+    # Squared: a pixel near one window's edge is near the middle of its neighbour, which should win.
+    ramp = np.clip((edge / overlap) ** 2, EDGE_WEIGHT, 1.0).astype(np.float32)
     return np.outer(ramp, ramp)
 
 

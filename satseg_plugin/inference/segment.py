@@ -66,6 +66,8 @@ class SegmentRequest:
     token_env: str = DEFAULT_TOKEN_ENV
     allow_generic_names: bool = False
     workers: int = 8
+    timeout: float = 20.0
+    retries: int = 2
 
 
 @dataclass
@@ -127,7 +129,9 @@ def _plan(req: SegmentRequest, open_source: bool) -> _Plan:
         windows = plan_windows(grid.width, grid.height, size, overlap_percent)
         tiles = len(xyz_tiles_for(grid, windows))
         source = (
-            XyzSource(template, grid, workers=req.workers, cache_dir=req.cache_dir) if open_source else None
+            XyzSource(template, grid, req.workers, req.timeout, req.retries, cache_dir=req.cache_dir)
+            if open_source
+            else None
         )
     else:
         res = model.metadata.resolution_cm / 100 if model.metadata.resolution_cm else None

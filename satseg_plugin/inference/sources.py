@@ -14,6 +14,7 @@ Both offer ``prefetch(y, h)`` (start fetching the rows of a strip) and
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import threading
 import time
@@ -76,6 +77,8 @@ class XyzSource:
             key = hashlib.sha256(template.public.encode()).hexdigest()[:16]
             self._cache = Path(cache_dir) / key
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._sessions: list[requests.Session] = []
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="satseg-xyz")
         self._futures: dict[Tile, Future] = {}
@@ -90,6 +93,8 @@ class XyzSource:
             sess.mount("https://", HTTPAdapter(pool_maxsize=2))
             sess.headers["User-Agent"] = "satseg/0.1 (QGIS plugin)"
             self._local.session = sess
+            with self._lock:
+                self._sessions.append(sess)
         return sess
 
     def _cache_path(self, tile: Tile) -> Path | None:
@@ -205,6 +210,10 @@ class XyzSource:
         self._stop.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._futures.clear()
+        with self._lock:
+            for sess in self._sessions:
+                sess.close()
+            self._sessions.clear()
 
 
 def _gdal_error(exc: Exception) -> str:
@@ -244,10 +253,8 @@ class RasterSource:
         if not wkt or gt is None:
             raise SourceError(f"the raster {path} has no georeferencing (CRS and geotransform)")
         srs = srs_from_user(wkt)
-        if srs.IsGeographic() or srs.GetLinearUnits() != 1.0 or not resolution_m:
-            xres, yres = abs(gt[1]), abs(gt[5])
-        else:
-            xres = yres = float(resolution_m)
+        native = srs.IsGeographic() or srs.GetLinearUnits() != 1.0 or not resolution_m
+        xres, yres = (abs(gt[1]), abs(gt[5])) if native else (float(resolution_m), float(resolution_m))
         bbox = check_bbox(bbox)
         minx, miny, maxx, maxy = transform_bounds(bbox, srs_from_user(bbox_crs), srs)
         # Clip to the raster: segmenting where there is no imagery only makes nodata.
@@ -257,6 +264,13 @@ class RasterSource:
         miny, maxy = max(miny, min(ry0, ry1)), min(maxy, max(ry0, ry1))
         if minx >= maxx or miny >= maxy:
             raise ExtentError(f"the extent does not overlap the raster {path}")
+        if native and gt[2] == 0 and gt[4] == 0:
+            # Snap to the raster's own pixels so they are read as they are, not resampled.
+            minx = rx0 + math.floor((minx - rx0) / xres + 1e-9) * xres
+            maxx = rx0 + math.ceil((maxx - rx0) / xres - 1e-9) * xres
+            maxy = ry1 - math.floor((ry1 - maxy) / yres + 1e-9) * yres
+            miny = ry1 - math.ceil((ry1 - miny) / yres - 1e-9) * yres
+        aligned = not native
         self._name = f"/vsimem/satseg-warp-{os.getpid()}-{id(self)}.vrt"
         try:
             self.ds = gdal.Warp(
@@ -266,7 +280,7 @@ class RasterSource:
                 outputBounds=(minx, miny, maxx, maxy),
                 xRes=xres,
                 yRes=yres,
-                targetAlignedPixels=True,
+                targetAlignedPixels=aligned,
                 dstAlpha=True,
                 resampleAlg="bilinear",
             )

@@ -1,0 +1,120 @@
+"""Test models and tiles for the inference core: outputs computable from the imagery alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from satseg_plugin.inference.imageio import encode_png
+from satseg_plugin.inference.metadata import MEAN, STD, ModelMetadata, build_metadata
+
+NAMES = ["background", "red", "green", "blue"]
+COLORS = ["#000000", "#ff0000", "#00ff00", "#0000ff"]
+
+
+def save_model(
+    path: Path,
+    nodes: list,
+    initializers: list,
+    classes: int,
+    props: dict[str, str] | None,
+    in_shape: list | None = None,
+) -> Path:
+    graph = helper.make_graph(
+        nodes,
+        "test_model",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, in_shape or ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes, "H", "W"])],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    if props:
+        helper.set_model_props(model, props)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def rgb_logits_weights(gain: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
+    """1x1 conv weights/bias: class 0 for dark pixels, else the brightest channel (normalised)."""
+    w = np.zeros((4, 3, 1, 1), np.float32)
+    for c in range(3):
+        w[c + 1, c, 0, 0] = gain
+    b = np.zeros(4, np.float32)
+    b[0] = gain * 1.0  # background wins where every channel is below ~1 std above the mean
+    return w, b
+
+
+def make_rgb_model(
+    path: Path,
+    zoom: int | None = 18,
+    overlap: int = 0,
+    blur: bool = False,
+    props: dict[str, str] | None = None,
+    resolution_cm: float | None = None,
+) -> Path:
+    """A model whose class per pixel follows the pixel's (optionally 5x5-blurred) colour.
+
+    With ``blur`` the 5x5 box blur with zero padding makes a window's border
+    pixels differ from its inside: exactly what seams at window borders look like.
+    """
+    w, b = rgb_logits_weights()
+    nodes, inits = [], [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
+    src = "image"
+    if blur:
+        k = np.zeros((3, 1, 5, 5), np.float32) + 1 / 25
+        inits.append(numpy_helper.from_array(k, "k"))
+        nodes.append(helper.make_node("Conv", ["image", "k"], ["blurred"], group=3, pads=[2, 2, 2, 2]))
+        src = "blurred"
+    nodes += [
+        helper.make_node("Conv", [src, "w", "b"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+    ]
+    meta = ModelMetadata(NAMES, COLORS, 256, overlap, resolution_cm, zoom=zoom)
+    return save_model(path, nodes, inits, 4, build_metadata(meta) if props is None else props)
+
+
+def expected_probabilities(rgb: np.ndarray, blur: bool = False) -> np.ndarray:
+    """What ``make_rgb_model`` outputs for a whole ``(H, W, 3)`` image at once (zero padding at its edge)."""
+    x = (rgb.astype(np.float32) / 255 - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
+    if blur:
+        padded = np.pad(x, ((2, 2), (2, 2), (0, 0)))
+        acc = np.zeros_like(x)
+        for dy in range(5):
+            for dx in range(5):
+                acc += padded[dy : dy + x.shape[0], dx : dx + x.shape[1]]
+        x = acc / 25
+    w, b = rgb_logits_weights()
+    logits = np.einsum("hwc,kc->khw", x, w[:, :, 0, 0]) + b[:, None, None]
+    logits -= logits.max(axis=0)
+    e = np.exp(logits)
+    return e / e.sum(axis=0)
+
+
+def pattern_tile(x: int, y: int, z: int, size: int = 256) -> np.ndarray:
+    """A deterministic RGB tile: coloured blocks and stripes that cross tile borders smoothly."""
+    n = 2**z
+    rows = (y * size + np.arange(size))[:, None]
+    cols = (x * size + np.arange(size))[None, :]
+    g = (rows * 7 + cols * 3) % (n * size)
+    rgb = np.zeros((size, size, 3), np.uint8)
+    rgb[..., 0] = ((cols // 37) % 3 == 0) * 230
+    rgb[..., 1] = ((rows // 29) % 3 == 1) * 220
+    rgb[..., 2] = (g // 41 % 4 == 2) * 240
+    return rgb
+
+
+def pattern_provider(z: int, x: int, y: int) -> bytes:
+    return encode_png(pattern_tile(x, y, z))
+
+
+def mosaic(x0: int, y0: int, x1: int, y1: int, z: int) -> np.ndarray:
+    """The pattern tiles x0..x1, y0..y1 (inclusive) as one image."""
+    rows = [
+        np.concatenate([pattern_tile(x, y, z) for x in range(x0, x1 + 1)], axis=1) for y in range(y0, y1 + 1)
+    ]
+    return np.concatenate(rows, axis=0)

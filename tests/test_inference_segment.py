@@ -1,0 +1,422 @@
+"""The inference core end to end: real HTTP tiles on loopback, real onnxruntime, real GeoTIFFs.
+
+The test models' class per pixel follows the pixel's colour, so every output
+value is known exactly from the imagery.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import mercantile
+import numpy as np
+import pytest
+from conftest import ROOT
+from inference_helpers import NAMES, expected_probabilities, make_rgb_model, mosaic, pattern_provider
+from osgeo import gdal, osr
+from tileserver import TileServer, oam_provider
+
+from satseg_plugin.inference.errors import Cancelled, ExtentError, SourceError
+from satseg_plugin.inference.segment import SegmentRequest, SegmentResult, count_tiles, run_segment
+from satseg_plugin.inference.tileplan import HALF_WORLD, xyz_resolution
+
+Z = 18
+T0 = mercantile.tile(
+    10.0, 45.0, Z
+)  # a tile at 45° N, where a pixel covers half the area it does at the equator
+RES = xyz_resolution(Z)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[TileServer]:
+    with TileServer(pattern_provider) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_rgb_model(tmp_path_factory.mktemp("m") / "rgb.onnx")
+
+
+def tile_rect(x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, float, float]:
+    """EPSG:3857 bounds of tile coordinates (fractions allowed) at zoom Z."""
+    left = -HALF_WORLD + x0 * 256 * RES
+    right = -HALF_WORLD + x1 * 256 * RES
+    top = HALF_WORLD - y0 * 256 * RES
+    bottom = HALF_WORLD - y1 * 256 * RES
+    return left, bottom, right, top
+
+
+def read(path: str | Path) -> tuple[np.ndarray, tuple, str]:
+    ds = gdal.Open(str(path))
+    arr, gt, wkt = ds.ReadAsArray(), ds.GetGeoTransform(), ds.GetProjection()
+    ds = None
+    return arr, gt, wkt
+
+
+def global_origin(gt: tuple) -> tuple[int, int]:
+    """The global XYZ pixel of a grid's top-left corner; asserts it lies on the XYZ pixel grid."""
+    assert gt[1] == pytest.approx(RES, rel=1e-12) and gt[5] == pytest.approx(-RES, rel=1e-12)
+    px, py = (gt[0] + HALF_WORLD) / RES, (HALF_WORLD - gt[3]) / RES
+    assert px == pytest.approx(round(px), abs=1e-6) and py == pytest.approx(round(py), abs=1e-6)
+    return round(px), round(py)
+
+
+def expected_for(gt: tuple, width: int, height: int, blur: bool = False) -> np.ndarray:
+    """The class probabilities a whole-image run gives for a grid (from the pattern tiles)."""
+    px, py = global_origin(gt)
+    tx0, ty0 = px // 256, py // 256
+    tx1, ty1 = (px + width - 1) // 256, (py + height - 1) // 256
+    image = mosaic(tx0, ty0, tx1, ty1, Z)
+    probs = expected_probabilities(image, blur)
+    return probs[:, py - ty0 * 256 : py - ty0 * 256 + height, px - tx0 * 256 : px - tx0 * 256 + width]
+
+
+def ground_area(gt: tuple, height: int) -> np.ndarray:
+    """Independent: a Web Mercator pixel's area on the WGS84 ellipsoid, per row (N * M * cos² / a²)."""
+    a, f = 6378137.0, 1 / 298.257223563
+    e2 = f * (2 - f)
+    y = gt[3] + gt[5] * (np.arange(height) + 0.5)
+    lat = 2 * np.arctan(np.exp(y / a)) - math.pi / 2
+    s2 = np.sin(lat) ** 2
+    n = a / np.sqrt(1 - e2 * s2)
+    m = a * (1 - e2) / (1 - e2 * s2) ** 1.5
+    return RES**2 * np.cos(lat) ** 2 * n * m / a**2
+
+
+def run(model: Path, url: str, out: Path, bbox=None, crs: str = "EPSG:3857", **kw) -> SegmentResult:
+    bbox = bbox or tile_rect(T0.x + 0.3, T0.y + 0.4, T0.x + 2.7, T0.y + 1.9)
+    return run_segment(SegmentRequest(model=model, bbox=bbox, bbox_crs=crs, tiles_url=url, out_dir=out, **kw))
+
+
+def test_classes_georeferencing_counts_and_areas(model: Path, server: TileServer, tmp_path: Path) -> None:
+    result = run(model, server.template, tmp_path)
+    classes, gt, wkt = read(result.classes_path)
+    srs = osr.SpatialReference(wkt=wkt)
+    assert srs.GetAuthorityCode(None) == "3857"
+    px, py = global_origin(gt)
+    assert (px, py) == (math.floor((T0.x + 0.3) * 256), math.floor((T0.y + 0.4) * 256))
+    h, w = classes.shape
+    assert w == math.ceil((T0.x + 2.7) * 256) - px and h == math.ceil((T0.y + 1.9) * 256) - py
+    probs = expected_for(gt, w, h)
+    np.testing.assert_array_equal(classes, probs.argmax(axis=0))
+    assert len(np.unique(classes)) == 4  # every class occurs: the test would see a swapped class
+    for i, name in enumerate(NAMES):
+        heat, hgt, _ = read(result.heatmap_paths[name])
+        assert hgt == gt
+        np.testing.assert_allclose(heat, probs[i], atol=1e-5)
+    # Counts: every pixel once, areas measured on the ellipsoid.
+    pixels = [c.pixels for c in result.counts]
+    assert sum(pixels) == w * h
+    assert pixels == [int((classes == i).sum()) for i in range(4)]
+    areas = ground_area(gt, h)
+    for i, c in enumerate(result.counts):
+        assert c.area_m2 == pytest.approx(float(((classes == i).sum(axis=1) * areas).sum()), rel=1e-4)
+        assert c.area_ha == pytest.approx(c.area_m2 / 1e4)
+    assert sum(c.share for c in result.counts) == pytest.approx(1.0)
+    # At 45° N a pixel covers about half its Mercator area (cos² 45° = 0.5).
+    assert sum(c.area_m2 for c in result.counts) / (w * h * RES**2) == pytest.approx(0.5, rel=0.02)
+    with open(result.counts_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["class"] for r in rows] == NAMES and list(rows[0]) == [
+        "class",
+        "pixels",
+        "share",
+        "area_m2",
+        "area_ha",
+    ]
+    assert [int(r["pixels"]) for r in rows] == pixels
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["classes.tif", "classes.tif.aux.xml", "pixel_counts.csv", *(f"heatmap_{n}.tif" for n in NAMES)]
+    )
+
+
+def test_class_raster_is_styled_tiled_compressed_with_overviews(
+    model: Path, server: TileServer, tmp_path: Path
+) -> None:
+    bbox = tile_rect(T0.x, T0.y, T0.x + 3, T0.y + 2)
+    result = run(model, server.template, tmp_path, bbox=bbox, write_heatmaps=False)
+    ds = gdal.Open(result.classes_path)
+    band = ds.GetRasterBand(1)
+    assert band.DataType == gdal.GDT_Byte and band.GetNoDataValue() == 255
+    assert band.GetCategoryNames()[:4] == NAMES
+    table = band.GetColorTable()
+    assert [table.GetColorEntry(i)[:3] for i in range(4)] == [
+        (0, 0, 0),
+        (255, 0, 0),
+        (0, 255, 0),
+        (0, 0, 255),
+    ]
+    assert ds.GetMetadata("IMAGE_STRUCTURE")["COMPRESSION"] == "DEFLATE"
+    assert band.GetBlockSize() == [256, 256]
+    assert band.GetOverviewCount() >= 2
+    ds = band = None
+    assert result.heatmap_paths == {} and not list(tmp_path.glob("heatmap_*"))
+
+
+@pytest.mark.parametrize("crs", ["EPSG:4326", "EPSG:3857", "EPSG:32632"])
+def test_extent_in_any_crs_lands_on_the_xyz_grid(
+    crs: str, model: Path, server: TileServer, tmp_path: Path
+) -> None:
+    merc = tile_rect(T0.x + 0.5, T0.y + 0.5, T0.x + 1.5, T0.y + 1.25)
+    src, dst = osr.SpatialReference(), osr.SpatialReference()
+    src.ImportFromEPSG(3857)
+    dst.ImportFromEPSG(int(crs.split(":")[1]))
+    for s in (src, dst):
+        s.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    bbox = osr.CoordinateTransformation(src, dst).TransformBounds(*merc, 21)
+    result = run(model, server.template, tmp_path, bbox=bbox, crs=crs, write_heatmaps=False)
+    classes, gt, _ = read(result.classes_path)
+    px, py = global_origin(gt)
+    h, w = classes.shape
+    # The grid covers the extent (pixels snapped outwards), and no more than a rotation's worth.
+    want = ((merc[0] + HALF_WORLD) / RES, (HALF_WORLD - merc[3]) / RES, (merc[2] + HALF_WORLD) / RES)
+    assert px <= want[0] + 1e-6 and py <= want[1] + 1e-6 and px + w >= want[2] - 1e-6
+    assert w <= 256 + 2 * (256 if crs == "EPSG:32632" else 1)
+    np.testing.assert_array_equal(classes, expected_for(gt, w, h).argmax(axis=0))
+
+
+def test_overlap_blending_leaves_no_seams(tmp_path: Path, server: TileServer) -> None:
+    bbox = tile_rect(T0.x + 0.5, T0.y + 0.5, T0.x + 2.5, T0.y + 2.5)
+    diffs = {}
+    for overlap in (0, 25):
+        m = make_rgb_model(tmp_path / f"blur{overlap}.onnx", overlap=overlap, blur=True)
+        result = run(m, server.template, tmp_path / f"o{overlap}", bbox=bbox)
+        heat, gt, _ = read(result.heatmap_paths["red"])
+        probs = expected_for(gt, heat.shape[1], heat.shape[0], blur=True)
+        inner = (slice(3, -3), slice(3, -3))  # the extent's own edge has no neighbour to blend with
+        diffs[overlap] = np.abs(heat - probs[1])[inner]
+    # Without overlap, the window borders show (zero padding): a seam.
+    assert diffs[0].max() > 0.2
+    # With 25 % overlap and blending, the result matches a whole-image run everywhere.
+    assert diffs[25].max() < 0.01, diffs[25].max()
+
+
+def test_tile_faults_become_nodata_and_are_listed(model: Path, tmp_path: Path) -> None:
+    with TileServer(pattern_provider) as s:
+        s.faults[(Z, T0.x, T0.y)] = 404
+        s.faults[(Z, T0.x + 1, T0.y)] = 500
+        s.faults[(Z, T0.x + 2, T0.y)] = "corrupt"
+        s.faults[(Z, T0.x, T0.y + 1)] = 3.0  # slower than the timeout
+        bbox = tile_rect(T0.x, T0.y, T0.x + 3, T0.y + 2)
+        result = run(model, s.template, tmp_path, bbox=bbox, timeout=0.5, retries=1)
+        assert s.requests[(Z, T0.x + 1, T0.y)] == 2  # the 500 was retried
+    failed = dict(result.tiles_failed)
+    assert set(failed) == {
+        f"{Z}/{T0.x}/{T0.y}",
+        f"{Z}/{T0.x + 1}/{T0.y}",
+        f"{Z}/{T0.x + 2}/{T0.y}",
+        f"{Z}/{T0.x}/{T0.y + 1}",
+    }
+    assert "404" in failed[f"{Z}/{T0.x}/{T0.y}"] and "500" in failed[f"{Z}/{T0.x + 1}/{T0.y}"]
+    assert "not a readable image" in failed[f"{Z}/{T0.x + 2}/{T0.y}"]
+    assert "Timeout" in failed[f"{Z}/{T0.x}/{T0.y + 1}"]
+    classes, gt, _ = read(result.classes_path)
+    heat, _, _ = read(result.heatmap_paths["red"])
+    assert (classes[:256] == 255).all() and (heat[:256] == -1).all()  # the whole first row of tiles
+    assert (classes[256:, :256] == 255).all()
+    good = classes[256:, 256:]
+    np.testing.assert_array_equal(good, expected_for(gt, 768, 512).argmax(axis=0)[256:, 256:])
+    assert sum(c.pixels for c in result.counts) == 2 * 256 * 256
+    assert result.tiles_total == 6
+
+
+def test_token_refused_stops_and_stays_secret(
+    model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with TileServer(pattern_provider, token="s3cret") as s:
+        with pytest.raises(SourceError) as err:
+            run(model, s.template + "?access_token=wrong-token-123", tmp_path / "a")
+        assert "token" in str(err.value) and "wrong-token-123" not in str(err.value)
+        assert not (tmp_path / "a").exists() or not list((tmp_path / "a").iterdir())
+        monkeypatch.setenv("SATSEG_TEST_TOKEN", "s3cret")  # the token from the environment works
+        result = run(model, s.template, tmp_path / "b", token_env="SATSEG_TEST_TOKEN", write_heatmaps=False)
+        assert not result.tiles_failed
+        tilejson = run(model, s.url + "/tiles.json", tmp_path / "c", token_env="SATSEG_TEST_TOKEN")
+        assert tilejson.counts == result.counts
+
+
+def test_bad_url_and_extent_fail_before_any_work(model: Path, server: TileServer, tmp_path: Path) -> None:
+    def req(**kw: object) -> SegmentRequest:
+        values = {
+            "model": model,
+            "bbox": (10.0, 45.0, 10.01, 45.01),
+            "tiles_url": server.template,
+            "out_dir": tmp_path,
+        }
+        values.update(kw)
+        return SegmentRequest(**values)  # type: ignore[arg-type]
+
+    with pytest.raises(SourceError, match=r"lacks \{y\}"):
+        count_tiles(req(tiles_url=server.url + "/{z}/{x}.png"))
+    with pytest.raises(SourceError, match="http"):
+        count_tiles(req(tiles_url="ftp://example.com/{z}/{x}/{y}.png"))
+    with pytest.raises(SourceError, match="exactly one"):
+        count_tiles(req(raster_path="/some/file.tif"))
+    with pytest.raises(ExtentError, match="empty"):
+        count_tiles(req(bbox=(10.0, 45.0, 9.0, 46.0)))
+    with pytest.raises(ExtentError, match="unknown coordinate reference system"):
+        count_tiles(req(bbox_crs="EPSG:999999"))
+    with pytest.raises(ExtentError, match="outside"):
+        count_tiles(req(bbox=(10.0, 87.0, 11.0, 89.0)))
+    with pytest.raises(ExtentError, match="zoom in"):
+        count_tiles(req(bbox=(-100.0, -60.0, 100.0, 60.0), zoom=18))
+    assert count_tiles(req()) > 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cancel_mid_run_leaves_no_file(model: Path, tmp_path: Path) -> None:
+    calls: list[float] = []
+    bbox = tile_rect(T0.x, T0.y, T0.x + 4, T0.y + 3)
+    with TileServer(pattern_provider, delay=0.05) as s, pytest.raises(Cancelled):
+        run_segment(
+            SegmentRequest(
+                model=model,
+                bbox=bbox,
+                bbox_crs="EPSG:3857",
+                tiles_url=s.template,
+                out_dir=tmp_path,
+                batch_size=1,
+            ),
+            progress=lambda f, _m: calls.append(f),
+            is_cancelled=lambda: len(calls) > 3,
+        )
+    assert 0 < max(calls) < 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_raster_source_in_its_own_crs(model: Path, tmp_path: Path) -> None:
+    image = mosaic(T0.x, T0.y, T0.x + 1, T0.y + 1, Z)
+    gt = (-HALF_WORLD + T0.x * 256 * RES, RES, 0.0, HALF_WORLD - T0.y * 256 * RES, 0.0, -RES)
+    merc = tmp_path / "merc.tif"
+    ds = gdal.GetDriverByName("GTiff").Create(str(merc), 512, 512, 3, gdal.GDT_Byte)
+    ds.SetGeoTransform(gt)
+    ds.SetProjection(osr.SpatialReference(wkt=_wkt(3857)).ExportToWkt())
+    for i in range(3):
+        ds.GetRasterBand(i + 1).WriteArray(image[..., i])
+    ds = None
+    utm = tmp_path / "utm.tif"
+    gdal.Warp(str(utm), str(merc), dstSRS="EPSG:32632", xRes=0.5, yRes=0.5, resampleAlg="near")
+    # No resolution in the model: the raster's own pixels are segmented.
+    for src in (merc, utm):
+        req = SegmentRequest(
+            model=model, bbox=tile_rect(T0.x + 0.25, T0.y + 0.25, T0.x + 1.75, T0.y + 1.75), bbox_crs="EPSG:3857",
+            raster_path=str(src), out_dir=tmp_path / src.stem,
+        )  # fmt: skip
+        result = run_segment(req)
+        classes, cgt, wkt = read(result.classes_path)
+        assert osr.SpatialReference(wkt=wkt).IsSame(
+            osr.SpatialReference(wkt=_wkt(3857 if src == merc else 32632))
+        )
+        pixels = gdal.Open(str(src))
+        col, row = (
+            round((cgt[0] - pixels.GetGeoTransform()[0]) / cgt[1]),
+            round((cgt[3] - pixels.GetGeoTransform()[3]) / cgt[5]),
+        )
+        rgb = np.moveaxis(pixels.ReadAsArray(col, row, classes.shape[1], classes.shape[0]), 0, -1)
+        pixels = None
+        want = expected_probabilities(rgb).argmax(axis=0)
+        inside = classes != 255
+        assert inside.mean() > 0.9  # the UTM raster's warped corners are nodata
+        np.testing.assert_array_equal(classes[inside], want[inside])
+        assert sum(c.pixels for c in result.counts) == int(inside.sum())
+
+
+def _wkt(epsg: int) -> str:
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(epsg)
+    return srs.ExportToWkt()
+
+
+def test_unusable_rasters_are_explained(model: Path, tmp_path: Path) -> None:
+    def req(path: Path) -> SegmentRequest:
+        return SegmentRequest(
+            model=model, bbox=(0, 0, 1, 1), bbox_crs="EPSG:3857", raster_path=str(path), out_dir=tmp_path
+        )
+
+    wide = tmp_path / "uint16.tif"
+    ds = gdal.GetDriverByName("GTiff").Create(str(wide), 8, 8, 3, gdal.GDT_UInt16)
+    ds.SetGeoTransform((0, 1, 0, 8, 0, -1))
+    ds.SetProjection(_wkt(3857))
+    ds = None
+    byte = tmp_path / "byte.tif"
+    ds = gdal.GetDriverByName("GTiff").Create(str(byte), 8, 8, 3, gdal.GDT_Byte)
+    ds.SetGeoTransform((0, 1, 0, 8, 0, -1))
+    ds.SetProjection(_wkt(3857))
+    ds = None
+    plain = tmp_path / "plain.tif"
+    ds = gdal.GetDriverByName("GTiff").Create(str(plain), 8, 8, 3, gdal.GDT_Byte)
+    ds = None
+    with pytest.raises(SourceError, match="8-bit"):
+        count_tiles(req(wide))
+    with pytest.raises(SourceError, match="no georeferencing"):
+        count_tiles(req(plain))
+    with pytest.raises(SourceError, match="cannot open"):
+        count_tiles(req(tmp_path / "missing.tif"))
+    with pytest.raises(ExtentError, match="does not overlap"):
+        count_tiles(
+            SegmentRequest(
+                model=model,
+                bbox=(100, 100, 200, 200),
+                bbox_crs="EPSG:3857",
+                raster_path=str(byte),
+                out_dir=tmp_path,
+            )
+        )
+
+
+def test_real_imagery_from_openaerialmap(shared_data: Path, model: Path, tmp_path: Path) -> None:
+    with TileServer(oam_provider(shared_data / "oam-osm-buildings" / "area3")) as s:
+        bbox = (85.5237580, 27.6196650, 85.5251311, 27.6208816)
+        result = run_segment(
+            SegmentRequest(
+                model=model, bbox=bbox, tiles_url=s.template, zoom=19, out_dir=tmp_path, write_heatmaps=False
+            )
+        )
+    classes, gt, _ = read(result.classes_path)
+    assert not result.tiles_failed and result.tiles_total >= 4
+    assert sum(c.pixels for c in result.counts) == int((classes != 255).sum())
+    assert (classes == 255).mean() < 0.001  # a few transparent pixels of the RGBA tiles, nothing more
+    assert abs(gt[1]) == pytest.approx(xyz_resolution(19))
+
+
+def test_cli_segment_info_and_errors(model: Path, server: TileServer, tmp_path: Path) -> None:
+    def cli(*args: object) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "satseg_plugin.inference", *map(str, args)],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    bbox = ",".join(f"{v:.3f}" for v in tile_rect(T0.x + 0.2, T0.y + 0.2, T0.x + 1.2, T0.y + 1.2))
+    done = cli("segment", "--model", model, "--bbox", bbox, "--bbox-crs", "EPSG:3857", "--tiles", server.template,
+               "--out", tmp_path / "out", "--quiet")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "blue" in done.stdout and "total" in done.stdout
+    assert {"classes.tif", "pixel_counts.csv", "heatmap_red.tif"} <= {
+        p.name for p in (tmp_path / "out").iterdir()
+    }
+    info = cli("info", model)
+    assert info.returncode == 0 and "class 3: blue #0000ff" in info.stdout
+    helped = cli("segment", "--help")
+    assert helped.returncode == 0 and "pixel_counts.csv" in helped.stdout and "--bbox-crs" in helped.stdout
+    bad = cli(
+        "segment",
+        "--model",
+        tmp_path / "none.onnx",
+        "--bbox",
+        bbox,
+        "--tiles",
+        server.template,
+        "--out",
+        tmp_path / "x",
+    )
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: the model file")
+    bad_bbox = cli(
+        "segment", "--model", model, "--bbox", "1,2,3", "--tiles", server.template, "--out", tmp_path / "x"
+    )
+    assert bad_bbox.returncode == 2 and "MINX,MINY,MAXX,MAXY" in bad_bbox.stderr
