@@ -94,6 +94,7 @@ class _Plan:
     overlap: int
     tiles: int
     source: XyzSource | RasterSource | None = None
+    inside: set[tuple[int, int, int]] | None = None  # XYZ tiles under the grid itself
 
 
 def _check_source(req: SegmentRequest) -> None:
@@ -127,7 +128,9 @@ def _plan(req: SegmentRequest, open_source: bool) -> _Plan:
                 "zoom in, or choose a lower zoom"
             )
         windows = plan_windows(grid.width, grid.height, size, overlap_percent)
-        tiles = len(xyz_tiles_for(grid, windows))
+        # What the user asked for; the tiles around it that windows read for context are not counted.
+        tiles = len(xyz_tiles_for(grid))
+        inside = {tuple(t) for t in xyz_tiles_for(grid)}
         source = (
             XyzSource(template, grid, req.workers, req.timeout, req.retries, cache_dir=req.cache_dir)
             if open_source
@@ -139,10 +142,11 @@ def _plan(req: SegmentRequest, open_source: bool) -> _Plan:
         grid = source.grid
         windows = plan_windows(grid.width, grid.height, size, overlap_percent)
         tiles = windows.count
+        inside = None
         if not open_source:
             source.close()
             source = None
-    return _Plan(model, grid, windows, size - windows.stride, tiles, source)
+    return _Plan(model, grid, windows, size - windows.stride, tiles, source, inside)
 
 
 def count_tiles(req: SegmentRequest) -> int:
@@ -229,7 +233,8 @@ def run_segment(
                 next_row = hi
         if cancelled():
             raise Cancelled("cancelled")
-        failed = sorted(source.failed.items())
+        # A context tile beyond the extent that fails only weakens the edge; it is not the user's loss.
+        failed = sorted((t, r) for t, r in source.failed.items() if plan.inside is None or t in plan.inside)
         if failed and len(failed) >= plan.tiles:
             reasons = sorted({r for _, r in failed})
             raise SourceError(

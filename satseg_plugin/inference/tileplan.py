@@ -173,11 +173,14 @@ def plan_windows(width: int, height: int, size: int, overlap_percent: float) -> 
     return Windows(size, stride, -pad, -pad, count(width), count(height))
 
 
-def xyz_tiles_for(grid: XyzGrid, windows: Windows) -> list[mercantile.Tile]:
-    """The XYZ tiles the windows read, row by row (clipped to the world)."""
+def xyz_tiles_for(grid: XyzGrid, windows: Windows | None = None) -> list[mercantile.Tile]:
+    """The XYZ tiles under the grid (or, given ``windows``, all the windows read), clipped to the world."""
     n = 2**grid.zoom
-    left = grid.px0 + windows.x0
-    top = grid.py0 + windows.y0
-    tx0, tx1 = max(left // XYZ_TILE, 0), min((left + windows.span_width - 1) // XYZ_TILE, n - 1)
-    ty0, ty1 = max(top // XYZ_TILE, 0), min((top + windows.span_height - 1) // XYZ_TILE, n - 1)
+    if windows is None:
+        left, top, width, height = grid.px0, grid.py0, grid.width, grid.height
+    else:
+        left, top = grid.px0 + windows.x0, grid.py0 + windows.y0
+        width, height = windows.span_width, windows.span_height
+    tx0, tx1 = max(left // XYZ_TILE, 0), min((left + width - 1) // XYZ_TILE, n - 1)
+    ty0, ty1 = max(top // XYZ_TILE, 0), min((top + height - 1) // XYZ_TILE, n - 1)
     return [mercantile.Tile(x, y, grid.zoom) for y in range(ty0, ty1 + 1) for x in range(tx0, tx1 + 1)]
