@@ -115,6 +115,14 @@ def bare_rate(model_path: Path, windows: int, batch: int) -> float:
     return calls * batch / (time.perf_counter() - start)
 
 
+def _peak_mb() -> float:
+    """Peak resident memory of this process (VmHWM; unlike ru_maxrss it does not carry over an exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def memory_run(n: int, folder: Path) -> None:
     """Child process: segment n x n tiles with a 1x1-conv model, print peak RSS in MB."""
     sys.path.insert(0, str(ROOT / "tests"))
@@ -122,9 +130,9 @@ def memory_run(n: int, folder: Path) -> None:
 
     model = make_rgb_model(folder / "rgb.onnx", zoom=ZOOM, overlap=25)
     with TileServer(real_tile_provider()) as server:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        before = _peak_mb()
         elapsed, result = timed_segment(model, server.template, n, folder / f"out{n}", None, 8)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_mb()
     print(f"{result.tiles_total} {elapsed:.1f} {before:.0f} {peak:.0f}")
 
 
