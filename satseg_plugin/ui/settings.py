@@ -7,6 +7,7 @@ from pathlib import Path
 from qgis.core import QgsApplication, QgsSettings
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL_NAME = "satseg-default.onnx"  # the fp32 model, even when an int8 one sorts first
 KEY_MODEL = "satseg/model"
 KEY_OUT_DIR = "satseg/out_dir"
 KEY_OUTPUTS = "satseg/outputs"
@@ -18,7 +19,10 @@ def bundled_models_dirs() -> list[Path]:
 
 
 def default_model_path() -> str:
-    """Return the first ``.onnx`` of the bundled model folders, or "" when there is none."""
+    """Return the shipped ``satseg-default.onnx``, else the first bundled ``.onnx``, else ""."""
+    for folder in bundled_models_dirs():
+        if (folder / DEFAULT_MODEL_NAME).is_file():
+            return str(folder / DEFAULT_MODEL_NAME)
     for folder in bundled_models_dirs():
         if folder.is_dir():
             models = sorted(folder.glob("*.onnx"))
