@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Sequence
 
@@ -17,9 +18,27 @@ COMMANDS = {
 }
 
 
+#: A value such as ``-9.49,38.82,-9.40,38.89`` (a bbox west of Greenwich): argparse takes it for an option.
+_NEGATIVE_LIST = re.compile(r"^-\d[\d.eE+-]*(,.*)?$")
+
+
+def join_negative_values(argv: list[str], options: tuple[str, ...] = ("--bbox",)) -> list[str]:
+    """``["--bbox", "-9.4,..."]`` -> ``["--bbox=-9.4,..."]``, so western and southern bboxes parse."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in options and i + 1 < len(argv) and _NEGATIVE_LIST.match(argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``; hand the chosen command's arguments to its module's ``run``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = join_negative_values(list(sys.argv[1:] if argv is None else argv))
     parser = argparse.ArgumentParser(
         prog="python -m training.dataset",
         description="Build, import and merge satseg training datasets (layout: docs/design.md).",

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
+import io
 import sys
 from collections import deque
 from collections.abc import Iterator
@@ -65,6 +65,13 @@ class _Log:
     def __call__(self, message: str) -> None:
         if not self.quiet:
             print(redact(message, self.token), file=sys.stderr, flush=True)
+
+
+class _Discard(io.TextIOBase):
+    """A text stream that drops what is written (progress bars under ``--quiet``)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
 
 
 @contextlib.contextmanager
@@ -218,7 +225,7 @@ def build_labels(args: argparse.Namespace, log: _Log) -> dict:
     n = config.num_classes
     pixels = np.zeros(n, np.int64)
     filtered: list[str] = []
-    stream = open(os.devnull, "w") if log.quiet else None  # noqa: SIM115
+    stream = _Discard() if log.quiet else None
     # PNG encoding (zlib releases the GIL) and file writes overlap the next tile's rendering.
     writers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="satseg-labels")
     pending: deque[Future] = deque()
@@ -293,7 +300,7 @@ def fetch_imagery(args: argparse.Namespace, manifest: dict, template: TileTempla
         retries=args.retries,
         tile_size=TILE_SIZE,
     )
-    stream = open(os.devnull, "w") if log.quiet else None  # noqa: SIM115
+    stream = _Discard() if log.quiet else None
     with ProgressBar(len(tiles), "imagery", stream=stream) as bar:
         report = downloader.fetch(tiles, bar.update)
     write_skipped(out / "skipped.csv", report.skipped)

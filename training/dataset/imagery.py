@@ -90,6 +90,8 @@ class Downloader:
         self.tile_size = tile_size
         self._local = threading.local()
         self._stop = threading.Event()
+        self._sessions: list[requests.Session] = []
+        self._sessions_lock = threading.Lock()
 
     def path(self, tile: Tile) -> Path:
         return self.out_dir / f"{tile_id(tile)}.png"
@@ -102,7 +104,17 @@ class Downloader:
             sess.mount("https://", HTTPAdapter(pool_maxsize=4))
             sess.headers["User-Agent"] = "satseg-dataset/1"
             self._local.session = sess
+            with self._sessions_lock:
+                self._sessions.append(sess)
         return sess
+
+    def _close_sessions(self) -> None:
+        """Close the threads' connections (the pool's threads are gone by now)."""
+        with self._sessions_lock:
+            for sess in self._sessions:
+                sess.close()
+            self._sessions.clear()
+        self._local = threading.local()
 
     def _get(self, tile: Tile) -> bytes:
         x, y, z = tile
@@ -192,8 +204,10 @@ class Downloader:
         except BaseException:
             self._stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
+            self._close_sessions()
             raise
         pool.shutdown(wait=True)
+        self._close_sessions()
         if todo and not report.fetched and len(report.skipped) == len(todo):
             reasons = {r for _, r in report.skipped}
             if all(not r.startswith(("not found", "not a readable", "image is", "empty")) for r in reasons):
