@@ -29,6 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import requests
 from osgeo import gdal
 
 from satseg_plugin.inference.atomic import write_bytes_atomic
@@ -330,7 +331,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         manifest = read_manifest(out)
     if args.imagery:
-        template = resolve_template(args.imagery, args.token_env, args.subdomains, timeout=args.timeout)
+        with requests.Session() as session:  # closed: the TileJSON request leaves no open socket
+            template = resolve_template(
+                args.imagery, args.token_env, args.subdomains, session=session, timeout=args.timeout
+            )
         log.token = template.token
         manifest = fetch_imagery(args, manifest, template, log)
     write_manifest(out, manifest)
