@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import mercantile
@@ -358,3 +359,56 @@ def test_oam_preview_and_skipped(oam_datasets: dict) -> None:
         # Labels reach beyond the imagery: those tiles are listed as 404, not failures.
         assert all(line.endswith("not found (HTTP 404)") for line in listed[1:])
         assert len(listed) - 1 == len(manifest["skipped"]) == manifest["counts"]["images_skipped"]
+
+
+def test_help_explains_every_option_and_default() -> None:
+    """``--help`` as a user runs it: every option of the issue, with its default."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "training.dataset", "build", "--help"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "250"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())  # argparse wraps lines
+    for words in (
+        "--bbox BBOX area as MINLON,MINLAT,MAXLON,MAXLAT in WGS84 degrees",
+        "--zoom ZOOM XYZ zoom of the tiles (default: 17)",
+        "--classes CLASSES class config JSON",
+        "--osm OSM OpenStreetMap data: .osm.pbf, GeoJSON or OSM QA .mbtiles",
+        "{s} subdomains, {-y} TMS rows",
+        "TileJSON URL; without it only labels and sample lists are made",
+        "(default: MapboxAccessToken; never logged or stored)",
+        "--size SIZE tiles to sample (default: 10000)",
+        "--seed SEED random seed of the sample (default: 0)",
+        "sample-filtered.txt (default: 1)",
+        "--out OUT dataset folder",
+        "--workers WORKERS parallel downloads (default: 8)",
+        "--timeout TIMEOUT seconds per HTTP request (default: 30.0)",
+        "with backoff (default: 3)",
+        "tiles on preview.png, 0: none (default: 16)",
+        "Re-running resumes: images on disk are kept.",
+    ):
+        assert words in text, words
+    assert "``" not in done.stdout
+
+
+def test_western_bbox_given_as_a_separate_argument(shared_data: Path, tmp_path: Path) -> None:
+    """``--bbox -9.49,...`` (two words, as the issue writes it) parses although it starts with a minus."""
+    import subprocess
+    import sys
+
+    mbtiles = shared_data / "osm" / "portugal-z17.mbtiles"
+    done = subprocess.run(
+        [sys.executable, "-m", "training.dataset", "build", "--bbox", SINTRA, "--classes", str(MINE),
+         "--osm", str(mbtiles), "--out", str(tmp_path / "w"), "--size", "5", "--preview-tiles", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "w" / "manifest.json").read_text())["bbox"] == [
+        -9.492,
+        38.823,
+        -9.404,
+        38.891,
+    ]

@@ -36,6 +36,21 @@ def test_shipped_mine_json_parses() -> None:
     ):
         assert veg(tags), tags
     assert not veg({"landuse": "residential"})
+    # The whole vegetation list of the issue, and nothing else from those keys.
+    values = ["forest", "tree_row", "tree", "scrub", "heath", "grassland", "orchard", "farmland"]
+    values += ["allotments", "meadow", "vineyard"]
+    for v in values:
+        assert veg({"landuse": v}), v
+    for tags in ({"natural": "water"}, {"surface": "asphalt"}, {"landuse": "grass"}, {"landuse": "quarry"}):
+        assert not veg(tags), tags
+    raw = json.loads((ROOT / "training" / "classes" / "mine.json").read_text())
+    assert [c["color"] for c in raw] == [f"#0{i}0{i}0{i}" for i in range(1, 7)]
+    assert all({"name", "color", "stroke-width", "filter", "sourceLayer"} <= set(c) for c in raw)
+    assert raw[4]["filter"] == "[building].match('.+')"
+    assert config.rules[5].predicate({"landuse": "brownfield"})
+    assert config.rules[1].predicate({"landuse": "retail"}) and config.rules[2].predicate(
+        {"landuse": "industrial"}
+    )
     assert config.rules[4].predicate({"building": "house"})
     assert config.display_colors[0] == "#000000"
 

@@ -104,11 +104,14 @@ def _write_label(path: Path, labels: np.ndarray) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``build``."""
-    parser.description = __doc__.split("\n\n")[0]
+    doc = __doc__.replace("``", "")
+    parser.description = doc.split("\n\n")[0]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = "\n\n".join(__doc__.split("\n\n")[1:])
+    parser.epilog = "\n\n".join(doc.split("\n\n")[1:])
     parser.add_argument(
-        "--bbox", help="area as MINLON,MINLAT,MAXLON,MAXLAT in WGS84 degrees (needed with --osm)"
+        "--bbox",
+        help="area as MINLON,MINLAT,MAXLON,MAXLAT in WGS84 degrees, e.g. -9.49,38.82,-9.40,38.89 "
+        "(needed with --osm)",
     )
     parser.add_argument(
         "--zoom", type=_positive(int, 0), default=17, help="XYZ zoom of the tiles (default: %(default)s)"
