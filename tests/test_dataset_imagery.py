@@ -7,6 +7,8 @@ from the area's real ``labels.geojson``.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -89,9 +91,9 @@ def all_text(folder: Path) -> str:
 
 
 def skipped_rows(data: Path) -> dict[str, str]:
-    lines = (data / "skipped.csv").read_text().splitlines()
-    assert lines[0] == "id,reason"
-    return dict(line.split(",", 1) for line in lines[1:])
+    rows = list(csv.reader(io.StringIO((data / "skipped.csv").read_text())))
+    assert rows[0] == ["id", "reason"]
+    return dict(rows[1:])
 
 
 def test_labels_only_dataset_has_no_imagery_fields(labelled: Path) -> None:
@@ -221,30 +223,36 @@ def test_404_undecodable_and_failing_tiles_are_skipped_and_listed(
     data: Path, area: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ids = ids_of(data)
-    missing, corrupt, failing = ids[1], ids[5], ids[9]
+    missing, corrupt, failing, slow = ids[1], ids[5], ids[9], ids[13]
     with TileServer(oam_provider(area)) as server:
-        for tid, fault in ((missing, 404), (corrupt, "corrupt"), (failing, 503)):
+        for tid, fault in ((missing, 404), (corrupt, "corrupt"), (failing, 503), (slow, 3.0)):
             server.faults[(ZOOM, *parse_tile_id(tid)[:2])] = fault
-        rc, err = fetch(capsys, data, server.template, "--retries", "1", "--quiet")
+        rc, err = fetch(capsys, data, server.template, "--retries", "1", "--timeout", "0.5", "--quiet")
         tries = server.requests[(ZOOM, *parse_tile_id(failing)[:2])]
     assert rc == 0, err
-    assert skipped_rows(data) == {
+    rows = skipped_rows(data)
+    # A server slower than --timeout: the request times out, is retried, then the tile is listed.
+    reason = rows.pop(slow)
+    assert reason.startswith("ReadTimeout: ") and reason.endswith("(read timeout=0.5) (after 2 tries)"), (
+        reason
+    )
+    assert rows == {
         missing: "not found (HTTP 404)",
         corrupt: "not a readable image (33 bytes)",
         failing: "HTTP 503 (after 2 tries)",
     }
     assert tries == 2  # one retry after the 503
     images = {p.stem for p in (data / "images").glob("*.png")}
-    assert images == set(ids) - {missing, corrupt, failing}
+    assert images == set(ids) - {missing, corrupt, failing, slow}
     manifest = json.loads((data / "manifest.json").read_text())
-    assert {s["id"] for s in manifest["skipped"]} == {missing, corrupt, failing}
-    assert manifest["counts"]["images_skipped"] == 3
+    assert {s["id"] for s in manifest["skipped"]} == {missing, corrupt, failing, slow}
+    assert manifest["counts"]["images_skipped"] == 4
     # The next run asks again for what is missing, and only for that.
     with TileServer(oam_provider(area)) as server:
         rc, err = fetch(capsys, data, server.template, "--quiet")
         asked = dict(server.requests)
     assert rc == 0, err
-    assert sorted(f"{z}-{x}-{y}" for z, x, y in asked) == sorted([missing, corrupt, failing])
+    assert sorted(f"{z}-{x}-{y}" for z, x, y in asked) == sorted([missing, corrupt, failing, slow])
     assert skipped_rows(data) == {}
 
 
