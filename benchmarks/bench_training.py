@@ -88,14 +88,14 @@ def bench_width(
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--widths", default="1.0,0.5", help="width multipliers, comma-separated (default: 1.0,0.5)"
     )
     p.add_argument("--batch", type=int, default=4, help="tiles per call (default: 4)")
     p.add_argument("--repeats", type=int, default=2, help="timed calls after a warm-up (default: 2)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     widths = [float(w) for w in args.widths.split(",")]
     tiles = real_tiles(args.batch)
     x = normalize(tiles)
