@@ -65,38 +65,40 @@ class _Raster:
         self.ds.SetGeoTransform(grid.geotransform)
         self.ds.SetProjection(grid.crs_wkt)
         self.band = self.ds.GetRasterBand(1)
-        self._pending: list[np.ndarray] = []
-        self._pending_y = 0
+        self._pending: dict[int, list] = {}  # column -> [first row, row arrays not yet written]
 
-    def write(self, rows: np.ndarray, y: int) -> None:
-        """Take rows ``y..`` (rows arrive in order); whole rows of blocks go to disk at once.
+    def write(self, rows: np.ndarray, y: int, x: int = 0) -> None:
+        """Take rows ``y..`` at column ``x`` (each column range gets its rows in order).
 
-        Flushing only complete block rows keeps GDAL's block cache (by default 5 % of
-        RAM) from growing with the extent, and never compresses a block twice.
+        Whole rows of blocks go to disk at once and leave GDAL's block cache (by
+        default 5 % of RAM), so memory does not grow with the extent, and no block
+        is compressed twice.
         """
-        if not self._pending:
-            self._pending_y = y
-        self._pending.append(rows)
+        pending = self._pending.setdefault(x, [y, []])
+        if not pending[1]:
+            pending[0] = y
+        pending[1].append(rows)
         cut = (y + rows.shape[0]) // BLOCK * BLOCK
-        if cut > self._pending_y:
-            data = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
-            k = cut - self._pending_y
-            self.band.WriteArray(data[:k], 0, self._pending_y)
+        if cut > pending[0]:
+            data = np.concatenate(pending[1]) if len(pending[1]) > 1 else pending[1][0]
+            k = cut - pending[0]
+            self.band.WriteArray(data[:k], x, pending[0])
             self.ds.FlushCache()
-            self._pending = [data[k:]] if k < data.shape[0] else []
-            self._pending_y = cut
+            pending[1] = [data[k:]] if k < data.shape[0] else []
+            pending[0] = cut
 
     def _drain(self) -> None:
-        if self._pending:
-            self.band.WriteArray(np.concatenate(self._pending), 0, self._pending_y)
-            self._pending = []
+        for x, (y, parts) in self._pending.items():
+            if parts:
+                self.band.WriteArray(np.concatenate(parts), x, y)
+        self._pending.clear()
 
     def finish(self, resampling: str) -> None:
         """Build overviews and close; the file stays under its temporary name."""
         self._drain()
         factors = overview_factors(self.ds.RasterXSize, self.ds.RasterYSize)
         if factors:
-            with _config("COMPRESS_OVERVIEW", "DEFLATE"):
+            with _config("COMPRESS_OVERVIEW", "DEFLATE"), _small_block_cache():
                 self.ds.BuildOverviews(resampling, factors)
         self.band = None
         self.ds = None  # closing flushes the blocks
@@ -123,6 +125,22 @@ def _config(key: str, value: str):
         yield
     finally:
         gdal.SetConfigOption(key, old)
+
+
+#: GDAL's block cache while overviews are built. By default the cache may take 5 % of RAM,
+#: and overview building fills it with the whole raster: 0.9 GB for 2,000 tiles (measured).
+OVERVIEW_CACHE_BYTES = 64 * 2**20
+
+
+@contextlib.contextmanager
+def _small_block_cache():
+    """Cap GDAL's (process-wide) block cache for a moment; blocks above the cap are written out."""
+    old = gdal.GetCacheMax()
+    gdal.SetCacheMax(min(old, OVERVIEW_CACHE_BYTES))
+    try:
+        yield
+    finally:
+        gdal.SetCacheMax(old)
 
 
 class RunOutputs:
@@ -175,16 +193,16 @@ class RunOutputs:
     def _all(self) -> list[_Raster]:
         return [r for r in (self.classes, *self.heatmaps.values()) if r is not None]
 
-    def write(self, probabilities: np.ndarray, valid: np.ndarray, y: int) -> np.ndarray:
-        """Write rows from ``y``; return their class indices (``CLASS_NODATA`` where invalid)."""
+    def write(self, probabilities: np.ndarray, valid: np.ndarray, y: int, x: int = 0) -> np.ndarray:
+        """Write rows from ``y`` at column ``x``; return their class indices (``CLASS_NODATA`` where invalid)."""
         classes = probabilities.argmax(axis=0).astype(np.uint8)
         classes[~valid] = CLASS_NODATA
         if self.classes is not None:
-            self.classes.write(classes, y)
+            self.classes.write(classes, y, x)
         for i, name in enumerate(self.class_names):
             if name in self.heatmaps:
                 heat = np.where(valid, probabilities[i], np.float32(HEATMAP_NODATA)).astype(np.float32)
-                self.heatmaps[name].write(heat, y)
+                self.heatmaps[name].write(heat, y, x)
         return classes
 
     def commit(self) -> tuple[str | None, dict[str, str]]:

@@ -25,6 +25,7 @@ from .tileplan import (
     Grid,
     Windows,
     check_bbox,
+    plan_stripes,
     plan_windows,
     srs_from_user,
     transform_bounds,
@@ -66,6 +67,7 @@ class SegmentRequest:
     token_env: str = DEFAULT_TOKEN_ENV
     allow_generic_names: bool = False
     workers: int = 8
+    stripe_width: int = 4096  # columns processed at once: bounds memory whatever the extent's width
     timeout: float = 20.0
     retries: int = 2
 
@@ -190,47 +192,53 @@ def run_segment(
     counter = CountAccumulator(grid, meta.num_classes)
     try:
         outputs = RunOutputs(out_dir, grid, names, colors, req.write_classes, req.write_heatmaps)
-        blender = BandBlender(
-            meta.num_classes, windows.size, plan.overlap, windows.x0, windows.span_width, windows.y0
-        )
-        next_row = 0  # first output row not yet written
+        stripes = plan_stripes(grid.width, windows, req.stripe_width)
+        total = sum(stripe.windows.count for stripe in stripes)
         done = 0
-        report(0.0, f"segmenting {windows.count} windows ({plan.tiles} tiles)")
-        source.prefetch(windows.y0, windows.size, windows.x0, windows.span_width)
-        for j in range(windows.ny):
-            strip_y = windows.y0 + j * windows.stride
-            if j + 1 < windows.ny:  # fetch the next strip while this one runs
-                source.prefetch(strip_y + windows.stride, windows.size, windows.x0, windows.span_width)
-            rgb, valid = source.read(strip_y, windows.size, windows.x0, windows.span_width)
-            positions = _windows_of_strip(windows, j)
-            for b in range(0, len(positions), req.batch_size):
-                if cancelled():
-                    raise Cancelled("cancelled")
-                batch = positions[b : b + req.batch_size]
-                cols = [x - windows.x0 for x, _ in batch]
-                images = np.stack([rgb[:, c : c + windows.size] for c in cols])
-                masks = [valid[:, c : c + windows.size] for c in cols]
-                if not any(m.any() for m in masks):
-                    probs = np.zeros((len(batch), meta.num_classes, windows.size, windows.size), np.float32)
-                else:
-                    probs = model.run(model.normalize(images))
-                for (x, y), p, m in zip(batch, probs, masks, strict=True):
-                    blender.add(p, m, x, y)
-                done += len(batch)
-                report(done / windows.count, f"segmented {done}/{windows.count} windows")
-            # Rows above the next strip's top get no more windows: they are final.
-            final_until = strip_y + windows.stride if j + 1 < windows.ny else strip_y + windows.size
-            rows = final_until - blender.top
-            probs_rows, valid_rows = blender.take(rows)
-            first = blender.top - rows
-            lo, hi = max(first, next_row), min(first + rows, grid.height)
-            if hi > lo:
-                c0 = -windows.x0  # grid column 0 inside the band
-                p = probs_rows[:, lo - first : hi - first, c0 : c0 + grid.width]
-                v = valid_rows[lo - first : hi - first, c0 : c0 + grid.width]
-                classes = outputs.write(p, v, lo)
-                counter.add(classes, lo)
-                next_row = hi
+        report(0.0, f"segmenting {total} windows ({plan.tiles} tiles)")
+        for k, stripe in enumerate(stripes):
+            w = stripe.windows
+            blender = BandBlender(meta.num_classes, w.size, plan.overlap, w.x0, w.span_width, w.y0)
+            source.prefetch(w.y0, w.size, w.x0, w.span_width)
+            next_row = 0  # first output row of this stripe not yet written
+            for j in range(w.ny):
+                strip_y = w.y0 + j * w.stride
+                if j + 1 < w.ny:  # fetch the next strip while this one runs
+                    source.prefetch(strip_y + w.stride, w.size, w.x0, w.span_width)
+                elif k + 1 < len(stripes):  # or the next stripe's first strip
+                    nxt = stripes[k + 1].windows
+                    source.prefetch(nxt.y0, nxt.size, nxt.x0, nxt.span_width)
+                rgb, valid = source.read(strip_y, w.size, w.x0, w.span_width)
+                positions = _windows_of_strip(w, j)
+                for b in range(0, len(positions), req.batch_size):
+                    if cancelled():
+                        raise Cancelled("cancelled")
+                    batch = positions[b : b + req.batch_size]
+                    cols = [x - w.x0 for x, _ in batch]
+                    masks = [valid[:, c : c + w.size] for c in cols]
+                    if any(m.any() for m in masks):
+                        images = np.stack([rgb[:, c : c + w.size] for c in cols])
+                        probs = model.run(model.normalize(images))
+                    else:  # no imagery at all under these windows: nodata, no model call
+                        probs = np.zeros((len(batch), meta.num_classes, w.size, w.size), np.float32)
+                    for (x, y), p, m in zip(batch, probs, masks, strict=True):
+                        blender.add(p, m, x, y)
+                    done += len(batch)
+                    report(done / total, f"segmented {done}/{total} windows")
+                # Rows above the next strip's top get no more windows: they are final.
+                final_until = strip_y + w.stride if j + 1 < w.ny else strip_y + w.size
+                rows = final_until - blender.top
+                probs_rows, valid_rows = blender.take(rows)
+                first = blender.top - rows
+                lo, hi = max(first, next_row), min(first + rows, grid.height)
+                if hi > lo:
+                    c0 = stripe.x0 - w.x0  # the stripe's first column inside the band
+                    cols = slice(c0, c0 + stripe.x1 - stripe.x0)
+                    p = probs_rows[:, lo - first : hi - first, cols]
+                    v = valid_rows[lo - first : hi - first, cols]
+                    classes = outputs.write(p, v, lo, stripe.x0)
+                    counter.add(classes, lo)
+                    next_row = hi
         if cancelled():
             raise Cancelled("cancelled")
         # A context tile beyond the extent that fails only weakens the edge; it is not the user's loss.
@@ -259,7 +267,7 @@ def run_segment(
             tiles_total=plan.tiles,
             tiles_failed=[(tile_name(t), r) for t, r in failed],
             grid=grid,
-            windows=windows.count,
+            windows=total,
         )
     except BaseException:
         if outputs is not None:

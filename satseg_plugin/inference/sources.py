@@ -158,10 +158,12 @@ class XyzSource:
     def prefetch(self, y: int, h: int, x: int, w: int) -> None:
         """Start fetching the tiles under rows ``y..y+h`` and columns ``x..x+w`` of the grid."""
         for tile in self._tiles_of_rows(y, h, x, w):
-            if tile not in self._futures and tile not in self._tiles:
+            if tile not in self._futures and tile not in self._tiles and tile not in self.failed:
                 self._futures[tile] = self._pool.submit(self._load, tile)
 
     def _get(self, tile: Tile) -> tuple[np.ndarray, np.ndarray] | None:
+        if tile in self.failed:
+            return None
         if tile not in self._tiles:
             fut = self._futures.pop(tile, None) or self._pool.submit(self._load, tile)
             try:
@@ -199,9 +201,10 @@ class XyzSource:
             )
             rgb[dst] = trgb[src]
             valid[dst] = tvalid[src]
-        # Tiles wholly above this strip are not needed again: strips only move down.
-        top = gy // XYZ_TILE
-        for tile in [t for t in self._tiles if t[1] < top]:
+        # Strips move down a stripe of columns, then on to the next stripe: tiles above
+        # this strip or outside its columns are not read again (failures stay recorded).
+        top, left, right = gy // XYZ_TILE, gx // XYZ_TILE, (gx + w - 1) // XYZ_TILE
+        for tile in [t for t in self._tiles if t[1] < top or not left <= t[0] <= right]:
             del self._tiles[tile]
         return rgb, valid
 

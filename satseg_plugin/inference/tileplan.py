@@ -173,6 +173,40 @@ def plan_windows(width: int, height: int, size: int, overlap_percent: float) -> 
     return Windows(size, stride, -pad, -pad, count(width), count(height))
 
 
+@dataclass(frozen=True)
+class Stripe:
+    """Grid columns ``x0 .. x1`` and the windows (a sub-grid of the run's) that cover them."""
+
+    x0: int
+    x1: int
+    windows: Windows
+
+
+def plan_stripes(width: int, windows: Windows, max_width: int, block: int = 256) -> list[Stripe]:
+    """Split the grid into vertical stripes of at most ``max_width`` columns, cut at ``block`` multiples.
+
+    Each stripe keeps every window that touches it, so a pixel is blended from the
+    same windows as without stripes (the windows across a cut run twice). Cuts on
+    block boundaries let each stripe write whole GeoTIFF blocks.
+    """
+    step = max(block, max_width // block * block)
+    out = []
+    for x0 in range(0, width, step):
+        x1 = min(x0 + step, width)
+        first = max(0, math.ceil((x0 - windows.x0 - windows.size + 1) / windows.stride))
+        last = min(windows.nx - 1, (x1 - 1 - windows.x0) // windows.stride)
+        sub = Windows(
+            windows.size,
+            windows.stride,
+            windows.x0 + first * windows.stride,
+            windows.y0,
+            last - first + 1,
+            windows.ny,
+        )
+        out.append(Stripe(x0, x1, sub))
+    return out
+
+
 def xyz_tiles_for(grid: XyzGrid, windows: Windows | None = None) -> list[mercantile.Tile]:
     """The XYZ tiles under the grid (or, given ``windows``, all the windows read), clipped to the world."""
     n = 2**grid.zoom
