@@ -63,11 +63,13 @@ class BandBlender:
         wsum = self.wsum[:rows]
         probs = np.divide(self.acc[:, :rows], wsum, out=np.zeros_like(self.acc[:, :rows]), where=wsum > 0)
         valid = self.valid[:rows] & (wsum > 0)
-        self.acc = np.roll(self.acc, -rows, axis=1)
-        self.wsum = np.roll(self.wsum, -rows, axis=0)
-        self.valid = np.roll(self.valid, -rows, axis=0)
-        self.acc[:, -rows:] = 0
-        self.wsum[-rows:] = 0
-        self.valid[-rows:] = False
+        # Shift the band up in place (no new arrays per strip), then clear what is new.
+        keep = self.size - rows
+        self.acc[:, :keep] = self.acc[:, rows:]
+        self.wsum[:keep] = self.wsum[rows:]
+        self.valid[:keep] = self.valid[rows:]
+        self.acc[:, keep:] = 0
+        self.wsum[keep:] = 0
+        self.valid[keep:] = False
         self.top += rows
         return probs, valid
