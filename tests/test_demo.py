@@ -1,0 +1,116 @@
+"""The README's main command, as a newcomer runs it, and its result opened in the real QGIS window."""
+
+from __future__ import annotations
+
+import csv
+import site
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from osgeo import gdal
+from qgis_gui import run_qgis, xvfb
+
+from satseg_plugin.inference.model import SegModel, default_model_path
+
+DEFAULT_MODEL = ROOT / "models" / "satseg-default.onnx"
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "scripts.demo", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def test_the_default_model_ships_and_is_offered(shared_data: Path) -> None:
+    assert DEFAULT_MODEL.is_file(), "models/satseg-default.onnx is the project's default model"
+    assert DEFAULT_MODEL.stat().st_size < 50 * 2**20
+    assert default_model_path() == DEFAULT_MODEL
+    meta = SegModel.load(DEFAULT_MODEL).metadata
+    assert meta.class_names[0] == "background" and "building" in meta.class_names
+    assert meta.zoom == 19
+    assert (ROOT / "models" / "satseg-default.md").is_file()
+
+
+def test_demo_segments_the_sample_and_prints_the_table(demo_out: tuple[Path, str]) -> None:
+    out, stdout = demo_out
+    names = SegModel.load(DEFAULT_MODEL).metadata.class_names
+    files = {p.name for p in out.iterdir()}
+    assert {"classes.tif", "pixel_counts.csv", "demo.qgz"} <= files
+    assert all(f"heatmap_{n}.tif" in files for n in names)
+    assert not any(name.startswith(".") for name in files) and not list(out.parent.glob(".*part*"))
+    with open(out / "pixel_counts.csv", newline="") as f:
+        rows = {r["class"]: r for r in csv.DictReader(f)}
+    assert list(rows) == names
+    for name in names:  # the table is printed too
+        assert any(line.split()[:1] == [name] for line in stdout.splitlines()), stdout
+    assert "14 tiles segmented" in stdout and "could not be had" not in stdout
+    ds = gdal.Open(str(out / "classes.tif"))
+    assert (ds.RasterXSize, ds.RasterYSize) == (7 * 256, 2 * 256)  # the sample: 7 x 2 zoom-19 tiles
+    ds = None
+    assert sum(int(r["pixels"]) for r in rows.values()) == 7 * 2 * 256 * 256
+    # The sample is dense housing (OSM outlines cover about a third of it): no building means broken.
+    assert float(rows["building"]["share"]) > 0.10, rows["building"]
+
+
+def test_demo_result_opens_in_the_real_qgis_window(
+    demo_out: tuple[Path, str], tmp_path: Path, artifacts_dir: Path
+) -> None:
+    out, _ = demo_out
+    shots = {"map": artifacts_dir / "gui_demo.png", "table": artifacts_dir / "gui_demo_table.png"}
+    body = f"""
+    import time
+    from qgis.core import QgsProject, QgsPalettedRasterRenderer
+    from qgis.PyQt.QtWidgets import QApplication
+
+    def spin(seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            QApplication.processEvents()
+            time.sleep(0.02)
+
+    win = iface.mainWindow()
+    win.move(0, 0)
+    win.resize(1600, 1000)
+    iface.addProject({str(out / "demo.qgz")!r})
+    spin(1)
+    layers = {{l.name(): l for l in QgsProject.instance().mapLayers().values()}}
+    result["layers"] = sorted(layers)
+    result["valid"] = all(l.isValid() for l in layers.values())
+    classes = layers["classes"]
+    result["paletted"] = isinstance(classes.renderer(), QgsPalettedRasterRenderer)
+    result["legend"] = [c.label for c in classes.renderer().classes()]
+    result["table_rows"] = layers["pixel counts"].featureCount()
+    iface.setActiveLayer(classes)
+    iface.mapCanvas().setExtent(classes.extent())
+    iface.mapCanvas().refreshAllLayers()
+    spin(6)
+    result["shot_map"] = win.screen().grabWindow(0).save({str(shots["map"])!r})
+    table = iface.showAttributeTable(layers["pixel counts"])
+    spin(2)
+    result["shot_table"] = win.screen().grabWindow(0).save({str(shots["table"])!r})
+    table.close()
+    """
+    with xvfb() as display:
+        result = run_qgis(
+            body,
+            tmp_path,
+            display,
+            tmp_path,
+            extra_env={"PYTHONPATH": ":".join([*site.getsitepackages(), str(ROOT)])},
+        )
+    assert "error" not in result, result["error"]
+    names = SegModel.load(DEFAULT_MODEL).metadata.class_names
+    assert result["valid"], result["layers"]
+    assert {"classes", "pixel counts", *(f"p({n})" for n in names)} <= set(result["layers"])
+    assert result["paletted"] and result["legend"] == names
+    assert result["table_rows"] == len(names)
+    for shot in shots.values():
+        assert shot.stat().st_size > 50_000
