@@ -88,11 +88,11 @@ def make_segnet(folder: Path, width: float, int8: bool) -> tuple[Path, Path | No
 
 
 def timed_segment(
-    model: Path, url: str, n: int, out: Path, overlap: float | None, batch: int
+    model: Path, url: str, n: int, out: Path, overlap: float | None, batch: int, heatmaps: bool = True
 ) -> tuple[float, object]:
     req = SegmentRequest(
         model=model, bbox=extent(n, n), bbox_crs="EPSG:3857", tiles_url=url, out_dir=out,
-        overlap_percent=overlap, batch_size=batch,
+        overlap_percent=overlap, batch_size=batch, write_heatmaps=heatmaps,
     )  # fmt: skip
     start = time.perf_counter()
     result = run_segment(req)
@@ -157,15 +157,22 @@ def main(argv: list[str] | None = None) -> None:
         fp32, int8 = make_segnet(folder, args.width, int8=True)
         with TileServer(real_tile_provider()) as server:
             timed_segment(fp32, server.template, 2, folder / "warm", 0, args.batch)  # warm-up
-            seconds, result = timed_segment(fp32, server.template, side, folder / "t", 0, args.batch)
-            pipeline = result.windows / seconds
-            bare = bare_rate(fp32, result.windows, args.batch)
-            print(
-                f"\n1. throughput, {result.tiles_total} tiles (no overlap: one window per tile), batch {args.batch}"
-            )
-            print(f"   segment pipeline   {pipeline:8.2f} tiles/s")
-            print(f"   bare onnxruntime   {bare:8.2f} tiles/s")
-            print(f"   ratio              {pipeline / bare:8.3f}  (target 0.97)")
+            bare = None
+            for heatmaps in (False, True):
+                seconds, result = timed_segment(
+                    fp32, server.template, side, folder / f"t{heatmaps}", 0, args.batch, heatmaps
+                )
+                pipeline = result.windows / seconds
+                if bare is None:
+                    bare = bare_rate(fp32, result.windows, args.batch)
+                    print(
+                        f"\n1. throughput, {result.tiles_total} tiles (no overlap: one window per tile), batch {args.batch}"
+                    )
+                    print(f"   bare onnxruntime                  {bare:8.2f} tiles/s")
+                what = "classes + counts + heatmaps" if heatmaps else "classes + counts"
+                print(
+                    f"   segment pipeline, {what:<27} {pipeline:8.2f} tiles/s   ratio {pipeline / bare:.3f} (target 0.97)"
+                )
             print("\n2. ground area per second at the model's overlap (25 %: seamless)")
             for name, path in (("fp32", fp32), ("int8", int8)):
                 seconds, result = timed_segment(
