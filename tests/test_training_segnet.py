@@ -8,8 +8,11 @@ enough steps in about a minute on two cores); one whole scene is held out.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +68,10 @@ def exported(trained: Path) -> Path:
         "--eval-tiles",
         "16",
     ]
-    assert run_cli(export.main, argv) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert run_cli(export.main, argv) == 0
+    (trained / "export.txt").write_text(printed.getvalue())  # what the user saw, for the tests below
     return out
 
 
@@ -134,6 +140,37 @@ def test_export_parity_and_metadata(exported: Path, dubai_data: Path, trained: P
     q = onnx.load(str(int8))
     assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)
     assert parse_metadata({p.key: p.value for p in q.metadata_props}).class_names == CLASSES
+
+
+def test_export_metadata_is_what_deepness_reads(exported: Path) -> None:
+    """The raw ``metadata_props``: every value a JSON string, under the keys Deepness and satseg read."""
+    raw = {p.key: json.loads(p.value) for p in onnx.load(str(exported)).metadata_props}
+    assert raw["model_type"] == "Segmentor"
+    assert raw["class_names"] == {str(i): n for i, n in enumerate(CLASSES)}
+    assert set(raw["class_colors"]) == {str(i) for i in range(len(CLASSES))}
+    assert raw["tile_size"] == 128 and raw["tiles_overlap"] == 25
+    assert raw["standardization_mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert raw["standardization_std"] == pytest.approx([0.229, 0.224, 0.225])
+    assert "resolution" in raw and raw["zoom"] is None and raw["satseg_schema"] == 1
+    dims = onnx.load(str(exported)).graph.input[0].type.tensor_type.shape.dim
+    assert not dims[0].HasField("dim_value") and [d.dim_value for d in dims[1:]] == [
+        3,
+        128,
+        128,
+    ]  # dynamic batch
+
+
+def test_export_reports_parity_and_int8_speed_and_miou(exported: Path, trained: Path) -> None:
+    printed = (trained / "export.txt").read_text()
+    parity = re.search(
+        r"parity: max \|onnxruntime - torch\| = (\S+) on (\d+) real tiles \(<= 0.0001\)", printed
+    )
+    assert parity and float(parity.group(1)) <= 1e-4, printed
+    fp = re.search(r"float32 ([\d.]+) tiles/s, mIoU ([\d.]+)", printed)
+    q = re.search(r"int8 +([\d.]+) tiles/s, mIoU ([\d.]+) +\(x([\d.]+) speed, ([-+][\d.]+) mIoU\)", printed)
+    assert fp and q, printed
+    assert float(q.group(4)) == pytest.approx(float(q.group(2)) - float(fp.group(2)), abs=2e-4)
+    assert float(fp.group(2)) > 0.05 and float(q.group(2)) > 0.05
 
 
 def SoftmaxNet(path: Path) -> torch.nn.Module:  # noqa: N802 - reads like the class it builds
