@@ -133,7 +133,9 @@ def test_export_parity_and_metadata(exported: Path, dubai_data: Path, trained: P
     with torch.inference_mode():
         ref = net(torch.from_numpy(x)).numpy()
     assert got.shape == (3, len(CLASSES), 128, 128)
-    assert np.abs(got - ref).max() <= 1e-4
+    # Near-ties in max pooling may move a value one pixel over (see training.export); the rest agrees.
+    assert np.abs(got - ref).mean() <= 1e-5 and np.abs(got - ref).max() <= 1e-2
+    assert (got.argmax(axis=1) == ref.argmax(axis=1)).mean() >= 0.999
     np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
 
     int8 = exported.with_name("model.int8.onnx")
@@ -163,14 +165,29 @@ def test_export_metadata_is_what_deepness_reads(exported: Path) -> None:
 def test_export_reports_parity_and_int8_speed_and_miou(exported: Path, trained: Path) -> None:
     printed = (trained / "export.txt").read_text()
     parity = re.search(
-        r"parity: max \|onnxruntime - torch\| = (\S+) on (\d+) real tiles \(<= 0.0001\)", printed
+        r"parity on (\d+) real tiles: \|onnxruntime - torch\| mean (\S+), max (\S+); "
+        r"same class on ([\d.]+) % of the pixels",
+        printed,
     )
-    assert parity and float(parity.group(1)) <= 1e-4, printed
+    assert parity and float(parity.group(2)) <= 1e-5 and float(parity.group(4)) >= 99.9, printed
     fp = re.search(r"float32 ([\d.]+) tiles/s, mIoU ([\d.]+)", printed)
     q = re.search(r"int8 +([\d.]+) tiles/s, mIoU ([\d.]+) +\(x([\d.]+) speed, ([-+][\d.]+) mIoU\)", printed)
     assert fp and q, printed
     assert float(q.group(4)) == pytest.approx(float(q.group(2)) - float(fp.group(2)), abs=2e-4)
     assert float(fp.group(2)) > 0.05 and float(q.group(2)) > 0.05
+
+
+def test_export_that_disagrees_with_torch_leaves_no_file(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "strict.onnx"
+    # No export can give the same class on more than every pixel: the check must refuse it.
+    argv = [str(trained / "best.pt"), "--out", str(out), "--min-agreement", "1.01"]
+    capsys.readouterr()
+    assert run_cli(export.main, argv) == 2
+    err = capsys.readouterr().err
+    assert "the ONNX export disagrees with torch on 4 tiles" in err and "no file written" in err, err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
 def SoftmaxNet(path: Path) -> torch.nn.Module:  # noqa: N802 - reads like the class it builds

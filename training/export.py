@@ -6,8 +6,13 @@ The graph (``torch.onnx.export(..., dynamo=True)``, opset 18) takes ``image``
 float32 ``[N, 3, S, S]`` (N dynamic; RGB normalised with MEAN/STD) and returns
 ``probabilities`` float32 ``[N, C, S, S]`` (softmax). The file carries the
 metadata of ``satseg_plugin.inference.metadata`` (Deepness keys and ours). The
-export succeeds only when onnxruntime's output on real dataset tiles is within
-``--tolerance`` (1e-4) of torch's; otherwise no file is left.
+export succeeds only when onnxruntime's output on real dataset tiles agrees with
+torch's: mean |difference| at most ``--tolerance`` (1e-5) and the same class on
+at least ``--min-agreement`` (99.9 %) of the pixels; otherwise no file is left.
+The largest single difference is printed but not judged: in a trained network,
+two nearly equal values in a max-pooling window can swap places between the two
+runtimes, and the unpooling then moves a value a pixel over, which alone can
+move one pixel's probability by 1e-3 while the other pixels agree to 1e-7.
 
 ``--int8`` also writes ``<out>.int8.onnx``: onnxruntime static quantisation
 (QDQ, per-channel int8 weights) calibrated on training tiles, and prints its
@@ -23,6 +28,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +46,8 @@ from .model import SoftmaxSegNet
 from .predictor import load_predictor
 
 OPSET = 18
-TOLERANCE = 1e-4
+TOLERANCE = 1e-5
+MIN_AGREEMENT = 0.999
 
 
 def metadata_for(ckpt: dict, overlap: int) -> dict[str, str]:
@@ -112,8 +119,23 @@ def export_onnx(net: torch.nn.Module, tile_size: int, out: Path, props: dict[str
         onnx.save_model(proto, str(tmp))  # one file: the weights stay inside (< 2 GB)
 
 
-def parity(net: torch.nn.Module, onnx_path: Path, tiles: np.ndarray) -> float:
-    """Max abs difference of torch and onnxruntime probabilities on uint8 ``tiles``."""
+@dataclass(frozen=True)
+class Parity:
+    """How closely onnxruntime's probabilities follow torch's on the same tiles."""
+
+    max_abs: float
+    mean_abs: float
+    agreement: float  # share of pixels whose most probable class is the same
+
+    def describe(self) -> str:
+        return (
+            f"|onnxruntime - torch| mean {self.mean_abs:.2e}, max {self.max_abs:.2e}; "
+            f"same class on {100 * self.agreement:.4f} % of the pixels"
+        )
+
+
+def parity(net: torch.nn.Module, onnx_path: Path, tiles: np.ndarray) -> Parity:
+    """Compare torch and onnxruntime probabilities on uint8 ``tiles``."""
     import onnxruntime as ort
 
     x = normalize(tiles)
@@ -123,7 +145,9 @@ def parity(net: torch.nn.Module, onnx_path: Path, tiles: np.ndarray) -> float:
     got = session.run(["probabilities"], {"image": x})[0]
     if got.shape != ref.shape:
         raise ModelError(f"the ONNX model outputs {got.shape}, torch {ref.shape}")
-    return float(np.abs(got - ref).max())
+    diff = np.abs(got - ref)
+    agreement = float((got.argmax(axis=1) == ref.argmax(axis=1)).mean())
+    return Parity(float(diff.max()), float(diff.mean()), agreement)
 
 
 class _Calibration:
@@ -195,7 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--overlap", type=int, default=DEFAULT_OVERLAP_PERCENT, help="tiles_overlap metadata, percent"
     )
     p.add_argument("--check-tiles", type=int, default=4, help="validation tiles for the parity check")
-    p.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest allowed |onnxruntime - torch|")
+    p.add_argument(
+        "--tolerance", type=float, default=TOLERANCE, help="largest allowed mean |onnxruntime - torch|"
+    )
+    p.add_argument(
+        "--min-agreement", type=float, default=MIN_AGREEMENT,
+        help="smallest allowed share of pixels given the same class by onnxruntime and torch",
+    )  # fmt: skip
     p.add_argument("--int8", action="store_true", help="also write OUT.int8.onnx (static int8 quantisation)")
     p.add_argument("--calibration-tiles", type=int, default=32, help="training tiles that calibrate --int8")
     p.add_argument("--eval-tiles", type=int, default=64, help="validation tiles for --int8's speed and mIoU")
@@ -229,16 +259,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"exporting {args.weights} (width {ckpt['width']}, {len(ckpt['class_names'])} classes) to {out}")
     export_onnx(net, ds.tile_size, out, props)
-    diff = parity(net, out, read_tiles(ds.cache, check_idx)[0])
-    if not diff <= args.tolerance:
+    check = parity(net, out, read_tiles(ds.cache, check_idx)[0])
+    if not (check.mean_abs <= args.tolerance and check.agreement >= args.min_agreement):
         out.unlink()
         raise ModelError(
-            f"the ONNX export differs from torch by {diff:.3g} (> {args.tolerance:g}) on {len(check_idx)} tiles; "
-            "no file written"
+            f"the ONNX export disagrees with torch on {len(check_idx)} tiles ({check.describe()}; allowed: mean "
+            f"<= {args.tolerance:g}, same class >= {100 * args.min_agreement:g} %); no file written"
         )
-    print(
-        f"parity: max |onnxruntime - torch| = {diff:.2e} on {len(check_idx)} real tiles (<= {args.tolerance:g})"
-    )
+    print(f"parity on {len(check_idx)} real tiles: {check.describe()}")
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
     if args.int8:
