@@ -2,14 +2,17 @@
 
 The pipeline goes strip by strip (one row of windows at a time): while the
 model runs on a strip, the next strip's tiles are already being fetched, and
-the rows a strip finishes are written to the GeoTIFFs and counted at once,
-so memory stays bounded by the extent's width.
+the rows the previous strip finished are being compressed into the GeoTIFFs
+and counted in a writer thread (GDAL lets go of the GIL while it compresses).
+At most one strip waits for the writer, so memory stays bounded by the
+extent's width.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,6 +193,12 @@ def run_segment(
     out_dir = Path(req.out_dir)
     outputs: RunOutputs | None = None
     counter = CountAccumulator(grid, meta.num_classes)
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="satseg-writer")
+    written: Future[None] | None = None  # the strip the writer is on
+
+    def write_rows(out: RunOutputs, probs: np.ndarray, valid: np.ndarray, y: int, x: int) -> None:
+        counter.add(out.write(probs, valid, y, x), y)
+
     try:
         outputs = RunOutputs(out_dir, grid, names, colors, req.write_classes, req.write_heatmaps)
         stripes = plan_stripes(grid.width, windows, req.stripe_width)
@@ -236,9 +245,13 @@ def run_segment(
                     cols = slice(c0, c0 + stripe.x1 - stripe.x0)
                     p = probs_rows[:, lo - first : hi - first, cols]
                     v = valid_rows[lo - first : hi - first, cols]
-                    classes = outputs.write(p, v, lo, stripe.x0)
-                    counter.add(classes, lo)
+                    if written is not None:
+                        written.result()  # one strip in flight at most; its errors surface here
+                    written = writer.submit(write_rows, outputs, p, v, lo, stripe.x0)
                     next_row = hi
+        if written is not None:
+            written.result()
+            written = None
         if cancelled():
             raise Cancelled("cancelled")
         # A context tile beyond the extent that fails only weakens the edge; it is not the user's loss.
@@ -270,10 +283,13 @@ def run_segment(
             windows=total,
         )
     except BaseException:
+        if written is not None:  # let the writer finish with the files before they go
+            written.exception()
         if outputs is not None:
             outputs.discard()
         raise
     finally:
+        writer.shutdown(wait=True)
         source.close()
 
 
