@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ROOT
 from osgeo import gdal
@@ -39,7 +40,7 @@ def test_the_default_model_ships_and_is_offered(shared_data: Path) -> None:
     assert (ROOT / "models" / "satseg-default.md").is_file()
 
 
-def test_demo_segments_the_sample_and_prints_the_table(demo_out: tuple[Path, str]) -> None:
+def test_demo_segments_the_sample_and_prints_the_table(demo_out: tuple[Path, str], shared_data: Path) -> None:
     out, stdout = demo_out
     names = SegModel.load(DEFAULT_MODEL).metadata.class_names
     files = {p.name for p in out.iterdir()}
@@ -54,10 +55,26 @@ def test_demo_segments_the_sample_and_prints_the_table(demo_out: tuple[Path, str
     assert "14 tiles segmented" in stdout and "could not be had" not in stdout
     ds = gdal.Open(str(out / "classes.tif"))
     assert (ds.RasterXSize, ds.RasterYSize) == (7 * 256, 2 * 256)  # the sample: 7 x 2 zoom-19 tiles
+    classes = ds.GetRasterBand(1).ReadAsArray()
+    truth = osm_buildings_on(ds, shared_data / "oam-osm-buildings" / "area1" / "labels.geojson")
     ds = None
     assert sum(int(r["pixels"]) for r in rows.values()) == 7 * 2 * 256 * 256
-    # The sample is dense housing (OSM outlines cover about a third of it): no building means broken.
-    assert float(rows["building"]["share"]) > 0.10, rows["building"]
+    # The model has never seen these tiles. Its buildings should lie on OpenStreetMap's buildings
+    # (13 % of the sample) and find a fair part of them: the held-out figures of
+    # models/satseg-default.md are precision 0.85, recall 0.51 here.
+    found = classes == names.index("building")
+    precision, recall = (found & truth).sum() / found.sum(), (found & truth).sum() / truth.sum()
+    assert 0.10 < truth.mean() < 0.16
+    assert precision > 0.7 and recall > 0.35, (precision, recall)
+
+
+def osm_buildings_on(ds: gdal.Dataset, geojson: Path) -> np.ndarray:
+    """OSM building polygons burned (pixel centres inside) on the grid of ``ds``."""
+    mask = gdal.GetDriverByName("MEM").Create("", ds.RasterXSize, ds.RasterYSize, 1, gdal.GDT_Byte)
+    mask.SetGeoTransform(ds.GetGeoTransform())
+    mask.SetProjection(ds.GetProjection())
+    gdal.Rasterize(mask, str(geojson), burnValues=[1])
+    return mask.GetRasterBand(1).ReadAsArray().astype(bool)
 
 
 def test_demo_result_opens_in_the_real_qgis_window(
