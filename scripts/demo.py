@@ -62,7 +62,7 @@ def _print_table(csv_path: str) -> None:
 
 
 def _write_project(out: Path, class_names: list[str], class_colors: list[str]) -> Path:
-    from qgis.core import QgsProject, QgsRasterLayer
+    from qgis.core import QgsCoordinateReferenceSystem, QgsProject, QgsRasterLayer, QgsReferencedRectangle
 
     from satseg_plugin.inference.outputs import heatmap_name
     from satseg_plugin.ui.layers import add_result_layers
@@ -79,6 +79,13 @@ def _write_project(out: Path, class_names: list[str], class_colors: list[str]) -
         project, "satseg demo", class_names, class_colors,
         classes_path=str(out / "classes.tif"), heatmap_paths=heatmaps, counts_csv=str(out / "pixel_counts.csv"),
     )  # fmt: skip
+    # Open in Web Mercator, the imagery's own grid, on the segmented strip.
+    crs = QgsCoordinateReferenceSystem("EPSG:3857")
+    project.setCrs(crs)
+    extent = QgsRasterLayer(str(out / "classes.tif"), "extent").extent()
+    project.viewSettings().setDefaultViewExtent(
+        QgsReferencedRectangle(extent.buffered(extent.width() / 20), crs)
+    )
     path = out / "demo.qgz"
     project.write(str(path))
     project.clear()

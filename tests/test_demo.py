@@ -101,6 +101,7 @@ def test_demo_result_opens_in_the_real_qgis_window(
     layers = {{l.name(): l for l in QgsProject.instance().mapLayers().values()}}
     result["layers"] = sorted(layers)
     result["valid"] = all(l.isValid() for l in layers.values())
+    result["crs"] = QgsProject.instance().crs().authid()
     classes = layers["classes"]
     result["paletted"] = isinstance(classes.renderer(), QgsPalettedRasterRenderer)
     result["legend"] = [c.label for c in classes.renderer().classes()]
@@ -126,6 +127,7 @@ def test_demo_result_opens_in_the_real_qgis_window(
     assert "error" not in result, result["error"]
     names = SegModel.load(DEFAULT_MODEL).metadata.class_names
     assert result["valid"], result["layers"]
+    assert result["crs"] == "EPSG:3857"
     assert {"classes", "pixel counts", *(f"p({n})" for n in names)} <= set(result["layers"])
     assert result["paletted"] and result["legend"] == names
     assert result["table_rows"] == len(names)
