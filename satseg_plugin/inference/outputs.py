@@ -14,6 +14,7 @@ import os
 import re
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +109,7 @@ class _Raster:
         self._drain()
         factors = overview_factors(self.ds.RasterXSize, self.ds.RasterYSize)
         if factors:
-            with _config("COMPRESS_OVERVIEW", self.compress), _small_block_cache():
+            with _thread_config("COMPRESS_OVERVIEW", self.compress):
                 self.ds.BuildOverviews(resampling, factors)
         self.band = None
         self.ds = None  # closing flushes the blocks
@@ -128,13 +129,14 @@ class _Raster:
 
 
 @contextlib.contextmanager
-def _config(key: str, value: str):
-    old = gdal.GetConfigOption(key)
-    gdal.SetConfigOption(key, value)
+def _thread_config(key: str, value: str):
+    """Set a GDAL option for this thread only: rasters are finished in parallel threads."""
+    old = gdal.GetThreadLocalConfigOption(key, None)
+    gdal.SetThreadLocalConfigOption(key, value)
     try:
         yield
     finally:
-        gdal.SetConfigOption(key, old)
+        gdal.SetThreadLocalConfigOption(key, old)
 
 
 #: GDAL's block cache while overviews are built. By default the cache may take 5 % of RAM,
@@ -219,11 +221,16 @@ class RunOutputs:
 
     def commit(self) -> tuple[str | None, dict[str, str]]:
         """Finish every file and rename it into place; return ``(classes path, {class: heatmap path})``."""
+        jobs = [(r, "AVERAGE") for r in self.heatmaps.values()]
+        if self.classes is not None:
+            jobs.insert(0, (self.classes, "NEAREST"))
         try:
-            if self.classes is not None:
-                self.classes.finish("NEAREST")
-            for r in self.heatmaps.values():
-                r.finish("AVERAGE")
+            # Each file's overviews are independent, and GDAL lets go of the GIL while it
+            # builds them: one thread per core finishes them side by side.
+            workers = max(1, min(len(jobs), os.cpu_count() or 1))
+            with _small_block_cache(), ThreadPoolExecutor(workers, thread_name_prefix="satseg-ovr") as pool:
+                for done in [pool.submit(r.finish, resampling) for r, resampling in jobs]:
+                    done.result()
         except BaseException:
             self.discard()
             raise
