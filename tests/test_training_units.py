@@ -363,3 +363,14 @@ def test_train_resume_and_ctrl_c(tiny: tuple[Path, Path], tmp_path: Path) -> Non
     ckpt = load_checkpoint(run2 / "last.pt")
     assert ckpt["epoch"] >= 1 and "optimizer" in ckpt
     assert not [p for p in run2.iterdir() if p.name.startswith(".")]
+
+
+def test_ctrl_c_while_an_epoch_is_saved_waits_for_the_save() -> None:
+    """A SIGINT inside the block is held until the block ends, then raised."""
+    done, before = [], signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), train.interrupts_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the signal is delivered here, and held
+        done.append("saved")
+    assert done == ["saved"]
+    assert signal.getsignal(signal.SIGINT) is before

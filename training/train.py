@@ -11,10 +11,13 @@ and scheduler state, for ``--resume``) and, when the validation mIoU improves,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +131,25 @@ def evaluate(
 
 def _fmt(v: float) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6g}"
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block is done, then raise ``KeyboardInterrupt``.
+
+    Outside the main thread Python delivers no signals, and the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -261,12 +283,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if improved and not math.isnan(val_miou):
                 best_miou = val_miou
             row = [epoch, train_loss, val_loss, train_acc, val_acc, val_miou, lr, seconds]
-            log += ",".join(_fmt(v) if not isinstance(v, int) else str(v) for v in row) + "\n"
-            write_text_atomic(log_path, log)
-            save_checkpoint(out / "last.pt", checkpoint(epoch, with_state=True))
-            if improved:
-                save_checkpoint(out / "best.pt", checkpoint(epoch, with_state=False))
-            completed = epoch
+            with interrupts_deferred():  # the log row and both checkpoints agree, whenever Ctrl-C comes
+                log += ",".join(_fmt(v) if not isinstance(v, int) else str(v) for v in row) + "\n"
+                write_text_atomic(log_path, log)
+                save_checkpoint(out / "last.pt", checkpoint(epoch, with_state=True))
+                if improved:
+                    save_checkpoint(out / "best.pt", checkpoint(epoch, with_state=False))
+                completed = epoch
             print(
                 f"epoch {epoch}: loss {train_loss:.4f} acc {train_acc:.4f} | val loss {val_loss:.4f} "
                 f"acc {val_acc:.4f} mIoU {val_miou:.4f} | lr {lr:.3g} | {seconds:.1f}s"
