@@ -5,6 +5,8 @@
 #   STOP_AFTER_DATA=1 scripts/...            # only build the datasets (data/default/)
 #   SKIP_TRAIN=1 scripts/...                 # reuse runs/satseg-default/best.pt (e.g. after Ctrl-C)
 #   REBUILD_DATA=1 scripts/...               # build data/default/ again even if it is there
+#   TRAIN_ARGS="--class-weights median" SATSEG_RUN=runs/try SATSEG_MODELS=runs/try/models scripts/...
+#                                            # an experiment: more training options, shipped elsewhere
 #
 # Data (all under data/default/, gitignored):
 #   OpenAerialMap tiles of oam-osm-buildings/area1 and area2, served by the project's own tile
@@ -30,6 +32,8 @@ LR=${LR:-0.002}
 BATCH=${BATCH:-8}
 SEED=${SEED:-5}
 VALIDATION=${VALIDATION:-0.15}
+MODELS=${SATSEG_MODELS:-models}
+TRAIN_ARGS=${TRAIN_ARGS:-}
 export QT_QPA_PLATFORM=offscreen
 
 OAM=$SHARED/oam-osm-buildings
@@ -198,7 +202,7 @@ if [[ -z "${SKIP_TRAIN:-}" ]]; then
     start=$(date +%s)
     nice -n 10 "$PY" -m training.train --data "$DATA/train" --out "$RUN" --width "$WIDTH" \
         --epochs "$EPOCHS" --optimizer adam --lr "$LR" --schedule cosine --batch-size "$BATCH" \
-        --seed "$SEED" --validation "$VALIDATION" 2>&1 | tee "$RUN/train.log"
+        --seed "$SEED" --validation "$VALIDATION" $TRAIN_ARGS 2>&1 | tee "$RUN/train.log"
     echo "training took $(($(date +%s) - start)) s" | tee -a "$RUN/train.log"
 fi
 
@@ -249,8 +253,8 @@ for name in ("heldout-area3-z19", "heldout-demo-z19", "heldout-dubai-tile7"):
 EOF
 
 # --- ship: fp32 always; int8 only if it keeps its held-out mIoU within 0.02 ------------------
-mkdir -p models
-cp "$RUN/satseg-default.onnx" models/satseg-default.onnx
+mkdir -p "$MODELS"
+cp "$RUN/satseg-default.onnx" "$MODELS/satseg-default.onnx"
 if "$PY" - "$RUN" <<'EOF'; then
 import json
 import sys
@@ -266,10 +270,10 @@ for folder in sorted((run / "heldout").iterdir()):
         worst = max(worst, fp32 - int8)
 sys.exit(0 if worst <= 0.02 else 1)
 EOF
-    cp "$RUN/satseg-default.int8.onnx" models/satseg-default-int8.onnx
-    echo "shipped models/satseg-default.onnx and models/satseg-default-int8.onnx"
+    cp "$RUN/satseg-default.int8.onnx" "$MODELS/satseg-default-int8.onnx"
+    echo "shipped $MODELS/satseg-default.onnx and $MODELS/satseg-default-int8.onnx"
 else
-    rm -f models/satseg-default-int8.onnx
-    echo "shipped models/satseg-default.onnx (int8 lost more than 0.02 mIoU: not shipped)"
+    rm -f "$MODELS/satseg-default-int8.onnx"
+    echo "shipped $MODELS/satseg-default.onnx (int8 lost more than 0.02 mIoU: not shipped)"
 fi
-ls -l models/satseg-default*.onnx
+ls -l "$MODELS"/satseg-default*.onnx
