@@ -12,6 +12,7 @@ XYZ layers) is kept as it is. Neither ever appears in logs, files or messages:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -138,53 +139,30 @@ def resolve_template(
     # A TileJSON document.
     probe = TileTemplate(url, subs, False, token, token_env)
     doc_url = probe.url(0, 0, 0)
-    own = session is None  # a session made here is closed here, even when the document is refused
-    sess = session or requests.Session()
-    try:
-        doc = _fetch_tilejson(sess, doc_url, probe, timeout, token, token_env)
-    finally:
-        if own:
-            sess.close()
-    try:
-        tiles = doc["tiles"]
-        template = str(tiles[0])
-    except (KeyError, IndexError, TypeError):
-        raise SourceError(
-            f"{probe.public} is neither an XYZ template (no {{z}}/{{x}}/{{y}}) nor a TileJSON document with 'tiles'"
-        ) from None
-    check_template(template)
-    if "{z}" not in template and "{q}" not in template:
-        raise SourceError(f"the TileJSON document {probe.public} gives no usable tile template")
-    return TileTemplate(template, subs, doc.get("scheme") == "tms", token, token_env)
-
-
-def _fetch_tilejson(
-    sess: requests.Session,
-    doc_url: str,
-    probe: TileTemplate,
-    timeout: float,
-    token: str | None,
-    token_env: str,
-) -> dict:
-    try:
-        resp = sess.get(doc_url, timeout=timeout)
-    except requests.RequestException as exc:
-        raise SourceError(
-            f"cannot fetch the TileJSON document {probe.public}: {redact(str(exc), token)}"
-        ) from None
-    if resp.status_code in (401, 403):
-        raise TokenError(token_message(resp.status_code, token_env, token))
-    if resp.status_code != 200:
-        raise SourceError(f"the TileJSON document {probe.public} answered HTTP {resp.status_code}")
-    try:
-        doc = resp.json()
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict):
-        raise SourceError(
-            f"{probe.public} is neither an XYZ template (no {{z}}/{{x}}/{{y}}) nor a TileJSON document with 'tiles'"
-        )
-    return doc
+    # A session made here is closed here, even when the document is refused; the caller's stays open.
+    with requests.Session() if session is None else contextlib.nullcontext(session) as sess:
+        try:
+            resp = sess.get(doc_url, timeout=timeout)
+        except requests.RequestException as exc:
+            raise SourceError(
+                f"cannot fetch the TileJSON document {probe.public}: {redact(str(exc), token)}"
+            ) from None
+        if resp.status_code in (401, 403):
+            raise TokenError(token_message(resp.status_code, token_env, token))
+        if resp.status_code != 200:
+            raise SourceError(f"the TileJSON document {probe.public} answered HTTP {resp.status_code}")
+        try:
+            doc = resp.json()
+            tiles = doc["tiles"]
+            template = str(tiles[0])
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise SourceError(
+                f"{probe.public} is neither an XYZ template (no {{z}}/{{x}}/{{y}}) nor a TileJSON document with 'tiles'"
+            ) from None
+        check_template(template)
+        if "{z}" not in template and "{q}" not in template:
+            raise SourceError(f"the TileJSON document {probe.public} gives no usable tile template")
+        return TileTemplate(template, subs, doc.get("scheme") == "tms", token, token_env)
 
 
 def token_message(status: int, token_env: str, token: str | None) -> str:
