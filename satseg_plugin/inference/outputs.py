@@ -29,14 +29,12 @@ CLASS_NODATA = 255
 HEATMAP_NODATA = -1.0
 CLASSES_NAME = "classes.tif"
 BLOCK = 256
-#: DEFLATE throughout, which every GeoTIFF reader knows. Heatmaps are noisy floats, six of them
-#: or more per tile: a predictor does not help them, and level 1 takes a third of the time of
-#: the default level for about 6 % more bytes. (ZSTD level 1 would be four times faster again
-#: at the same size, 3.3 against 14.1 ms per 256x256 tile for six heatmaps with GDAL 3.6, but
-#: older GIS software cannot read it.)
-_CLASS_COMPRESSION = ("DEFLATE", ["PREDICTOR=2"])
-_HEATMAP_COMPRESSION = ("DEFLATE", ["ZLEVEL=1"])
-_CREATE = ["TILED=YES", f"BLOCKXSIZE={BLOCK}", f"BLOCKYSIZE={BLOCK}", "BIGTIFF=IF_SAFER"]
+#: Probabilities are noisy floats: a predictor does not help them, and fast DEFLATE costs
+#: a third of the time of the default level for about 6 % more bytes (measured). ZSTD level 1
+#: would be four times faster again at the same size (3.3 against 14.1 ms per 256x256 tile for
+#: six heatmaps, GDAL 3.6), but older GIS software cannot read it.
+_HEATMAP_OPTIONS = ["ZLEVEL=1"]
+_CREATE = ["TILED=YES", f"BLOCKXSIZE={BLOCK}", f"BLOCKYSIZE={BLOCK}", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER"]
 
 
 def heatmap_name(class_name: str) -> str:
@@ -61,17 +59,11 @@ def overview_factors(width: int, height: int, smallest: int = 256) -> list[int]:
 class _Raster:
     """One GeoTIFF being written under a temporary name beside its final path."""
 
-    def __init__(self, final: Path, grid: Grid, dtype: int, compression: tuple[str, Sequence[str]]) -> None:
+    def __init__(self, final: Path, grid: Grid, dtype: int, options: Sequence[str] = ()) -> None:
         self.final = final
-        self.compress = compression[0]
         self.tmp = final.with_name(f".{final.stem}.{uuid.uuid4().hex[:8]}.part.tif")
         self.ds = gdal.GetDriverByName("GTiff").Create(
-            str(self.tmp),
-            grid.width,
-            grid.height,
-            1,
-            dtype,
-            [*_CREATE, f"COMPRESS={self.compress}", *compression[1]],
+            str(self.tmp), grid.width, grid.height, 1, dtype, [*_CREATE, *options]
         )
         self.ds.SetGeoTransform(grid.geotransform)
         self.ds.SetProjection(grid.crs_wkt)
@@ -105,12 +97,14 @@ class _Raster:
         self._pending.clear()
 
     def finish(self, resampling: str) -> None:
-        """Build overviews and close; the file stays under its temporary name."""
+        """Build overviews and close; the file stays under its temporary name.
+
+        ``RunOutputs.commit`` sets the overviews' compression and GDAL's block cache around it.
+        """
         self._drain()
         factors = overview_factors(self.ds.RasterXSize, self.ds.RasterYSize)
         if factors:
-            with _thread_config("COMPRESS_OVERVIEW", self.compress):
-                self.ds.BuildOverviews(resampling, factors)
+            self.ds.BuildOverviews(resampling, factors)
         self.band = None
         self.ds = None  # closing flushes the blocks
 
@@ -129,14 +123,13 @@ class _Raster:
 
 
 @contextlib.contextmanager
-def _thread_config(key: str, value: str):
-    """Set a GDAL option for this thread only: rasters are finished in parallel threads."""
-    old = gdal.GetThreadLocalConfigOption(key, None)
-    gdal.SetThreadLocalConfigOption(key, value)
+def _config(key: str, value: str):
+    old = gdal.GetConfigOption(key)
+    gdal.SetConfigOption(key, value)
     try:
         yield
     finally:
-        gdal.SetThreadLocalConfigOption(key, old)
+        gdal.SetConfigOption(key, old)
 
 
 #: GDAL's block cache while overviews are built. By default the cache may take 5 % of RAM,
@@ -179,7 +172,7 @@ class RunOutputs:
         self.heatmaps: dict[str, _Raster] = {}
         try:
             if write_classes:
-                self.classes = _Raster(self.out_dir / CLASSES_NAME, grid, gdal.GDT_Byte, _CLASS_COMPRESSION)
+                self.classes = _Raster(self.out_dir / CLASSES_NAME, grid, gdal.GDT_Byte, ["PREDICTOR=2"])
                 band = self.classes.band
                 band.SetNoDataValue(CLASS_NODATA)
                 table = gdal.ColorTable()
@@ -193,9 +186,7 @@ class RunOutputs:
                 band.SetDescription("class")
             if write_heatmaps:
                 for name in self.class_names:
-                    r = _Raster(
-                        self.out_dir / heatmap_name(name), grid, gdal.GDT_Float32, _HEATMAP_COMPRESSION
-                    )
+                    r = _Raster(self.out_dir / heatmap_name(name), grid, gdal.GDT_Float32, _HEATMAP_OPTIONS)
                     r.band.SetNoDataValue(HEATMAP_NODATA)
                     r.band.SetDescription(f"probability of {name}")
                     self.heatmaps[name] = r
@@ -228,7 +219,11 @@ class RunOutputs:
             # Each file's overviews are independent, and GDAL lets go of the GIL while it
             # builds them: one thread per core finishes them side by side.
             workers = max(1, min(len(jobs), os.cpu_count() or 1))
-            with _small_block_cache(), ThreadPoolExecutor(workers, thread_name_prefix="satseg-ovr") as pool:
+            with (
+                _config("COMPRESS_OVERVIEW", "DEFLATE"),
+                _small_block_cache(),
+                ThreadPoolExecutor(workers, thread_name_prefix="satseg-ovr") as pool,
+            ):
                 for done in [pool.submit(r.finish, resampling) for r, resampling in jobs]:
                     done.result()
         except BaseException:
