@@ -17,6 +17,10 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
+from training.metrics import scores_json
+
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
@@ -40,20 +44,10 @@ def _predicted(metrics: dict) -> str:
 
 def constant_metrics(metrics: dict, name: str) -> dict:
     """The metrics of predicting class ``name`` for every pixel of the set ``metrics`` describes."""
-    total = metrics["pixels"]
-    classes = {}
-    for n, c in metrics["classes"].items():
-        share = c["pixels"] / total
-        if n == name:
-            classes[n] = {"precision": share, "recall": 1.0, "iou": share, "pixels": c["pixels"]}
-        else:
-            classes[n] = {
-                "precision": None,
-                "recall": 0.0 if c["pixels"] else None,
-                "iou": 0.0,
-                "pixels": c["pixels"],
-            }
-    return {"accuracy": metrics["classes"][name]["pixels"] / total, "classes": classes}
+    names = list(metrics["classes"])
+    confusion = np.zeros((len(names), len(names)), np.int64)
+    confusion[:, names.index(name)] = [metrics["classes"][n]["pixels"] for n in names]
+    return scores_json(confusion, names)
 
 
 def table(folder: Path) -> str:

@@ -5,29 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from scripts.heldout_table import constant_metrics, present_miou, table
+from training.metrics import scores_json
 
 NAMES = ["background", "building", "water"]
 
 
 def metrics(confusion: list[list[int]]) -> dict:
     """What training.validate writes for a confusion matrix (rows: truth, columns: prediction)."""
-    classes = {}
-    for i, name in enumerate(NAMES):
-        tp = confusion[i][i]
-        truth, predicted = sum(confusion[i]), sum(row[i] for row in confusion)
-        union = truth + predicted - tp
-        classes[name] = {
-            "precision": tp / predicted if predicted else None,
-            "recall": tp / truth if truth else None,
-            "iou": tp / union if union else None,
-            "pixels": truth,
-        }
-    total = sum(map(sum, confusion))
-    accuracy = sum(confusion[i][i] for i in range(len(NAMES))) / total
-    return {"accuracy": accuracy, "pixels": total, "classes": classes, "confusion": confusion}
+    return scores_json(np.array(confusion), NAMES)
 
 
 def test_constant_predictor_and_present_classes(tmp_path: Path) -> None:
