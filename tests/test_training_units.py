@@ -137,14 +137,13 @@ def test_validate_equals_hand_computed_confusion(tiny: tuple[Path, Path], tmp_pa
     with h5py.File(out / "predictions.hdf5") as f:
         assert f["probabilities"].shape == (2, 3, 32, 32)
         np.testing.assert_allclose(f["probabilities"][:].sum(axis=1), 1.0, atol=2e-3)
+        assert list(f["ids"].asstr()) == ["s1-a-0-0", "s2-b-0-0"]
+        # Per-pixel probabilities: the rule model is sure of red (class 1) on tile a's red rows.
+        assert f["probabilities"][0, 1, 0, 0] > 0.99
     # red: TP 512, FP 128, FN 256 -> F1 = 2*512 / (2*512 + 128 + 256), IoU = 512 / 896.
     assert report["classes"]["red"]["f1"] == pytest.approx(1024 / 1408, abs=1e-6)
     assert report["classes"]["red"]["iou"] == pytest.approx(512 / 896, abs=1e-6)
     assert report["classes"]["background"]["precision"] == 1.0 and report["classes"]["green"]["recall"] == 1.0
-    with h5py.File(out / "predictions.hdf5") as f:
-        assert list(f["ids"].asstr()) == ["s1-a-0-0", "s2-b-0-0"]
-        # Per-pixel probabilities: the rule model is sure of red (class 1) on tile a's red rows.
-        assert f["probabilities"][0, 1, 0, 0] > 0.99
     printed = capsys.readouterr().out
     assert "mIoU  66.27 %" in printed and "confusion matrix" in printed
     lines = printed.splitlines()
