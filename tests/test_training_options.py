@@ -53,7 +53,7 @@ def help_text(module: str) -> str:
                 "--batch-size BATCH_SIZE tiles per step (default: 8)",
                 "not a learning-rate decay) (default: 0.0005)",
                 "--seed SEED",
-                "--width WIDTH width multiplier (1.0 = the paper's SegNet) (default: 1.0)",
+                "--width WIDTH width multiplier (1.0 = the paper's SegNet); default 1.0, or the --init model's",
                 "--class-weights {none,median} loss weights: none, or median frequency balancing",
                 "(default: none)",
                 "--augment, --no-augment random flips and 90-degree rotations of training tiles (default: True)",

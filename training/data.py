@@ -10,8 +10,8 @@ exist) and caches the tiles in ``data/training.hdf5``:
   list and tile size. A changed sample list rebuilds the cache.
 
 ``split_indices`` makes the seeded validation split, keeping the scenes of
-``scenes.csv`` apart (XYZ ids without scenes are grouped by their 8x8-tile
-block at zoom - 3, so neighbouring tiles stay on one side).
+``scenes.csv`` apart (XYZ ids without scenes are grouped by spatial block,
+``training.dataset.tiles.xyz_blocks``, so neighbouring tiles stay on one side).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +32,9 @@ from satseg_plugin.inference.errors import SatsegError
 from satseg_plugin.inference.imageio import read_image, to_rgb
 from satseg_plugin.inference.metadata import MEAN, STD
 from satseg_plugin.inference.progress import ProgressBar
+
+from .dataset.manifest import read_ids
+from .dataset.tiles import xyz_blocks
 
 IGNORE_INDEX = 255
 CACHE_NAME = "training.hdf5"
@@ -84,7 +86,7 @@ def _sample_ids(data_dir: Path) -> list[str]:
     for name in ("sample-filtered.txt", "sample.txt"):
         path = data_dir / name
         if path.is_file():
-            ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            ids = read_ids(path, DatasetError)  # ids become paths: no '..', no separators
             return [
                 i
                 for i in ids
@@ -100,18 +102,8 @@ def _groups(data_dir: Path, ids: list[str]) -> list[str]:
     if path.is_file():
         with path.open(newline="", encoding="utf-8") as f:
             scenes = {row["id"]: row["scene"] for row in csv.DictReader(f) if row.get("id")}
-    out = []
-    for i in ids:
-        if i in scenes:
-            out.append(scenes[i])
-            continue
-        m = re.fullmatch(r"(\d+)-(\d+)-(\d+)", i)
-        if m:  # XYZ tile: its block of 8x8 tiles, so neighbours share a side of the split
-            z, x, y = (int(v) for v in m.groups())
-            out.append(f"{z}-{x >> 3}-{y >> 3}")
-        else:
-            out.append(i)
-    return out
+    blocks = xyz_blocks([i for i in ids if i not in scenes])
+    return [scenes.get(i) or blocks.get(i) or i for i in ids]
 
 
 def sample_hash(ids: list[str], tile_size: int) -> str:
@@ -190,9 +182,12 @@ def load_dataset(data_dir: str | Path, rebuild: bool = False) -> TileDataset:
 def split_indices(groups: list[str], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Seeded train/validation split of tile indices that never splits a group.
 
-    Groups (scenes) are shuffled with ``seed`` and given to validation until it
-    holds at least ``val_fraction`` of the tiles; at least one group stays on
-    each side when there are two or more. ``val_fraction`` 0 gives no validation.
+    Groups (scenes or spatial blocks) are shuffled with ``seed``; each is given
+    to validation when that brings the validation share closer to
+    ``val_fraction``, so the share lands as close to it as whole groups allow
+    (a group larger than the target is passed over for smaller ones). At least
+    one group stays on each side when there are two or more, and
+    ``val_fraction`` 0 gives no validation.
     """
     if not 0 <= val_fraction < 1:
         raise SatsegError(f"the validation fraction must be in [0, 1), not {val_fraction}")
@@ -205,11 +200,15 @@ def split_indices(groups: list[str], val_fraction: float, seed: int) -> tuple[li
     val_groups: set[str] = set()
     target = val_fraction * len(groups)
     taken = 0
-    for g in order[:-1]:  # the last group always trains
-        if taken >= target or val_fraction == 0:
-            break
-        val_groups.add(g)
-        taken += sizes[g]
+    if val_fraction > 0 and len(order) > 1:
+        for g in order:
+            if len(val_groups) == len(order) - 1:
+                break  # one group always trains
+            if abs(taken + sizes[g] - target) < abs(taken - target):
+                val_groups.add(g)
+                taken += sizes[g]
+        if not val_groups:  # every group is larger than the target: the smallest one validates
+            val_groups.add(min(order, key=lambda g: sizes[g]))
     train = [i for i, g in enumerate(groups) if g not in val_groups]
     val = [i for i, g in enumerate(groups) if g in val_groups]
     return train, val
@@ -220,6 +219,13 @@ def normalize(images: np.ndarray) -> np.ndarray:
     x = images.astype(np.float32) / 255.0
     x = (x - np.asarray(MEAN, np.float32)) / np.asarray(STD, np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def normalize_tensor(x: torch.Tensor) -> torch.Tensor:
+    """Float ``[N, 3, H, W]`` RGB in 0..1 -> ``(x - MEAN) / STD``, as ``normalize`` does for uint8."""
+    mean = torch.tensor(MEAN, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(STD, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
 
 
 def read_tiles(cache: Path, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -238,10 +244,15 @@ class SegmentationTiles(Dataset):
 
     With ``augment`` each sample gets a random flip and a random 90-degree
     rotation (the eight symmetries of the square), the same for image and label.
+    With ``normalized=False`` images come as float 0..1, for batch augmentation
+    (``training.augment``) before ``normalize_tensor``.
     """
 
-    def __init__(self, cache: Path, indices: list[int], augment: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self, cache: Path, indices: list[int], augment: bool = False, seed: int = 0, normalized: bool = True
+    ) -> None:
         self.cache = cache
+        self.normalized = normalized
         self.indices = list(indices)
         self.augment = augment
         self.rng = np.random.default_rng(seed)
@@ -264,6 +275,9 @@ class SegmentationTiles(Dataset):
             image, label = np.rot90(image, rot), np.rot90(label, rot)
             if self.rng.integers(2):
                 image, label = image[:, ::-1], label[:, ::-1]
-        x = torch.from_numpy(normalize(image[None])[0])
+        if self.normalized:
+            x = torch.from_numpy(normalize(image[None])[0])
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / 255.0)
         y = torch.from_numpy(np.ascontiguousarray(label).astype(np.int64))
         return x, y

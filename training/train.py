@@ -4,8 +4,13 @@
 
 Each epoch appends a row to ``OUT/training_log.csv`` (epoch, loss, val_loss,
 acc, val_acc, val_mIoU, lr, seconds) and writes ``OUT/last.pt`` (with optimizer
-and scheduler state, for ``--resume``) and, when the validation mIoU improves,
-``OUT/best.pt``. Ctrl-C writes ``last.pt`` before it exits.
+and schedule state, for ``--resume``) and, when the validation mIoU improves,
+``OUT/best.pt``. Ctrl-C (or SIGTERM) writes ``last.pt`` before it exits.
+
+``--init`` fine-tunes from another checkpoint (a new classifier when its classes
+differ); ``--max-minutes`` and ``--patience`` end training by time or when
+validation stops improving; ``--loss``, ``--color``, ``--blur`` and ``--scale``
+choose the loss and the augmentations (``training.losses``, ``training.augment``).
 """
 
 from __future__ import annotations
@@ -32,11 +37,22 @@ from satseg_plugin.inference.errors import SatsegError
 from satseg_plugin.inference.metadata import DEFAULT_OVERLAP_PERCENT, MEAN, STD
 from satseg_plugin.inference.progress import ProgressBar
 
+from .augment import AugmentConfig, augment_batch
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import IGNORE_INDEX, SegmentationTiles, TileDataset, load_dataset, read_tiles, split_indices
+from .data import (
+    IGNORE_INDEX,
+    SegmentationTiles,
+    TileDataset,
+    load_dataset,
+    normalize_tensor,
+    read_tiles,
+    split_indices,
+)
+from .losses import LOSSES, SegmentationLoss
 from .metrics import confusion_matrix, scores
 from .model import SegNet
 from .predictor import pick_device
+from .schedule import SCHEDULES, LRSchedule
 
 LOG_HEADER = "epoch,loss,val_loss,acc,val_acc,val_mIoU,lr,seconds"
 
@@ -57,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="optimiser")
     p.add_argument(
-        "--schedule", choices=("constant", "cosine"), default="cosine",
-        help="learning-rate schedule over the epochs",
+        "--schedule", choices=SCHEDULES, default="cosine",
+        help="learning-rate schedule over the steps (or the --max-minutes); a resumed run of another "
+        "length anneals from the rate it reached, never raising it",
     )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=8, help="tiles per step")
     p.add_argument(
@@ -66,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="L2 weight decay (a penalty on the weights, not a learning-rate decay)",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the weights and the shuffling")
-    p.add_argument("--width", type=float, default=1.0, help="width multiplier (1.0 = the paper's SegNet)")
+    p.add_argument(
+        "--width", type=float, default=None,
+        help="width multiplier (1.0 = the paper's SegNet); default 1.0, or the --init model's",
+    )  # fmt: skip
     p.add_argument(
         "--class-weights", choices=("none", "median"), default="none",
         help="loss weights: none, or median frequency balancing (Eigen & Fergus)",
@@ -74,6 +94,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--augment", action=argparse.BooleanOptionalAction, default=True,
         help="random flips and 90-degree rotations of training tiles",
+    )  # fmt: skip
+    p.add_argument(
+        "--loss", choices=LOSSES, default="ce",
+        help="cross-entropy, soft Dice over the classes present, or their sum (Dice serves rare classes' IoU)",
+    )  # fmt: skip
+    p.add_argument(
+        "--color", type=float, default=0.0, metavar="S",
+        help="colour augmentation strength: brightness, contrast, saturation, channel gains, gamma, "
+        "noise (0 = off, 1 = strong)",
+    )  # fmt: skip
+    p.add_argument(
+        "--blur", type=float, default=0.0, metavar="P", help="share of tiles blurred (sigma 0.5-1.5 px)"
+    )
+    p.add_argument(
+        "--scale", default="1,1", metavar="MIN,MAX",
+        help="random rescale of each batch by a factor in [MIN, MAX] (e.g. 0.7,1.4; 1,1 = off)",
+    )  # fmt: skip
+    p.add_argument(
+        "--init", type=Path, default=None, metavar="PT",
+        help="start from these weights (a satseg .pt); a new classifier when its classes differ",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-minutes", type=float, default=None, metavar="M",
+        help="stop after M minutes of training (the schedule then runs by time); best.pt is kept",
+    )  # fmt: skip
+    p.add_argument(
+        "--patience", type=int, default=None, metavar="N",
+        help="stop when validation mIoU has not improved for N epochs",
     )  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
@@ -152,13 +200,85 @@ def interrupts_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+def parse_scale(text: str) -> tuple[float, float]:
+    """``"0.7,1.4"`` -> ``(0.7, 1.4)``; ``SatsegError`` unless 0 < MIN <= MAX."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise SatsegError(f"--scale must be MIN,MAX (e.g. 0.7,1.4), not {text!r}") from None
+    if not 0 < lo <= hi <= 8:
+        raise SatsegError(f"--scale needs 0 < MIN <= MAX <= 8, not {text!r}")
+    return lo, hi
+
+
+def init_weights(net: SegNet, path: Path, class_names: list[str]) -> str:
+    """Load ``path``'s weights into ``net``; its classifier only when the classes are the same.
+
+    Returns a line saying what was kept. Raises ``SatsegError`` when the
+    encoder and decoder do not fit (another width).
+    """
+    ckpt = load_checkpoint(path)
+    state = dict(ckpt["state_dict"])
+    same = list(ckpt["class_names"]) == class_names
+    if not same:
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=same)
+    except RuntimeError as exc:
+        lines = str(exc).strip().splitlines()
+        raise SatsegError(
+            f"--init {path} (width {ckpt['width']}) does not fit a SegNet of width {net.width}: "
+            f"{lines[1].strip() if len(lines) > 1 else lines[0]}"
+        ) from None
+    if unexpected or any(not k.startswith("classifier.") for k in missing):
+        raise SatsegError(f"--init {path} is not a SegNet of this layout")
+    if same:
+        return f"initialised from {path} (all layers)"
+    return (
+        f"initialised from {path} (encoder and decoder; new classifier for "
+        f"{', '.join(class_names)} instead of {', '.join(ckpt['class_names'])})"
+    )
+
+
+def _log_until(path: Path, epoch: int) -> str:
+    """The log file's header and rows of epochs 1..``epoch`` (last row of each epoch wins)."""
+    rows: dict[int, str] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+            head = line.split(",", 1)[0]
+            if head.isdigit() and 1 <= int(head) <= epoch:
+                rows[int(head)] = line
+    return LOG_HEADER + "\n" + "".join(rows[e] + "\n" for e in sorted(rows))
+
+
+def _stop_on_sigterm() -> Any:
+    """Treat SIGTERM like Ctrl-C (a task manager's cancel); returns the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise SatsegError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.lr <= 0 or args.width <= 0:
+    if args.lr <= 0 or (args.width is not None and args.width <= 0):
         raise SatsegError("--lr and --width must be positive")
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        raise SatsegError("--max-minutes must be positive")
+    if args.patience is not None and args.patience < 1:
+        raise SatsegError("--patience must be at least 1")
+    if not 0 <= args.blur <= 1 or not 0 <= args.color <= 2:
+        raise SatsegError("--blur must be in [0, 1] and --color in [0, 2]")
+    aug = AugmentConfig(color=args.color, blur=args.blur, scale_range=parse_scale(args.scale))
+    width = args.width
+    if width is None:
+        width = float(load_checkpoint(args.init)["width"]) if args.init else 1.0
     device = pick_device(args.device)
     ds = load_dataset(args.data, rebuild=args.rebuild_cache)
     num_classes = len(ds.class_names)
@@ -170,53 +290,64 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     torch.manual_seed(args.seed)
-    net = SegNet(num_classes, args.width).to(device)
+    net = SegNet(num_classes, width)
+    if args.init and not args.resume:
+        print(init_weights(net, args.init, ds.class_names))
+    net = net.to(device)
     if args.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
             net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
         )
     else:
         opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    if args.schedule == "cosine":
-        sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            opt, T_max=args.epochs
-        )
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
     weights = None
     if args.class_weights == "median":
         w = median_frequency_weights(*class_pixel_stats(ds, train_idx, num_classes))
         print("class weights: " + ", ".join(f"{n} {v:.3f}" for n, v in zip(ds.class_names, w, strict=True)))
         weights = torch.tensor(w, dtype=torch.float32, device=device)
-    criterion = nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE_INDEX)
+    criterion = SegmentationLoss(args.loss, weights, IGNORE_INDEX)
+
+    steps_per_epoch = math.ceil(len(train_idx) / args.batch_size)
+    total_steps = steps_per_epoch * args.epochs
+    budget_s = args.max_minutes * 60 if args.max_minutes else None
+    schedule = LRSchedule(args.schedule, args.lr, total_steps, budget_s=budget_s)
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "training_log.csv"
-    start_epoch, best_miou = 0, -1.0
+    start_epoch, best_miou, best_epoch, train_s, step = 0, -1.0, 0, 0.0, 0
     if args.resume:
         ckpt = load_checkpoint(out / "last.pt")
-        if list(ckpt["class_names"]) != ds.class_names or float(ckpt["width"]) != args.width:
+        if list(ckpt["class_names"]) != ds.class_names or float(ckpt["width"]) != width:
             raise SatsegError(
                 f"{out / 'last.pt'} is a width {ckpt['width']} model for classes {ckpt['class_names']}; "
-                f"this run has width {args.width} and classes {ds.class_names}"
+                f"this run has width {width} and classes {ds.class_names}"
             )
         net.load_state_dict(ckpt["state_dict"])
         if "optimizer" in ckpt:
             opt.load_state_dict(ckpt["optimizer"])
-        if "scheduler" in ckpt:
-            sched.load_state_dict(ckpt["scheduler"])
         start_epoch = int(ckpt["epoch"])
         best_miou = float(ckpt.get("best_miou", -1.0))
+        best_epoch = int(ckpt.get("best_epoch", start_epoch))
+        train_s = float(ckpt.get("train_seconds", 0.0))
+        step = int(ckpt.get("step", start_epoch * steps_per_epoch))
+        state = ckpt.get("scheduler")
+        if isinstance(state, dict) and "start_lr" in state:
+            schedule = LRSchedule.resumed(state, args.schedule, total_steps, budget_s, step, train_s)
+        log = str(ckpt.get("log") or _log_until(log_path, start_epoch))
+        write_text_atomic(log_path, log)  # the rows of the epochs last.pt holds, each once
         print(f"resuming after epoch {start_epoch} (best val mIoU {best_miou:.4f})")
-    elif log_path.exists():
-        log_path.unlink()  # a fresh run starts a fresh log
-    log = log_path.read_text(encoding="utf-8") if log_path.exists() else LOG_HEADER + "\n"
+    else:
+        log_path.unlink(missing_ok=True)  # a fresh run starts a fresh log
+        log = LOG_HEADER + "\n"
 
     gen = torch.Generator().manual_seed(args.seed + start_epoch)
+    aug_gen = torch.Generator().manual_seed(args.seed * 7919 + start_epoch)
     train_loader = DataLoader(
-        SegmentationTiles(ds.cache, train_idx, augment=args.augment, seed=args.seed + start_epoch),
+        SegmentationTiles(
+            ds.cache, train_idx, augment=args.augment, seed=args.seed + start_epoch, normalized=not aug.active
+        ),
         batch_size=args.batch_size, shuffle=True, num_workers=args.workers, generator=gen, drop_last=False,
     )  # fmt: skip
     val_loader = DataLoader(
@@ -228,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
             "class_names": ds.class_names,
             "class_colors": ds.class_colors,
-            "width": float(args.width),
+            "width": float(width),
             "tile_size": ds.tile_size,
             "tiles_overlap": DEFAULT_OVERLAP_PERCENT,
             "zoom": ds.zoom,
@@ -237,25 +368,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             "std": list(STD),
             "epoch": epoch,
             "best_miou": best_miou,
+            "best_epoch": best_epoch,
             "seed": args.seed,
             "val_fraction": args.validation,
             "data": str(Path(args.data).resolve()),
+            "train_seconds": train_s,
+            "step": step,
         }
         if with_state:
             ckpt["optimizer"] = opt.state_dict()
-            ckpt["scheduler"] = sched.state_dict()
+            ckpt["scheduler"] = schedule.state_dict()
+            ckpt["log"] = log
         return ckpt
 
+    def out_of_time() -> bool:
+        return budget_s is not None and train_s >= budget_s
+
     completed = start_epoch
+    previous_term = _stop_on_sigterm()
+    stopped = ""
     try:
         for epoch in range(start_epoch + 1, args.epochs + 1):
+            if out_of_time():
+                stopped = f"the {args.max_minutes:g}-minute budget is spent"
+                break
             t0 = time.monotonic()
             net.train()
-            lr = opt.param_groups[0]["lr"]
             total, n, correct, counted = 0.0, 0, 0, 0
+            lr = schedule.lr(step, train_s)
             with ProgressBar(len(train_loader), f"epoch {epoch}/{args.epochs}") as bar:
                 for x, y in train_loader:
+                    if aug.active:
+                        x, y = augment_batch(x, y, aug, aug_gen)
+                        x = normalize_tensor(x)
                     x, y = x.to(device), y.to(device)
+                    lr = schedule.lr(step, train_s + time.monotonic() - t0)
+                    for group in opt.param_groups:
+                        group["lr"] = lr
                     logits = net(x)
                     loss = criterion(logits, y)
                     opt.zero_grad(set_to_none=True)
@@ -264,12 +413,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         opt.step()
                         total += float(loss.detach()) * len(x)
                         n += len(x)
+                    step += 1
                     with torch.no_grad():
                         keep = y != IGNORE_INDEX
                         correct += int((logits.argmax(1)[keep] == y[keep]).sum())
                         counted += int(keep.sum())
                     bar.update()
-            sched.step()
+                    if budget_s is not None and train_s + time.monotonic() - t0 >= budget_s:
+                        break  # the budget ends mid-epoch: validate what there is
+            train_s += time.monotonic() - t0
             train_loss = total / n if n else float("nan")
             train_acc = correct / counted if counted else float("nan")
             if val_idx:
@@ -280,27 +432,43 @@ def main(argv: Sequence[str] | None = None) -> int:
                 val_loss, val_acc, val_miou = float("nan"), float("nan"), float("nan")
             seconds = time.monotonic() - t0
             improved = (not math.isnan(val_miou) and val_miou > best_miou) or (not val_idx)
-            if improved and not math.isnan(val_miou):
-                best_miou = val_miou
+            if improved:
+                best_epoch = epoch
+                if not math.isnan(val_miou):
+                    best_miou = val_miou
             row = [epoch, train_loss, val_loss, train_acc, val_acc, val_miou, lr, seconds]
             with interrupts_deferred():  # the log row and both checkpoints agree, whenever Ctrl-C comes
+                # last.pt carries the log, and the log file is written from it after it, so even a
+                # SIGKILL between the two leaves a pair that --resume makes agree again.
                 log += ",".join(_fmt(v) if not isinstance(v, int) else str(v) for v in row) + "\n"
-                write_text_atomic(log_path, log)
-                save_checkpoint(out / "last.pt", checkpoint(epoch, with_state=True))
                 if improved:
                     save_checkpoint(out / "best.pt", checkpoint(epoch, with_state=False))
+                save_checkpoint(out / "last.pt", checkpoint(epoch, with_state=True))
+                write_text_atomic(log_path, log)
                 completed = epoch
             print(
                 f"epoch {epoch}: loss {train_loss:.4f} acc {train_acc:.4f} | val loss {val_loss:.4f} "
                 f"acc {val_acc:.4f} mIoU {val_miou:.4f} | lr {lr:.3g} | {seconds:.1f}s"
-                + (" *" if improved else "")
+                + (" *" if improved else ""),
+                flush=True,
             )
+            if args.patience and val_idx and epoch - best_epoch >= args.patience:
+                stopped = f"validation mIoU has not improved for {args.patience} epochs"
+                break
+            if out_of_time():
+                stopped = f"the {args.max_minutes:g}-minute budget is spent"
+                break
     except KeyboardInterrupt:
         # The weights of the unfinished epoch are kept; --resume repeats that epoch.
         save_checkpoint(out / "last.pt", checkpoint(completed, with_state=True))
         print(f"\ninterrupted: saved {out / 'last.pt'}; continue with --resume", file=sys.stderr)
         raise
-    print(f"done: best validation mIoU {best_miou:.4f}; checkpoints in {out}")
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+    if stopped:
+        print(f"stopped after epoch {completed}: {stopped}")
+    print(f"done: best validation mIoU {best_miou:.4f} (epoch {best_epoch}); checkpoints in {out}")
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Iterable
 
 import mercantile
@@ -147,3 +148,24 @@ def sample_tiles(tiles: Iterable[Tile], size: int, seed: int) -> list[Tile]:
     if len(pool) > size:
         pool = random.Random(seed).sample(pool, size)
     return sorted(pool, key=lambda t: (t[2], t[0], t[1]))
+
+
+XYZ_ID = re.compile(r"(\d+)-(\d+)-(\d+)")
+
+
+def xyz_blocks(ids: list[str], tiles_per_block: int = 8) -> dict[str, str]:
+    """Spatial block of every XYZ id (``z-x-y``) among ``ids``.
+
+    A block is one tile of zoom ``min_zoom - log2(tiles_per_block)`` (8x8 tiles
+    of the coarsest zoom present), named ``zB-X-Y``; a tile of a finer zoom falls
+    in the block that holds its ground, so one piece of ground never sits on
+    both sides of a split, whatever zooms a dataset mixes.
+    """
+    parsed = {i: tuple(int(v) for v in m.groups()) for i in ids if (m := XYZ_ID.fullmatch(i))}
+    if not parsed:
+        return {}
+    shift = max(0, tiles_per_block.bit_length() - 1)
+    block_zoom = max(0, min(z for z, _, _ in parsed.values()) - shift)
+    return {
+        i: f"z{block_zoom}-{x >> (z - block_zoom)}-{y >> (z - block_zoom)}" for i, (z, x, y) in parsed.items()
+    }
