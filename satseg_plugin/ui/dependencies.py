@@ -15,7 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,12 +56,13 @@ class Problem:
 
     requirement: Requirement
     found: str | None
+    where: str = "QGIS's Python"  # the interpreter checked, for the message
 
     @property
     def message(self) -> str:
         req = self.requirement
         if self.found is None:
-            text = f"the Python package '{req.package}' is not installed in QGIS's Python"
+            text = f"the Python package '{req.package}' is not installed in {self.where}"
         else:
             text = f"'{req.package}' {self.found} is installed but satseg needs {req.spec}"
         if not req.pip_installable:
@@ -96,19 +97,25 @@ def installed_version(module: str) -> str | None:
     return str(version)
 
 
-def check_requirements(requirements: Sequence[Requirement] = REQUIREMENTS) -> list[Problem]:
-    """Return the requirements that are missing or of a version outside their bounds."""
+def check_requirements(
+    requirements: Sequence[Requirement] = REQUIREMENTS, where: str = "QGIS's Python"
+) -> list[Problem]:
+    """Return the requirements that are missing or of a version outside their bounds.
+
+    Runs in the Python that imports this module; ``learn_runtime`` runs it inside
+    the training Python (a subprocess) to check that one.
+    """
     problems = []
     for req in requirements:
         found = installed_version(req.module)
         if found is None:
-            problems.append(Problem(req, None))
+            problems.append(Problem(req, None, where))
             continue
         v = version_tuple(found)
         too_old = bool(req.minimum and v and v < version_tuple(req.minimum))
         too_new = bool(req.below and v and v >= version_tuple(req.below))
         if too_old or too_new:
-            problems.append(Problem(req, found))
+            problems.append(Problem(req, found, where))
     return problems
 
 
@@ -158,23 +165,41 @@ def constraints_text() -> str:
     return "\n".join(lines) + "\n"
 
 
-def pip_command(problems: Sequence[Problem], target: str | os.PathLike[str], constraints: str) -> list[str]:
-    """Return the pip command line installing what ``problems`` lack into ``target``."""
+def pip_command(
+    problems: Sequence[Problem],
+    target: str | os.PathLike[str] | None,
+    constraints: str | os.PathLike[str],
+    python: str | None = None,
+) -> list[str]:
+    """Return the pip command line installing what ``problems`` lack.
+
+    Into the folder ``target`` (QGIS's own Python: a plugin-owned folder), or, with
+    ``target`` None, into the environment of ``python`` itself (a venv made for training).
+    """
     specs = [p.requirement.spec for p in problems if p.requirement.pip_installable]
+    where = ["--target", str(target)] if target is not None else []
     return [
-        python_executable(),
+        python or python_executable(),
         "-m",
         "pip",
         "install",
         "--disable-pip-version-check",
         "--no-input",
         "--upgrade",
-        "--target",
-        str(target),
+        *where,
         "--constraint",
         str(constraints),
         *specs,
     ]
+
+
+def run_command(cmd: Sequence[str], timeout: float = 1800) -> tuple[bool, str]:
+    """Run ``cmd``; return (success, the command and its output). Blocks: call it off the main thread."""
+    try:
+        proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"{' '.join(cmd)}\n{exc}"
+    return proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
 
 
 def run_pip(problems: Sequence[Problem], target: Path) -> tuple[bool, str]:
@@ -182,12 +207,7 @@ def run_pip(problems: Sequence[Problem], target: Path) -> tuple[bool, str]:
     target.mkdir(parents=True, exist_ok=True)
     constraints = target / "satseg-constraints.txt"
     constraints.write_text(constraints_text())
-    cmd = pip_command(problems, target, constraints)
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return False, f"{' '.join(cmd)}\n{exc}"
-    return proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
+    return run_command(pip_command(problems, target, constraints))
 
 
 # --- Qt part ------------------------------------------------------------------------------
@@ -227,41 +247,58 @@ def offer_install(iface: Any, problems: Sequence[Problem]) -> None:
 _RUNNING: list[Any] = []  # keeps install tasks' Python wrappers alive
 
 
-def start_install(iface: Any, problems: Sequence[Problem]) -> Any:
-    """Run pip in a background QgsTask; report the outcome in the message bar."""
-    from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsTask
+def start_background(
+    iface: Any,
+    title: str,
+    work: Callable[[], tuple[bool, str]],
+    done: Callable[[bool], tuple[bool, str]],
+) -> Any:
+    """Run ``work`` (blocking, returns (ok, log)) in a QgsTask, then ``done(ok)`` on the main thread.
 
-    target = plugin_deps_dir()
+    ``done`` returns (success, message) for the message bar; the log goes to the
+    satseg tab of the Log Messages panel. Used for pip installs and for creating
+    the training Python.
+    """
+    from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsTask
 
     class InstallTask(QgsTask):
         def __init__(self) -> None:
-            super().__init__("satseg: installing Python packages", QgsTask.Flags())
+            super().__init__(title, QgsTask.Flags())
             self.output = ""
 
         def run(self) -> bool:
-            ok, self.output = run_pip(problems, target)
+            ok, self.output = work()
             return ok
 
         def finished(self, ok: bool) -> None:
             QgsMessageLog.logMessage(self.output, "satseg", Qgis.Info if ok else Qgis.Critical)
-            add_deps_to_path(target)
-            still = check_requirements()
-            if ok and not still:
-                iface.messageBar().pushMessage(
-                    "satseg", "the Python packages are installed", Qgis.Success, 10
-                )
-            else:
-                iface.messageBar().pushMessage(
-                    "satseg",
-                    "installing the Python packages failed; pip's output is in the satseg tab of the "
-                    "Log Messages panel",
-                    Qgis.Critical,
-                    0,
-                )
-            if self in _RUNNING:
-                _RUNNING.remove(self)
+            try:
+                success, text = done(ok)
+                level = Qgis.Success if success else Qgis.Critical
+                iface.messageBar().pushMessage("satseg", text, level, 10 if success else 0)
+            finally:
+                if self in _RUNNING:
+                    _RUNNING.remove(self)
 
     task = InstallTask()
     _RUNNING.append(task)
     QgsApplication.taskManager().addTask(task)
     return task
+
+
+def start_install(iface: Any, problems: Sequence[Problem]) -> Any:
+    """Run pip in a background QgsTask; report the outcome in the message bar."""
+    target = plugin_deps_dir()
+
+    def done(ok: bool) -> tuple[bool, str]:
+        add_deps_to_path(target)
+        if ok and not check_requirements():
+            return True, "the Python packages are installed"
+        return False, (
+            "installing the Python packages failed; pip's output is in the satseg tab of the "
+            "Log Messages panel"
+        )
+
+    return start_background(
+        iface, "satseg: installing Python packages", lambda: run_pip(problems, target), done
+    )
