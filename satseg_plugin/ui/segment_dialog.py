@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 
 from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QDialog,
     QDialogButtonBox,
     QFormLayout,
@@ -51,7 +53,13 @@ class SegmentDialog(QDialog):
 
     run_requested = pyqtSignal(object)
 
-    def __init__(self, project: QgsProject, extent_text: str = "", parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        project: QgsProject,
+        extent_text: str = "",
+        parent: QWidget | None = None,
+        model_path: str | None = None,
+    ) -> None:
         super().__init__(parent)
         self.setObjectName("satsegSegmentDialog")
         self.setWindowTitle("Segment extent")
@@ -64,6 +72,12 @@ class SegmentDialog(QDialog):
         self.model_widget.setDialogTitle("Choose a segmentation model")
         self.model_info = QLabel()
         self.model_info.setWordWrap(True)
+        self.models_combo = QComboBox()  # the bundled models and those "Train on this area" made
+        self.models_combo.setObjectName("satsegKnownModels")
+        self.models_combo.addItem("(pick a model listed here, or a file above)", "")
+        for path in settings.known_models():
+            self.models_combo.addItem(f"{Path(path).stem}  ({Path(path).parent})", path)
+        self.models_combo.activated.connect(self._known_model_picked)
 
         self.layer_combo = QgsMapLayerComboBox()
         self.layer_combo.setObjectName("satsegSourceLayer")
@@ -105,6 +119,7 @@ class SegmentDialog(QDialog):
 
         form = QFormLayout()
         form.addRow("Model", self.model_widget)
+        form.addRow("", self.models_combo)
         form.addRow("", self.model_info)
         form.addRow("Imagery layer", self.layer_combo)
         form.addRow("or tile URL", self.url_edit)
@@ -124,7 +139,7 @@ class SegmentDialog(QDialog):
 
         self.model_widget.fileChanged.connect(self._model_changed)
         self.layer_combo.layerChanged.connect(self._layer_changed)
-        self.model_widget.setFilePath(settings.remembered_model_path())
+        self.model_widget.setFilePath(model_path or settings.remembered_model_path())
         self.out_widget.setFilePath(settings.remembered_out_dir())
         self._model_changed(self.model_widget.filePath())
         self._select_default_layer()
@@ -144,7 +159,14 @@ class SegmentDialog(QDialog):
     def _layer_changed(self, layer: object) -> None:
         self.url_edit.setEnabled(layer is None)
 
+    def _known_model_picked(self, index: int) -> None:
+        path = self.models_combo.itemData(index)
+        if path:
+            self.model_widget.setFilePath(path)
+
     def _model_changed(self, path: str) -> None:
+        index = self.models_combo.findData(str(Path(path).resolve()) if path else "")
+        self.models_combo.setCurrentIndex(max(0, index))
         summary, zoom = describe_model(path)
         self.model_info.setText(summary)
         self.zoom_spin.setSpecialValueText(

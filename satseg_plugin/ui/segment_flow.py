@@ -74,8 +74,11 @@ class SegmentController:
     def _warn(self, text: str) -> None:
         self.iface.messageBar().pushMessage("satseg", text, Qgis.Warning, MESSAGE_SECONDS)
 
-    def open_dialog(self) -> SegmentDialog | None:
-        """Show the dialog (after checking that the Python packages satseg needs are there)."""
+    def open_dialog(self, model_path: str | None = None) -> SegmentDialog | None:
+        """Show the dialog (after checking that the Python packages satseg needs are there).
+
+        ``model_path`` preselects a model (the one "Train on this area" just made).
+        """
         problems = check_requirements()
         if problems:
             offer_install(self.iface, problems)
@@ -87,7 +90,7 @@ class SegmentController:
             f"the map's visible extent, {ext.width():.6g} x {ext.height():.6g} in "
             f"{crs.authid() or crs.description() or 'the project CRS'}"
         )
-        self.dialog = SegmentDialog(QgsProject.instance(), text, self.iface.mainWindow())
+        self.dialog = SegmentDialog(QgsProject.instance(), text, self.iface.mainWindow(), model_path)
         self.dialog.run_requested.connect(self._dialog_run)
         self.dialog.show()
         return self.dialog

@@ -11,6 +11,7 @@ DEFAULT_MODEL_NAME = "satseg-default.onnx"  # the fp32 model, even when an int8 
 KEY_MODEL = "satseg/model"
 KEY_OUT_DIR = "satseg/out_dir"
 KEY_OUTPUTS = "satseg/outputs"
+KEY_MODEL_DIRS = "satseg/model_dirs"  # folders of models made by "Train on this area"
 
 
 def bundled_models_dirs() -> list[Path]:
@@ -29,6 +30,32 @@ def default_model_path() -> str:
             if models:
                 return str(models[0])
     return ""
+
+
+def model_dirs() -> list[Path]:
+    """Folders the Segment extent dialog lists models from: the bundled ones, then those added."""
+    raw = QgsSettings().value(KEY_MODEL_DIRS, []) or []
+    added = [Path(p) for p in ([raw] if isinstance(raw, str) else raw) if p]
+    return [*bundled_models_dirs(), *added]
+
+
+def add_model_dir(folder: str | Path) -> None:
+    """Add ``folder`` (where a trained model was written) to the folders the dialog lists."""
+    raw = QgsSettings().value(KEY_MODEL_DIRS, []) or []
+    dirs = [str(p) for p in ([raw] if isinstance(raw, str) else raw) if p]
+    folder = str(Path(folder).resolve())
+    if folder not in dirs:
+        QgsSettings().setValue(KEY_MODEL_DIRS, [*dirs, folder])
+
+
+def known_models() -> list[str]:
+    """Return the ``.onnx`` files of ``model_dirs()`` that exist, each once, in folder order."""
+    seen: dict[str, None] = {}
+    for folder in model_dirs():
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.onnx")):
+                seen.setdefault(str(path.resolve()), None)
+    return list(seen)
 
 
 def remembered_model_path() -> str:
