@@ -14,22 +14,25 @@ from .ui.dependencies import add_deps_to_path, plugin_deps_dir
 PLUGIN_DIR = Path(__file__).resolve().parent
 MENU = "&satseg"
 SEGMENT_ACTION_NAME = "satsegSegmentExtent"
+LEARN_ACTION_NAME = "satsegLearnArea"
 EXPORT_ACTION_NAME = "satsegExportGeoTiff"
 DIAGNOSTICS_ACTION_NAME = "satsegDiagnostics"
 
 
 class SatsegPlugin:
-    """Registers "Segment extent", the GeoTIFF export, the diagnostics and the Processing provider."""
+    """Registers "Segment extent", "Train on this area…", the GeoTIFF export, the diagnostics, Processing."""
 
     def __init__(self, iface: QgisInterface) -> None:
         self.iface = iface
         self.actions: list[QAction] = []
         self.toolbar = None
         self.segment_action: QAction | None = None
+        self.learn_action: QAction | None = None
         self.export_action: QAction | None = None
         self.diagnostics_action: QAction | None = None
         self.provider = None
         self.controller = None
+        self.learn_controller = None
         self._dialogs: list[object] = []
         # packages installed by the plugin (onnxruntime...) come before any import of them
         add_deps_to_path(plugin_deps_dir())
@@ -52,10 +55,12 @@ class SatsegPlugin:
 
     def initGui(self) -> None:
         """Create the actions; QGIS calls this once the main window exists."""
+        from .ui.learn_flow import LearnController
         from .ui.segment_flow import SegmentController
 
         self.initProcessing()
         self.controller = SegmentController(self.iface)
+        self.learn_controller = LearnController(self.iface, self.controller)
         icon = QIcon(str(PLUGIN_DIR / "icon.svg"))
         self.toolbar = self.iface.addToolBar("satseg")
         self.toolbar.setObjectName("satsegToolbar")
@@ -67,6 +72,14 @@ class SatsegPlugin:
             icon,
         )
         self.toolbar.addAction(self.segment_action)
+        self.learn_action = self._action(
+            "Train on this area…",
+            LEARN_ACTION_NAME,
+            "Fine-tune a model on OpenStreetMap labels over this area's imagery (runs in a Python with torch)",
+            self.learn_area,
+            icon,
+        )
+        self.toolbar.addAction(self.learn_action)
         self.export_action = self._action(
             "Export class raster as GeoTIFF",
             EXPORT_ACTION_NAME,
@@ -97,12 +110,17 @@ class SatsegPlugin:
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
-        self.segment_action = self.export_action = self.diagnostics_action = None
+        self.segment_action = self.learn_action = self.export_action = self.diagnostics_action = None
 
     def segment_extent(self) -> None:
         """Open the "Segment extent" dialog (or say which Python package is missing)."""
         if self.controller is not None:
             self.controller.open_dialog()
+
+    def learn_area(self) -> None:
+        """Open the "Train on this area" dialog."""
+        if self.learn_controller is not None:
+            self.learn_controller.open_dialog()
 
     def export_geotiff(self) -> None:
         """Export the selected satseg raster layer as a GeoTIFF the user names."""

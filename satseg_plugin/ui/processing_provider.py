@@ -7,6 +7,7 @@ from pathlib import Path
 from qgis.core import QgsApplication, QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from .learn_algorithm import LearnAreaAlgorithm
 from .segment_algorithm import SegmentExtentAlgorithm
 
 PROVIDER_ID = "satseg"
@@ -14,7 +15,7 @@ ICON = Path(__file__).resolve().parents[1] / "icon.svg"
 
 
 class SatsegProvider(QgsProcessingProvider):
-    """Provides ``satseg:segment_extent``."""
+    """Provides ``satseg:segment_extent`` and ``satseg:learn_area``."""
 
     def id(self) -> str:
         return PROVIDER_ID
@@ -30,6 +31,7 @@ class SatsegProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self) -> None:
         self.addAlgorithm(SegmentExtentAlgorithm())
+        self.addAlgorithm(LearnAreaAlgorithm())
 
 
 def register_provider() -> SatsegProvider | None:
