@@ -22,6 +22,7 @@ speed and validation mIoU against the float model.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import tempfile
@@ -50,8 +51,11 @@ TOLERANCE = 1e-5
 MIN_AGREEMENT = 0.999
 
 
-def metadata_for(ckpt: dict, overlap: int) -> dict[str, str]:
-    """The ONNX ``metadata_props`` of a checkpoint (all values JSON strings)."""
+def metadata_for(
+    ckpt: dict, overlap: int, description: str | None = None, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The ONNX ``metadata_props`` of a checkpoint (all values JSON strings), with an optional
+    ``description`` and ``extra`` keys (JSON strings too)."""
     return build_metadata(
         ModelMetadata(
             class_names=list(ckpt["class_names"]),
@@ -62,8 +66,27 @@ def metadata_for(ckpt: dict, overlap: int) -> dict[str, str]:
             mean=tuple(ckpt.get("mean") or (0.485, 0.456, 0.406)),
             std=tuple(ckpt.get("std") or (0.229, 0.224, 0.225)),
             zoom=ckpt.get("zoom"),
+            description=description,
+            extra=dict(extra or {}),
         )
     )
+
+
+def parse_meta_option(text: str) -> tuple[str, str]:
+    """``KEY=JSON`` -> ``(KEY, JSON)``; ``SatsegError`` when it is not that or KEY is a standard key."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise SatsegError(f"--meta needs KEY=JSON, not {text!r}")
+    try:
+        json.loads(value)
+    except json.JSONDecodeError:
+        raise SatsegError(
+            f"--meta {key}: the value is not JSON ({value!r}; quote strings: '\"text\"')"
+        ) from None
+    if key in build_metadata(ModelMetadata(class_names=["x"], class_colors=["#000000"], description="x")):
+        raise SatsegError(f"--meta {key}: a standard key, set from the checkpoint (or --description)")
+    return key, value
 
 
 def _set_metadata(proto, props: dict[str, str]) -> None:
@@ -226,6 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-agreement", type=float, default=MIN_AGREEMENT,
         help="smallest allowed share of pixels given the same class by onnxruntime and torch",
     )  # fmt: skip
+    p.add_argument(
+        "--description", default=None,
+        help="a line of text stored as the model's 'description' metadata (what it is, where and when trained)",
+    )  # fmt: skip
+    p.add_argument(
+        "--meta", action="append", default=[], metavar="KEY=JSON",
+        help="an extra metadata key with a JSON value, e.g. 'training_area={\"bbox\": [1, 2, 3, 4]}' (repeatable)",
+    )  # fmt: skip
     p.add_argument("--int8", action="store_true", help="also write OUT.int8.onnx (static int8 quantisation)")
     p.add_argument("--calibration-tiles", type=int, default=32, help="training tiles that calibrate --int8")
     p.add_argument("--eval-tiles", type=int, default=64, help="validation tiles for --int8's speed and mIoU")
@@ -252,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ds.groups, float(ckpt.get("val_fraction", 0.2)), int(ckpt.get("seed", 0))
     )
     check_idx = (val_idx or train_idx)[: max(1, args.check_tiles)]
-    props = metadata_for(ckpt, args.overlap)
+    props = metadata_for(ckpt, args.overlap, args.description, dict(parse_meta_option(m) for m in args.meta))
     out: Path = args.out
     if out.suffix.lower() != ".onnx":
         raise SatsegError(f"--out should end in .onnx: {out}")

@@ -3,8 +3,10 @@
 Keys follow the Deepness QGIS plugin (``model_type``, ``class_names``,
 ``resolution``, ``tile_size``, ``tiles_overlap``, ``standardization_mean``,
 ``standardization_std``) so models move between the two; satseg adds
-``class_colors``, ``zoom`` and ``satseg_schema``. Every value is stored as a
-JSON string in the model's ``metadata_props``.
+``class_colors``, ``zoom``, ``satseg_schema`` and, optionally, ``description``
+(a line of text for people: what the model is, where and when it was trained).
+Every value is stored as a JSON string in the model's ``metadata_props``; keys a
+reader does not know are kept in ``ModelMetadata.extra``.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class ModelMetadata:
     model_type: str = MODEL_TYPE
     schema: int | None = SCHEMA_VERSION
     extra: dict[str, str] = field(default_factory=dict)
+    description: str | None = None  # optional; older models have none
 
     @property
     def num_classes(self) -> int:
@@ -95,6 +98,8 @@ def build_metadata(meta: ModelMetadata) -> dict[str, str]:
         "zoom": meta.zoom,
         "satseg_schema": SCHEMA_VERSION,
     }
+    if meta.description:
+        props["description"] = meta.description
     out = {k: json.dumps(v) for k, v in props.items()}
     out.update(meta.extra)
     return out
@@ -201,7 +206,9 @@ def parse_metadata(
         "standardization_std",
         "zoom",
         "satseg_schema",
+        "description",
     }
+    description = _loads(props, "description") if "description" in props else None
     return ModelMetadata(
         class_names=names,
         class_colors=colors,
@@ -214,4 +221,5 @@ def parse_metadata(
         model_type=str(_loads(props, "model_type")) if "model_type" in props else MODEL_TYPE,
         schema=_number(props, "satseg_schema", int, None),  # type: ignore[arg-type]
         extra={k: v for k, v in props.items() if k not in known},
+        description=str(description) if description not in (None, "") else None,
     )
