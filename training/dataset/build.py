@@ -1,7 +1,7 @@
 """``build``: OpenStreetMap features burned into label tiles, plus the matching imagery.
 
     python -m training.dataset build --bbox MINLON,MINLAT,MAXLON,MAXLAT --zoom 17 \\
-        --classes training/classes/mine.json --osm FILE [--imagery URL] \\
+        --classes training/classes/mine.json --osm FILE [--imagery URL | --raster FILE] \\
         [--size 10000] [--seed 0] --out data/
 
 Steps: read the OSM features once (clipped to the tiles of the bbox, in
@@ -11,7 +11,8 @@ list the tiles at ``--zoom`` they touch; sample ``--size`` of them with
 (``labels/color/<z-x-y>.png``, every byte the class index); list the tiles with
 at least ``--min-labelled`` labelled pixels (``sample-filtered.txt``); with
 ``--imagery``, fetch those tiles' imagery (``images/<z-x-y>.png``, failures in
-``skipped.csv``); write ``preview.png`` and ``manifest.json``.
+``skipped.csv``), or with ``--raster`` cut them out of a local raster warped to
+the tile grid; write ``preview.png`` and ``manifest.json``.
 
 Without ``--osm`` (and with ``--imagery``) only the imagery of an existing
 dataset in ``--out`` is fetched. Re-running resumes: images on disk are kept.
@@ -33,14 +34,23 @@ import requests
 from osgeo import gdal
 
 from satseg_plugin.inference.atomic import write_bytes_atomic
-from satseg_plugin.inference.errors import SatsegError
+from satseg_plugin.inference.errors import SatsegError, SourceError
 from satseg_plugin.inference.progress import ProgressBar
 
 from .classes import load_classes
-from .imagery import DEFAULT_TOKEN_ENV, Downloader, TileTemplate, check_template, redact, resolve_template
+from .imagery import (
+    DEFAULT_TOKEN_ENV,
+    Downloader,
+    DownloadReport,
+    TileTemplate,
+    check_template,
+    redact,
+    resolve_template,
+)
 from .manifest import IGNORE_INDEX, read_ids, read_manifest, write_ids, write_manifest, write_skipped
 from .osm_source import OsmSource
 from .preview import contact_sheet
+from .raster_tiles import RasterTiles
 from .render import LabelStore, encode_label_png
 from .tiles import (
     bbox_tiles,
@@ -126,10 +136,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "or TileJSON URL; without it only labels and sample lists are made",
     )
     parser.add_argument(
+        "--raster",
+        type=Path,
+        help="a local georeferenced 8-bit raster (GeoTIFF, VRT...) to cut the imagery tiles from, "
+        "instead of --imagery",
+    )
+    parser.add_argument(
         "--token-env",
         default=DEFAULT_TOKEN_ENV,
         help="environment variable holding the imagery access token, sent as access_token= "
         "(default: %(default)s; never logged or stored)",
+    )
+    parser.add_argument(
+        "--token-any-host",
+        action="store_true",
+        help="send the token also to another host a TileJSON document puts its tiles on "
+        "(default: only to the host of --imagery)",
     )
     parser.add_argument("--subdomains", help="comma-separated values for {s} (default: a,b,c)")
     parser.add_argument(
@@ -172,10 +194,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    if args.imagery and args.raster:
+        raise SatsegError("give --imagery or --raster, not both")
     if args.osm is None:
-        if not args.imagery:
+        if not (args.imagery or args.raster):
             raise SatsegError(
-                "give --osm (with --bbox and --classes) to build labels, or --imagery to fetch imagery"
+                "give --osm (with --bbox and --classes) to build labels, or --imagery or --raster for imagery"
             )
         return
     if args.bbox is None:
@@ -215,6 +239,10 @@ def build_labels(args: argparse.Namespace, log: _Log) -> dict:
         f"{args.osm.name}: {read} line/area features in the bbox, {matched} match a class; "
         f"{len(touching)} of the {n_bbox} tiles at zoom {zoom} touch one"
     )
+    for rule, n in zip(config.rules, store.matched_per_rule, strict=True):
+        if n == 0:  # a typo in a filter or a tag this area does not use: say which
+            where = f" (filter {rule.filter_text})" if rule.filter_text else ""
+            log(f"warning: class {rule.name!r}{where} matched no feature of {args.osm.name} in the bbox")
     if not touching:
         raise SatsegError(
             f"no feature of {args.classes.name} lies in --bbox {args.bbox} ({read} features read from "
@@ -288,12 +316,30 @@ def build_labels(args: argparse.Namespace, log: _Log) -> dict:
     }
 
 
+def _imagery_tiles(out: Path) -> list:
+    listed = out / "sample-filtered.txt"
+    return [parse_tile_id(i) for i in read_ids(listed if listed.is_file() else out / "sample.txt")]
+
+
+def _record_imagery(out: Path, manifest: dict, report: DownloadReport, log: _Log) -> dict:
+    write_skipped(out / "skipped.csv", report.skipped)
+    manifest["skipped"] = [{"id": i, "reason": r} for i, r in sorted(report.skipped)]
+    counts = manifest.setdefault("counts", {})
+    counts["images"] = len(report.fetched) + len(report.kept)
+    counts["images_fetched"] = len(report.fetched)
+    counts["images_kept"] = len(report.kept)
+    counts["images_skipped"] = len(report.skipped)
+    log(
+        f"imagery: {len(report.fetched)} fetched, {len(report.kept)} already there, {len(report.skipped)} skipped"
+        + (" (see skipped.csv)" if report.skipped else "")
+    )
+    return manifest
+
+
 def fetch_imagery(args: argparse.Namespace, manifest: dict, template: TileTemplate, log: _Log) -> dict:
     """Fetch the imagery of the filtered tiles into ``images/``; update ``manifest``."""
     out: Path = args.out
-    listed = out / "sample-filtered.txt"
-    ids = read_ids(listed if listed.is_file() else out / "sample.txt")
-    tiles = [parse_tile_id(i) for i in ids]
+    tiles = _imagery_tiles(out)
     manifest["source"] = template.public
     write_manifest(out, manifest)  # the labels are usable even if the download stops
     downloader = Downloader(
@@ -307,18 +353,27 @@ def fetch_imagery(args: argparse.Namespace, manifest: dict, template: TileTempla
     stream = _Discard() if log.quiet else None
     with ProgressBar(len(tiles), "imagery", stream=stream) as bar:
         report = downloader.fetch(tiles, bar.update)
-    write_skipped(out / "skipped.csv", report.skipped)
-    manifest["skipped"] = [{"id": i, "reason": r} for i, r in sorted(report.skipped)]
-    counts = manifest.setdefault("counts", {})
-    counts["images"] = len(report.fetched) + len(report.kept)
-    counts["images_fetched"] = len(report.fetched)
-    counts["images_kept"] = len(report.kept)
-    counts["images_skipped"] = len(report.skipped)
-    log(
-        f"imagery: {len(report.fetched)} fetched, {len(report.kept)} already there, {len(report.skipped)} skipped"
-        + (" (see skipped.csv)" if report.skipped else "")
-    )
-    return manifest
+    manifest.setdefault("counts", {})["images_damaged"] = len(report.damaged)
+    if report.damaged:
+        log(f"imagery: {len(report.damaged)} images on disk were damaged: removed and fetched again")
+    return _record_imagery(out, manifest, report, log)
+
+
+def cut_raster_imagery(args: argparse.Namespace, manifest: dict, log: _Log) -> dict:
+    """Cut the filtered tiles' imagery out of the local raster ``args.raster`` (``raster_tiles``)."""
+    out: Path = args.out
+    tiles = _imagery_tiles(out)
+    manifest["source"] = str(args.raster)
+    write_manifest(out, manifest)
+    stream = _Discard() if log.quiet else None
+    with (
+        RasterTiles(args.raster, tiles, TILE_SIZE) as raster,
+        ProgressBar(len(tiles), "imagery", stream=stream) as bar,
+    ):
+        report = raster.fetch(tiles, out / "images", bar.update)
+    if tiles and not report.fetched and not report.kept:
+        raise SourceError(f"the raster {args.raster} covers none of the {len(tiles)} labelled tiles")
+    return _record_imagery(out, manifest, report, log)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -336,15 +391,22 @@ def run(args: argparse.Namespace) -> int:
     if args.imagery:
         with requests.Session() as session:  # closed: the TileJSON request leaves no open socket
             template = resolve_template(
-                args.imagery, args.token_env, args.subdomains, session=session, timeout=args.timeout
+                args.imagery,
+                args.token_env,
+                args.subdomains,
+                session=session,
+                timeout=args.timeout,
+                token_any_host=args.token_any_host,
             )
         log.token = template.token
         manifest = fetch_imagery(args, manifest, template, log)
+    elif args.raster:
+        manifest = cut_raster_imagery(args, manifest, log)
     write_manifest(out, manifest)
     if args.preview_tiles:
         listed = out / "sample-filtered.txt"
         ids = read_ids(listed) if listed.is_file() else []
-        if args.imagery:
+        if args.imagery or args.raster:
             ids = [i for i in ids if (out / "images" / f"{i}.png").is_file()] or ids
         path = contact_sheet(
             out / "preview.png",
