@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,8 +47,28 @@ def write_ids(path: str | os.PathLike[str], ids: list[str]) -> None:
     write_text_atomic(path, "".join(f"{i}\n" for i in ids))
 
 
-def read_ids(path: str | os.PathLike[str]) -> list[str]:
-    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+#: A tile id becomes a file name (images/<id>.png): letters, digits, '.', '-', '_'; no separator, no '..'.
+_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
+
+
+def check_id(value: str, source: str | os.PathLike[str], error: type[SatsegError] = SatsegError) -> str:
+    """``value`` when it is a safe tile id, else ``error`` naming ``source`` (the file it was read from).
+
+    An id such as ``../../x`` would make the tools read, write or delete files
+    outside the dataset folder.
+    """
+    if not _ID_RE.fullmatch(value) or ".." in value:
+        raise error(
+            f"{source}: the tile id {value[:80]!r} is not a plain file name (only letters, digits, '.', "
+            "'-' and '_', no '..', at most 200 characters)"
+        )
+    return value
+
+
+def read_ids(path: str | os.PathLike[str], error: type[SatsegError] = SatsegError) -> list[str]:
+    """The ids of a sample list (one per line), each checked by ``check_id``."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [check_id(line.strip(), path, error) for line in lines if line.strip()]
 
 
 def write_skipped(path: str | os.PathLike[str], skipped: list[tuple[str, str]]) -> None:

@@ -32,6 +32,8 @@ from satseg_plugin.inference.errors import SatsegError
 from satseg_plugin.inference.imageio import read_image, write_png
 from satseg_plugin.inference.progress import ProgressBar
 
+from .manifest import check_id, read_ids
+
 IGNORE_INDEX = 255
 
 
@@ -55,7 +57,7 @@ def _sample_ids(folder: Path) -> list[str]:
     for name in ("sample-filtered.txt", "sample.txt"):
         path = folder / name
         if path.is_file():
-            return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            return read_ids(path, DatasetError)  # ids become paths under --out: checked here
     raise DatasetError(f"{folder} has neither sample-filtered.txt nor sample.txt")
 
 
@@ -64,7 +66,7 @@ def _scenes(folder: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     with path.open(newline="") as f:
-        return {row["id"]: row["scene"] for row in csv.DictReader(f)}
+        return {check_id(row["id"], path, DatasetError): row["scene"] for row in csv.DictReader(f)}
 
 
 def merged_classes(manifests: list[dict]) -> tuple[list[dict], list[np.ndarray]]:
