@@ -238,7 +238,7 @@ def test_404_undecodable_and_failing_tiles_are_skipped_and_listed(
     )
     assert rows == {
         missing: "not found (HTTP 404)",
-        corrupt: "not a readable image (33 bytes)",
+        corrupt: "not a readable image (33 bytes) (after 2 tries)",  # a damaged body is asked for again
         failing: "HTTP 503 (after 2 tries)",
     }
     assert tries == 2  # one retry after the 503

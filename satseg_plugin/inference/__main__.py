@@ -11,13 +11,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .cli import run_cli
+from .cli import join_negative_values, run_cli
 from .counts import format_table
 from .errors import ExtentError, ModelError
 from .model import DEFAULT_MODEL_NAME, SegModel, default_model_path
 from .progress import ProgressBar
 from .segment import SegmentRequest, describe_plan, run_segment
-from .tileurl import DEFAULT_TOKEN_ENV
+from .tileurl import DEFAULT_TOKEN_ENV, redact
 
 
 def _bbox(text: str) -> tuple[float, float, float, float]:
@@ -75,6 +75,12 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_TOKEN_ENV,
         help="environment variable holding the access token (sent as access_token= or as {token})",
     )
+    p.add_argument(
+        "--token-any-host",
+        action="store_true",
+        help="send the token also to another host a TileJSON document puts its tiles on "
+        "(default: only to the host of --tiles)",
+    )
     p.add_argument("--no-classes", action="store_true", help="do not write classes.tif")
     p.add_argument("--no-heatmaps", action="store_true", help="do not write the heatmaps")
     p.add_argument("--no-counts", action="store_true", help="do not write pixel_counts.csv")
@@ -99,6 +105,7 @@ def _segment(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         cache_dir=args.cache,
         token_env=args.token_env,
+        token_any_host=args.token_any_host,
         allow_generic_names=args.generic_names,
         workers=args.workers,
     )
@@ -124,7 +131,7 @@ def _segment(args: argparse.Namespace) -> int:
             bar.close()
     print(format_table(result.counts))
     for tile, reason in result.tiles_failed:
-        print(f"warning: tile {tile} could not be had ({reason}); left as nodata", file=sys.stderr)
+        print(f"warning: tile {tile} could not be had ({redact(reason)}); left as nodata", file=sys.stderr)
     written = [p for p in (result.classes_path, *result.heatmap_paths.values(), result.counts_csv) if p]
     print(
         f"{result.tiles_total} tiles, {len(result.tiles_failed)} failed; wrote {len(written)} files to {args.out}"
@@ -159,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(join_negative_values(list(sys.argv[1:] if argv is None else argv)))
     if args.command == "segment":
         if args.zoom is not None and not 0 <= args.zoom <= 24:
             raise ExtentError(f"--zoom must be between 0 and 24, not {args.zoom}")

@@ -20,8 +20,24 @@ from .errors import SatsegError
 gdal.UseExceptions()
 
 
+#: Decoded tiles larger than this (in pixels) are refused before their pixels are read:
+#: a small PNG may declare 16000 x 16000 pixels and take gigabytes to decode.
+MAX_DECODE_PIXELS = 4096 * 4096
+
+
 class ImageError(SatsegError):
-    """An image cannot be decoded or written."""
+    """An image cannot be decoded or written.
+
+    ``reason`` is the same without the image's name, as tile reports list it.
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+class ImageSizeError(ImageError):
+    """An image whose size is not the one expected, or too large to decode (asking again will not help)."""
 
 
 def _read_dataset(ds: gdal.Dataset, what: str) -> np.ndarray:
@@ -65,22 +81,63 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         ds = None
 
 
-def decode_image(data: bytes, what: str = "image") -> np.ndarray:
-    """Decode encoded image bytes (PNG, JPEG, ...) to ``(H, W, bands)`` uint8."""
+def _first_line(message: str) -> str:
+    # libjpeg's warnings end with advice about a GDAL option that means nothing to a user.
+    return (
+        message.strip().splitlines()[0].split(" (this warning can be turned")[0] if message.strip() else "?"
+    )
+
+
+def decode_image(
+    data: bytes,
+    what: str = "image",
+    size: int | None = None,
+    max_pixels: int = MAX_DECODE_PIXELS,
+) -> np.ndarray:
+    """Decode encoded image bytes (PNG, JPEG, ...) to ``(H, W, bands)`` uint8, strictly.
+
+    The image must decode without any GDAL warning or error: a JPEG or PNG that
+    ends early decodes to a grey or black remainder with only a warning, and is
+    refused here (``ImageError``). The size is checked from the header, before
+    any pixel is read: not ``size`` x ``size`` (when given), or more than
+    ``max_pixels`` pixels, raises ``ImageSizeError``.
+    """
     name = f"/vsimem/satseg-{uuid.uuid4().hex}"
+    problems: list[str] = []
+
+    def collect(kind: int, _number: int, message: str) -> None:
+        if kind >= gdal.CE_Warning:
+            problems.append(message)
+
     gdal.FileFromMemBuffer(name, data)
+    gdal.PushErrorHandler(collect)  # per thread: workers decode side by side
     try:
         try:
             ds = gdal.Open(name)
         except RuntimeError:
-            raise ImageError(f"{what} is not a readable image ({len(data)} bytes)") from None
+            reason = f"not a readable image ({len(data)} bytes)"
+            raise ImageError(f"{what} is {reason}", reason) from None
         try:
-            return _read_dataset(ds, what)
+            w, h = ds.RasterXSize, ds.RasterYSize
+            if size is not None and (w, h) != (size, size):
+                reason = f"image is {w}x{h}, not {size}x{size}"
+                raise ImageSizeError(f"{what}: {reason}", reason)
+            if w * h > max_pixels:
+                reason = f"image declares {w}x{h} pixels, more than {max_pixels:,}"
+                raise ImageSizeError(f"{what}: {reason}", reason)
+            pixels = _read_dataset(ds, what)
         except RuntimeError as exc:
-            raise ImageError(f"{what} is a corrupt image: {exc}") from None
+            problems.append(str(exc))
+            pixels = None
         finally:
             ds = None
+        if problems:
+            reason = f"damaged image ({len(data)} bytes: {_first_line(problems[0])})"
+            raise ImageError(f"{what} is a {reason}", reason)
+        assert pixels is not None
+        return pixels
     finally:
+        gdal.PopErrorHandler()
         gdal.Unlink(name)
 
 

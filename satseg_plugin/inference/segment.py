@@ -28,6 +28,7 @@ from .tileplan import (
     Grid,
     Windows,
     check_bbox,
+    check_extent,
     plan_stripes,
     plan_windows,
     srs_from_user,
@@ -68,6 +69,7 @@ class SegmentRequest:
     batch_size: int = 4
     cache_dir: str | os.PathLike[str] | None = None
     token_env: str = DEFAULT_TOKEN_ENV
+    token_any_host: bool = False  # send the token also to another host a TileJSON document names
     allow_generic_names: bool = False
     workers: int = 8
     stripe_width: int = 4096  # columns processed at once: bounds memory whatever the extent's width
@@ -122,10 +124,11 @@ def _zoom(req: SegmentRequest, model: SegModel) -> int:
 def _plan(req: SegmentRequest, open_source: bool) -> _Plan:
     _check_source(req)
     model = SegModel.load(req.model, allow_generic_names=req.allow_generic_names)
+    check_extent(req.bbox, req.bbox_crs)  # before the network or any file
     size = model.window_size
     overlap_percent = model.metadata.tiles_overlap if req.overlap_percent is None else req.overlap_percent
     if req.tiles_url:
-        template = resolve_template(req.tiles_url, req.token_env)
+        template = resolve_template(req.tiles_url, req.token_env, token_any_host=req.token_any_host)
         grid = xyz_grid(req.bbox, req.bbox_crs, _zoom(req, model))
         if grid.pixels > MAX_PIXELS:
             raise ExtentError(

@@ -1,8 +1,9 @@
 """Imagery sources that hand out RGB pixels of an output grid, strip by strip.
 
 ``XyzSource`` fetches XYZ tiles over HTTP(S) with a pool of threads, with
-timeouts, retries with backoff and an optional on-disk cache; a tile that
-cannot be had becomes nodata and is listed, an HTTP 401/403 stops the run
+timeouts, retries with backoff and an optional on-disk cache (verified before
+reuse); a tile must arrive whole, be 256 x 256 and decode cleanly
+(``tilefetch``). A tile that cannot be had becomes nodata and is listed, an HTTP 401/403 stops the run
 with a message about the token. ``RasterSource`` reads any raster GDAL opens
 (GeoTIFF, VRT, a WMS/XYZ description...) warped onto the grid.
 
@@ -13,6 +14,7 @@ Both offer ``prefetch(y, h)`` (start fetching the rows of a strip) and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -28,8 +30,9 @@ from requests.adapters import HTTPAdapter
 
 from .atomic import write_bytes_atomic
 from .errors import ExtentError, SourceError
-from .imageio import ImageError, decode_image, to_rgb
-from .tileplan import XYZ_TILE, Grid, XyzGrid, check_bbox, srs_from_user, transform_bounds
+from .imageio import to_rgb
+from .tilefetch import MAX_BODY_BYTES, TileFailure, check_tile, get_body
+from .tileplan import XYZ_TILE, Grid, XyzGrid, check_extent, srs_from_user, transform_bounds
 from .tileurl import RETRY_STATUS, TileTemplate, TokenError, redact, token_message
 
 gdal.UseExceptions()
@@ -41,14 +44,6 @@ def tile_name(tile: Tile) -> str:
     """``z/x/y`` as users and logs name a tile."""
     x, y, z = tile
     return f"{z}/{x}/{y}"
-
-
-def _resize_nearest(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Nearest-neighbour resize of ``(h, w, b)`` pixels to ``size`` x ``size`` (512 px "retina" tiles)."""
-    h, w = pixels.shape[:2]
-    rows = (np.arange(size) * h // size).clip(0, h - 1)
-    cols = (np.arange(size) * w // size).clip(0, w - 1)
-    return pixels[rows][:, cols]
 
 
 class XyzSource:
@@ -63,14 +58,17 @@ class XyzSource:
         retries: int = 2,
         backoff: float = 0.5,
         cache_dir: str | os.PathLike[str] | None = None,
+        max_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.template = template
         self.grid = grid
         self.timeout = timeout
         self.retries = max(0, retries)
         self.backoff = backoff
+        self.max_bytes = max_bytes
         self.failed: dict[Tile, str] = {}
         self.fetched = 0
+        self.cache_refetched = 0  # cached tiles that were damaged and fetched again
         self._cache = None
         if cache_dir is not None:
             # One folder per service: the template without its token, hashed.
@@ -103,8 +101,12 @@ class XyzSource:
         x, y, z = tile
         return self._cache / str(z) / str(x) / f"{y}.tile"
 
-    def _download(self, tile: Tile) -> bytes:
-        """The tile's bytes; ``TokenError`` on 401/403, ``LookupError(reason)`` when it cannot be had."""
+    def _download(self, tile: Tile) -> tuple[bytes, np.ndarray]:
+        """The tile's bytes and pixels; ``TokenError`` on 401/403, ``LookupError(reason)`` when it cannot be had.
+
+        A body cut short, or an image that does not decode cleanly, is asked for
+        again like a timeout; one too large or of the wrong size is not.
+        """
         x, y, z = tile
         url = self.template.url(x, y, z)
         token = self.template.token
@@ -115,36 +117,42 @@ class XyzSource:
             if attempt:
                 time.sleep(min(self.backoff * 2 ** (attempt - 1), 8.0))
             try:
-                resp = self._session().get(url, timeout=self.timeout)
+                status, data = get_body(self._session(), url, self.timeout, self.max_bytes)
+                if status == 200:
+                    return data, check_tile(data, f"tile {tile_name(tile)}", XYZ_TILE)
             except requests.RequestException as exc:
                 last = redact(f"{type(exc).__name__}: {exc}", token)
                 continue
-            if resp.status_code == 200:
-                return resp.content
-            if resp.status_code in (401, 403):
-                raise TokenError(token_message(resp.status_code, self.template.token_env, token))
-            if resp.status_code in (204, 404):
-                raise LookupError(f"not found (HTTP {resp.status_code})")
-            last = f"HTTP {resp.status_code}"
-            if resp.status_code not in RETRY_STATUS:
+            except TileFailure as exc:
+                last = exc.reason
+                if exc.retry:
+                    continue
+                raise LookupError(last) from None
+            if status in (401, 403):
+                raise TokenError(
+                    token_message(status, self.template.token_env, token, self.template.withheld_from)
+                )
+            if status in (204, 404):
+                raise LookupError(f"not found (HTTP {status})")
+            last = f"HTTP {status}"
+            if status not in RETRY_STATUS:
                 break
         raise LookupError(f"{last} (after {attempt + 1} tries)")
 
     def _load(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
-        """Decoded ``(rgb, valid)`` of a tile, from the cache or the service."""
+        """Decoded ``(rgb, valid)`` of a tile, from the cache (verified first) or the service."""
         cached = self._cache_path(tile)
         if cached is not None and cached.is_file():
-            data = cached.read_bytes()
-        else:
-            data = self._download(tile)
-        try:
-            pixels = decode_image(data, f"tile {tile_name(tile)}")
-        except ImageError:
-            raise LookupError(f"not a readable image ({len(data)} bytes)") from None
-        if pixels.shape[:2] != (XYZ_TILE, XYZ_TILE):
-            pixels = _resize_nearest(pixels, XYZ_TILE)
-        if cached is not None and not cached.is_file():
-            write_bytes_atomic(cached, data)  # only tiles that decoded are kept
+            try:
+                return to_rgb(check_tile(cached.read_bytes(), f"cached tile {tile_name(tile)}", XYZ_TILE))
+            except (TileFailure, OSError):
+                with self._lock:  # damaged on disk: fetched again and replaced
+                    self.cache_refetched += 1
+                with contextlib.suppress(OSError):
+                    cached.unlink()
+        data, pixels = self._download(tile)
+        if cached is not None:
+            write_bytes_atomic(cached, data)  # only tiles that decoded cleanly are kept
         return to_rgb(pixels)
 
     # --- strips (calling thread) ------------------------------------------------------------
@@ -258,7 +266,7 @@ class RasterSource:
         srs = srs_from_user(wkt)
         native = srs.IsGeographic() or srs.GetLinearUnits() != 1.0 or not resolution_m
         xres, yres = (abs(gt[1]), abs(gt[5])) if native else (float(resolution_m), float(resolution_m))
-        bbox = check_bbox(bbox)
+        bbox = check_extent(bbox, bbox_crs)
         minx, miny, maxx, maxy = transform_bounds(bbox, srs_from_user(bbox_crs), srs)
         # Clip to the raster: segmenting where there is no imagery only makes nodata.
         rx0, ry1 = gt[0], gt[3]

@@ -67,6 +67,45 @@ def check_bbox(bbox: tuple[float, float, float, float]) -> tuple[float, float, f
     return minx, miny, maxx, maxy
 
 
+def _in_degrees(srs: osr.SpatialReference) -> bool:
+    return bool(srs.IsGeographic()) and abs(srs.GetAngularUnits() - math.pi / 180) < 1e-12
+
+
+def check_extent(
+    bbox: tuple[float, float, float, float], crs: str | osr.SpatialReference
+) -> tuple[float, float, float, float]:
+    """``check_bbox``, and in a CRS of degrees: longitudes in -180..180, latitudes in -90..90.
+
+    A longitude of 200 would otherwise wrap to -160 and ask for tiles on the far
+    side of the world; a west edge in the east and an east edge in the west
+    (170 .. -170) is a bbox across the antimeridian, which one extent cannot hold.
+    """
+    srs = srs_from_user(crs) if isinstance(crs, str) else crs
+    if not _in_degrees(srs):
+        return check_bbox(bbox)
+    try:
+        w, s, e, n = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        return check_bbox(bbox)  # its message
+    if all(math.isfinite(v) for v in (w, s, e, n)):
+        if not (-180 <= w <= 180 and -180 <= e <= 180):
+            raise ExtentError(
+                f"the extent's longitudes must lie in -180..180 (got {w:g}, {e:g}); "
+                "is the order minlon,minlat,maxlon,maxlat?"
+            )
+        if not (-90 <= s <= 90 and -90 <= n <= 90):
+            raise ExtentError(
+                f"the extent's latitudes must lie in -90..90 (got {s:g}, {n:g}); "
+                "is the order minlon,minlat,maxlon,maxlat?"
+            )
+        if w > 0 > e:  # 170 .. -170: the 20 degrees across 180, not 340 the other way
+            raise ExtentError(
+                f"the extent crosses the antimeridian (west {w:g} is east of east {e:g}): "
+                "segment the two sides separately, up to 180 and from -180"
+            )
+    return check_bbox(bbox)
+
+
 @dataclass(frozen=True)
 class Grid:
     """An output pixel grid: ``width`` x ``height`` pixels, GDAL geotransform, CRS as WKT."""
@@ -110,8 +149,8 @@ def xyz_grid(bbox: tuple[float, float, float, float], bbox_crs: str, zoom: int) 
     if not 0 <= int(zoom) <= 24:
         raise ExtentError(f"zoom must be between 0 and 24, not {zoom}")
     zoom = int(zoom)
-    bbox = check_bbox(bbox)
     src = srs_from_user(bbox_crs)
+    bbox = check_extent(bbox, src)
     merc = srs_from_user("EPSG:3857")
     minx, miny, maxx, maxy = transform_bounds(bbox, src, merc) if not src.IsSame(merc) else bbox
     limit = mercantile.xy(0, MAX_LATITUDE)[1]

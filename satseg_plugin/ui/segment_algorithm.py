@@ -28,6 +28,7 @@ from qgis.core import (
 )
 
 from ..inference.errors import Cancelled, SatsegError
+from ..inference.tileurl import redact
 from .layers import style_class_layer
 from .sources import ImagerySource, source_of_layer, source_of_url
 
@@ -174,7 +175,7 @@ class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
             details.setPostProcessor(styler)
             context.addLayerToLoadOnCompletion(result.classes_path, details)
         for tile, reason in result.tiles_failed:
-            feedback.reportError(f"tile {tile} could not be had: {reason}; left empty (nodata)")
+            feedback.reportError(f"tile {tile} could not be had: {redact(reason)}; left empty (nodata)")
         return {
             OUT_CLASSES: result.classes_path,
             OUT_HEATMAPS: out_dir if result.heatmap_paths else None,

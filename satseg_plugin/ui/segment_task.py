@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from qgis.core import Qgis, QgsLayerTreeGroup, QgsMessageLog, QgsProject, QgsTask
 
 from ..inference.errors import Cancelled, SatsegError
+from ..inference.tileurl import redact
 from .layers import add_result_layers
 
 if TYPE_CHECKING:
@@ -119,7 +120,9 @@ class SegmentTask(QgsTask):
         except SatsegError as exc:
             self.error, self.outcome = str(exc), "error"
         except Exception:
-            self.bug, self.outcome = traceback.format_exc(), "bug"
+            # A traceback may quote a tile URL: the log gets it redacted like every message.
+            self.bug = redact(traceback.format_exc(), os.environ.get(self.request.token_env))
+            self.outcome = "bug"
         with contextlib.suppress(OSError):
             shutil.rmtree(self.staging)
         return False

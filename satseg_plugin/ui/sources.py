@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from qgis.core import QgsDataSourceUri, QgsMapLayer, QgsProviderRegistry, QgsRasterLayer
 
 from ..inference.errors import SourceError
+from ..inference.tileurl import redact
 
 
 @dataclass(frozen=True)
@@ -23,18 +23,13 @@ class ImagerySource:
         return redacted(self.tiles_url) if self.tiles_url else (self.raster_path or "")
 
 
-_SECRET_PARAM = re.compile(
-    r"([?&](?:access_token|token|api_?key|key|apikey|sig|signature)=)[^&#]*", re.IGNORECASE
-)
-
-
 def redacted(url: str) -> str:
-    """Return ``url`` with the values of token-like query parameters replaced by ``***``.
+    """Return ``url`` with its secrets replaced by ``***`` (``tileurl.redact``, the one redaction).
 
     >>> redacted("https://a/{z}/{x}/{y}.png?access_token=pk.123&fmt=png")
     'https://a/{z}/{x}/{y}.png?access_token=***&fmt=png'
     """
-    return _SECRET_PARAM.sub(r"\1***", url)
+    return redact(url)
 
 
 def xyz_url_from_source(source: str) -> str | None:
@@ -89,6 +84,6 @@ def source_of_url(url: str) -> ImagerySource:
         raise SourceError("no imagery source: choose a layer or type a tile URL")
     if "://" not in text:
         raise SourceError(
-            f"'{text}' is not a URL; a tile URL looks like https://server/{{z}}/{{x}}/{{y}}.png"
+            f"'{redact(text)}' is not a URL; a tile URL looks like https://server/{{z}}/{{x}}/{{y}}.png"
         )
     return ImagerySource(tiles_url=text)

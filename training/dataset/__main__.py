@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import re
 import sys
 from collections.abc import Sequence
 
-from satseg_plugin.inference.cli import run_cli
+from satseg_plugin.inference.cli import join_negative_values, run_cli
 
 #: subcommand -> (module under training.dataset, one-line help). Modules load only when chosen.
 COMMANDS = {
@@ -16,24 +15,6 @@ COMMANDS = {
     "import-masks": ("import_masks", "image + RGB mask pairs into training tiles"),
     "merge": ("merge", "combine datasets, matching classes by name"),
 }
-
-
-#: A value such as ``-9.49,38.82,-9.40,38.89`` (a bbox west of Greenwich): argparse takes it for an option.
-_NEGATIVE_LIST = re.compile(r"^-\d[\d.eE+-]*(,.*)?$")
-
-
-def join_negative_values(argv: list[str], options: tuple[str, ...] = ("--bbox",)) -> list[str]:
-    """``["--bbox", "-9.4,..."]`` -> ``["--bbox=-9.4,..."]``, so western and southern bboxes parse."""
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        if argv[i] in options and i + 1 < len(argv) and _NEGATIVE_LIST.match(argv[i + 1]):
-            out.append(f"{argv[i]}={argv[i + 1]}")
-            i += 2
-        else:
-            out.append(argv[i])
-            i += 1
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

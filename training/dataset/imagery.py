@@ -9,10 +9,12 @@ place of ``{token}``); it never appears in logs, files or messages.
 
 Per tile: 404/204 -> skipped and listed; 401/403 -> the whole run stops with
 a message about the token; 429, 5xx, timeouts and connection errors are
-retried with exponential backoff, then listed; an undecodable image is
-rejected and listed. Existing images are kept (resume); every file is written
-under a temporary name and renamed, so an interruption leaves nothing
-half-written.
+retried with exponential backoff, then listed; so are a body shorter than
+its Content-Length and an image that does not decode cleanly (a JPEG or PNG
+that ends early). A body over 16 MiB, or an image that is not the tile size,
+is listed at once. Existing images are kept when they decode cleanly (resume),
+else removed and fetched again; every file is written under a temporary name
+and renamed, so an interruption leaves nothing half-written.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from requests.adapters import HTTPAdapter
 
 from satseg_plugin.inference.atomic import write_bytes_atomic
 from satseg_plugin.inference.errors import SourceError
-from satseg_plugin.inference.imageio import ImageError, decode_image, to_rgb, write_png
+from satseg_plugin.inference.imageio import to_rgb, write_png
+from satseg_plugin.inference.tilefetch import MAX_BODY_BYTES, TileFailure, check_tile, get_body
 from satseg_plugin.inference.tileurl import (
     DEFAULT_TOKEN_ENV,
     RETRY_STATUS,
@@ -52,7 +55,8 @@ class DownloadReport:
     """What a download run did."""
 
     fetched: list[str] = field(default_factory=list)
-    kept: list[str] = field(default_factory=list)  # already on disk (resume)
+    kept: list[str] = field(default_factory=list)  # already on disk and intact (resume)
+    damaged: list[str] = field(default_factory=list)  # on disk but damaged: removed and fetched again
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (tile id, reason)
 
 
@@ -80,6 +84,7 @@ class Downloader:
         retries: int = 3,
         backoff: float = 0.5,
         tile_size: int = 256,
+        max_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.template = template
         self.out_dir = Path(out_dir)
@@ -88,6 +93,7 @@ class Downloader:
         self.retries = max(0, retries)
         self.backoff = backoff
         self.tile_size = tile_size
+        self.max_bytes = max_bytes
         self._local = threading.local()
         self._stop = threading.Event()
         self._sessions: list[requests.Session] = []
@@ -116,7 +122,9 @@ class Downloader:
             self._sessions.clear()
         self._local = threading.local()
 
-    def _get(self, tile: Tile) -> bytes:
+    def _get(self, tile: Tile) -> tuple[bytes, np.ndarray]:
+        """The tile's bytes and pixels, whole and decoded cleanly; a body cut short or a damaged
+        image is asked for again like a timeout, one too large or of the wrong size is not."""
         x, y, z = tile
         url = self.template.url(x, y, z)
         token = self.template.token
@@ -127,34 +135,34 @@ class Downloader:
             if attempt:
                 time.sleep(min(self.backoff * 2 ** (attempt - 1), 10.0))
             try:
-                resp = self._session().get(url, timeout=self.timeout)
+                status, data = get_body(self._session(), url, self.timeout, self.max_bytes)
+                if status == 200:
+                    return data, check_tile(data, f"tile {tile_id(tile)}", self.tile_size)
             except requests.RequestException as exc:
                 last = f"{type(exc).__name__}: {redact(str(exc), token)}"
                 continue
-            if resp.status_code == 200:
-                return resp.content
-            if resp.status_code in (401, 403):
-                raise TokenError(token_message(resp.status_code, self.template.token_env, token))
-            if resp.status_code in (404, 204):
-                raise _TileFailedError(f"not found (HTTP {resp.status_code})")
-            last = f"HTTP {resp.status_code}"
-            if resp.status_code not in RETRY_STATUS:
+            except TileFailure as exc:
+                last = exc.reason
+                if exc.retry:
+                    continue
+                raise _TileFailedError(last) from None
+            if status in (401, 403):
+                raise TokenError(
+                    token_message(status, self.template.token_env, token, self.template.withheld_from)
+                )
+            if status in (404, 204):
+                raise _TileFailedError(f"not found (HTTP {status})")
+            last = f"HTTP {status}"
+            if status not in RETRY_STATUS:
                 break
         raise _TileFailedError(f"{last} (after {attempt + 1} tries)")
 
     def _one(self, tile: Tile) -> str | None:
         """Fetch, check and store one tile; the reason it was skipped, or ``None``."""
         try:
-            data = self._get(tile)
+            data, pixels = self._get(tile)
         except _TileFailedError as exc:
             return exc.reason
-        try:
-            pixels = decode_image(data, f"tile {tile_id(tile)}")
-        except ImageError:
-            return f"not a readable image ({len(data)} bytes)"
-        h, w = pixels.shape[:2]
-        if (h, w) != (self.tile_size, self.tile_size):
-            return f"image is {w}x{h}, not {self.tile_size}x{self.tile_size}"
         rgb, valid = to_rgb(pixels)
         if not valid.any():
             return "empty (fully transparent)"
@@ -166,13 +174,25 @@ class Downloader:
             write_png(self.path(tile), np.ascontiguousarray(rgb))
         return None
 
+    def _intact(self, path: Path) -> bool:
+        """Whether an image kept from an earlier run decodes cleanly at the tile size (resume)."""
+        try:
+            check_tile(path.read_bytes(), str(path), self.tile_size)
+        except (TileFailure, OSError):
+            return False
+        return True
+
     def fetch(self, tiles: Iterable[Tile], progress: Callable[[int], None] | None = None) -> DownloadReport:
         report = DownloadReport()
         todo: list[Tile] = []
         for tile in tiles:
-            if self.path(tile).is_file():
+            path = self.path(tile)
+            if path.is_file() and self._intact(path):
                 report.kept.append(tile_id(tile))
             else:
+                if path.is_file():  # damaged (a run cut short by a crash, a bad disk): never training data
+                    report.damaged.append(tile_id(tile))
+                    path.unlink()
                 todo.append(tile)
         if report.kept and progress:
             progress(len(report.kept))
@@ -210,7 +230,8 @@ class Downloader:
         self._close_sessions()
         if todo and not report.fetched and len(report.skipped) == len(todo):
             reasons = {r for _, r in report.skipped}
-            if all(not r.startswith(("not found", "not a readable", "image is", "empty")) for r in reasons):
+            content = ("not found", "not a readable", "damaged image", "image ", "response larger", "empty")
+            if all(not r.startswith(content) for r in reasons):
                 raise SourceError(
                     f"no tile could be fetched from {self.template.public}: {sorted(reasons)[0]}"
                 )
