@@ -182,33 +182,41 @@ def load_dataset(data_dir: str | Path, rebuild: bool = False) -> TileDataset:
 def split_indices(groups: list[str], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Seeded train/validation split of tile indices that never splits a group.
 
-    Groups (scenes or spatial blocks) are shuffled with ``seed``; each is given
-    to validation when that brings the validation share closer to
-    ``val_fraction``, so the share lands as close to it as whole groups allow
-    (a group larger than the target is passed over for smaller ones). At least
-    one group stays on each side when there are two or more, and
-    ``val_fraction`` 0 gives no validation.
+    Groups (scenes or spatial blocks) are taken in a seeded random order, each
+    given to validation when that brings the validation share closer to
+    ``val_fraction``; of 32 such orders drawn from ``seed`` the one whose share
+    lands closest wins, so the share is as close as whole groups allow without
+    always picking the same groups. At least one group stays on each side when
+    there are two or more, and ``val_fraction`` 0 gives no validation.
     """
     if not 0 <= val_fraction < 1:
         raise SatsegError(f"the validation fraction must be in [0, 1), not {val_fraction}")
-    order = sorted(set(groups))
-    rng = np.random.default_rng(seed)
-    rng.shuffle(order)
-    sizes = {g: 0 for g in order}
+    names = sorted(set(groups))
+    sizes = {g: 0 for g in names}
     for g in groups:
         sizes[g] += 1
-    val_groups: set[str] = set()
     target = val_fraction * len(groups)
-    taken = 0
-    if val_fraction > 0 and len(order) > 1:
-        for g in order:
-            if len(val_groups) == len(order) - 1:
-                break  # one group always trains
-            if abs(taken + sizes[g] - target) < abs(taken - target):
-                val_groups.add(g)
-                taken += sizes[g]
-        if not val_groups:  # every group is larger than the target: the smallest one validates
-            val_groups.add(min(order, key=lambda g: sizes[g]))
+    val_groups: set[str] = set()
+    if val_fraction > 0 and len(names) > 1:
+        rng = np.random.default_rng(seed)
+        best: tuple[float, set[str]] | None = None
+        for _ in range(32):
+            order = list(names)
+            rng.shuffle(order)
+            chosen: set[str] = set()
+            taken = 0
+            for g in order:
+                if len(chosen) == len(names) - 1:
+                    break  # one group always trains
+                if abs(taken + sizes[g] - target) < abs(taken - target):
+                    chosen.add(g)
+                    taken += sizes[g]
+            if not chosen:  # every group is larger than the target: the smallest one validates
+                chosen = {min(order, key=lambda g: sizes[g])}
+                taken = sizes[next(iter(chosen))]
+            if best is None or abs(taken - target) < best[0]:
+                best = (abs(taken - target), chosen)
+        val_groups = best[1] if best else set()
     train = [i for i, g in enumerate(groups) if g not in val_groups]
     val = [i for i, g in enumerate(groups) if g in val_groups]
     return train, val

@@ -3,8 +3,8 @@
 The rate is set before every step from the step count (and, with a time
 budget, the training seconds spent), so a run resumed from ``last.pt`` continues
 the curve exactly. A resumed run with another length (more ``--epochs`` or
-minutes) does not restart the curve: it anneals from the rate it stopped at to
-zero over what is left, never raising the rate again.
+minutes) does not restart the curve: it anneals from the rate of its last step
+to zero over what is left, never raising the rate again.
 """
 
 from __future__ import annotations
@@ -59,4 +59,5 @@ class LRSchedule:
         old = cls(**state)
         if old.kind == kind and old.total_steps == total_steps and old.budget_s == budget_s:
             return old
-        return cls(kind, old.lr(step, seconds), total_steps, step, budget_s, seconds)
+        # The rate of the last step taken (a finished curve's last step is small, not 0).
+        return cls(kind, old.lr(max(step - 1, old.start_step), seconds), total_steps, step, budget_s, seconds)

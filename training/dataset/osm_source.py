@@ -222,6 +222,10 @@ class OsmSource:
         geom = geom.Clone()
         if to_3857 is not None:
             geom.Transform(to_3857)
+        if kind == 3 and not geom.IsValid():
+            geom = repair_area(geom)
+            if geom is None:
+                return None
         minx, maxx, miny, maxy = geom.GetEnvelope()
         if maxx < extent[0] or minx > extent[2] or maxy < extent[1] or miny > extent[3]:
             return None
@@ -238,6 +242,51 @@ class OsmSource:
                 tags[key] = feat.GetField(i)
         tags.setdefault("mapnik::geometry_type", kind)
         return OsmFeature(layer, tags, geom, kind)
+
+
+def repair_area(geom: ogr.Geometry) -> ogr.Geometry | None:
+    """An invalid OSM area made valid with all of its area kept, or ``None`` when none is left.
+
+    Self-intersecting rings are common in OSM; burnt as they are, the
+    rasteriser's even-odd rule leaves the parts that the ring wraps twice (or
+    that cross) empty. GEOS's "structure" repair unions the rings' areas (the
+    shell's whole area, holes cut out) and the polygon parts are kept; GEOS's
+    older "linework" repair is the fallback.
+    """
+    for options in (["METHOD=STRUCTURE"], None):
+        try:
+            fixed = geom.MakeValid(options) if options else geom.MakeValid()
+        except (RuntimeError, TypeError):
+            continue
+        if fixed is None:
+            continue
+        parts = _polygon_parts(fixed)
+        if parts is not None and not parts.IsEmpty() and parts.GetArea() > 0:
+            return parts
+    return None
+
+
+def _polygon_parts(geom: ogr.Geometry) -> ogr.Geometry | None:
+    """The polygons of ``geom`` (a repair may add stray lines or points) as one multipolygon."""
+    flat = ogr.GT_Flatten(geom.GetGeometryType())
+    if flat == ogr.wkbPolygon:
+        return geom
+    if flat == ogr.wkbMultiPolygon:
+        return geom
+    if flat == ogr.wkbGeometryCollection:
+        out = ogr.Geometry(ogr.wkbMultiPolygon)
+        for i in range(geom.GetGeometryCount()):
+            part = geom.GetGeometryRef(i)
+            sub = _polygon_parts(part)
+            if sub is None:
+                continue
+            if ogr.GT_Flatten(sub.GetGeometryType()) == ogr.wkbPolygon:
+                out.AddGeometry(sub)
+            else:
+                for j in range(sub.GetGeometryCount()):
+                    out.AddGeometry(sub.GetGeometryRef(j))
+        return out if out.GetGeometryCount() else None
+    return None
 
 
 def _clip(geom: ogr.Geometry, clip: ogr.Geometry) -> ogr.Geometry | None:

@@ -88,6 +88,7 @@ class LabelStore:
         self._defn = self.layer.GetLayerDefn()
         self.touched: dict[tuple[int, int], set[int]] = {}
         self.features_per_class = [0] * config.num_classes
+        self.matched_per_rule = [0] * len(config.rules)  # features each rule's filter took
         self._pending: list[list[ogr.Geometry]] = [[] for _ in config.rules]
         self._raster = gdal.GetDriverByName("MEM").Create("", tile_size, tile_size, 1, gdal.GDT_Byte)
         self._raster.SetProjection(web_mercator().ExportToWkt())
@@ -99,14 +100,17 @@ class LabelStore:
         ``layers_for[i]`` is the layers rule ``i`` reads (``None``: all).
         """
         matched = 0
-        rules = list(zip(self.config.rules, layers_for, self._pending, strict=True))
+        rules = list(
+            zip(range(len(self.config.rules)), self.config.rules, layers_for, self._pending, strict=True)
+        )
         for feat in features:
             hit = False
-            for rule, layers, pending in rules:
+            for k, rule, layers, pending in rules:
                 if layers is not None and feat.layer not in layers:
                     continue
                 if not rule.predicate(feat.tags):
                     continue
+                self.matched_per_rule[k] += 1
                 shape = _shape(feat.geometry, feat.geometry_type, rule.stroke_width, self.px)
                 if shape is not None:
                     pending.append(shape)
