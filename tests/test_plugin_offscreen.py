@@ -20,11 +20,14 @@ def test_init_gui_adds_segment_extent_and_unload_removes_it(qgis_iface, monkeypa
         assert action.text() == "Segment extent"
         assert not action.icon().isNull()
         assert action in plugin.toolbar.actions()
+        learn = plugin.learn_action
+        assert learn.text() == "Train on this area…" and learn in plugin.toolbar.actions()
     finally:
         plugin.unload()
     assert [a.text() for _, a in removed] == [
         "Segment extent",
+        "Train on this area…",
         "Export class raster as GeoTIFF",
         "satseg diagnostics",
     ]
-    assert plugin.segment_action is None and plugin.toolbar is None
+    assert plugin.segment_action is None and plugin.learn_action is None and plugin.toolbar is None

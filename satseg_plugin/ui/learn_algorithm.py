@@ -109,9 +109,9 @@ class LearnAreaAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(
             QgsProcessingParameterFile(
                 CLASSES,
-                "Class config (JSON)",
+                "Class config (JSON; empty: the checkout's training/classes/buildings.json)",
                 extension="json",
-                defaultValue=learn_inputs.default_classes(runtime.checkout) or None,
+                optional=True,
             )
         )
         self.addParameter(
@@ -139,11 +139,11 @@ class LearnAreaAlgorithm(QgsProcessingAlgorithm):
                 optional=True,
             )
         )
-        self.addParameter(
-            QgsProcessingParameterFile(
-                PYTHON, "Training Python with torch (empty: the setting)", optional=True
-            )
+        python = QgsProcessingParameterFile(
+            PYTHON, "Training Python with torch (empty: the setting)", optional=True
         )
+        python.setFileFilter("All files (*)")  # the default, *.*, refuses bin/python
+        self.addParameter(python)
         self.addParameter(QgsProcessingParameterFolderDestination(OUTPUT_FOLDER, "Output folder"))
         self.addOutput(QgsProcessingOutputFile(OUT_MODEL, "New model (ONNX)"))
         self.addOutput(QgsProcessingOutputFile(OUT_REPORT, "Before/after report (CSV)"))
@@ -196,7 +196,7 @@ class LearnAreaAlgorithm(QgsProcessingAlgorithm):
         return box, polygons.sourceCrs()
 
     def request(
-        self, parameters: dict[str, Any], context: QgsProcessingContext, temp: list[str]
+        self, parameters: dict[str, Any], context: QgsProcessingContext, temp: list[str], checkout: str = ""
     ) -> LearnRequest:
         """Return the CLI request of the parameters; an OSM layer is written to a temporary GeoJSON (in ``temp``)."""
         source = self._source(parameters, context)
@@ -214,7 +214,8 @@ class LearnAreaAlgorithm(QgsProcessingAlgorithm):
             osm = str(path)
         else:
             raise SatsegError("give the OpenStreetMap data: a file or a vector layer")
-        classes = self.parameterAsFile(parameters, CLASSES, context)
+        classes = self.parameterAsFile(parameters, CLASSES, context) if _given(parameters, CLASSES) else ""
+        classes = classes or learn_inputs.checkout_classes(checkout)
         if not classes or not Path(classes).is_file():
             raise SatsegError(f"the class config {classes or '(none)'} does not exist")
         base = self.parameterAsFile(parameters, BASE, context) if _given(parameters, BASE) else ""
@@ -246,7 +247,7 @@ class LearnAreaAlgorithm(QgsProcessingAlgorithm):
                     f"cannot train: {check.message} (Plugins > satseg > Train on this area… offers to "
                     "create a training Python)"
                 )
-            request = self.request(parameters, context, temp)
+            request = self.request(parameters, context, temp, runtime.checkout)
             feedback.pushInfo(
                 f"training in {runtime.python} from {runtime.checkout}; output {request.out_dir}"
             )

@@ -105,6 +105,11 @@ def default_classes(checkout: str) -> str:
     remembered = str(QgsSettings().value(KEY_CLASSES, "") or "")
     if remembered and Path(remembered).is_file():
         return remembered
+    return checkout_classes(checkout)
+
+
+def checkout_classes(checkout: str) -> str:
+    """Return the checkout's ``training/classes/buildings.json`` if it is there, else ""."""
     path = Path(checkout) / DEFAULT_CLASSES if checkout else None
     return str(path) if path is not None and path.is_file() else ""
 

@@ -270,6 +270,9 @@ def run_learn(
     finally:
         for t in readers:
             t.join(timeout=5)
+        for stream in (proc.stdout, proc.stderr):
+            with contextlib.suppress(OSError):
+                stream.close()  # type: ignore[union-attr]
     if cancelled:
         raise Cancelled("training was cancelled")
     if code == 0 and result is not None:

@@ -190,21 +190,15 @@ def check_runtime(runtime: TrainingRuntime) -> RuntimeCheck:
             error=f"{runtime.checkout} is not a satseg checkout (there is no training/learn_area.py in it)",
         )
     if not runtime.python:
-        return RuntimeCheck(
-            runtime,
-            problems=tuple(Problem(r, None, WHERE) for r in TRAINING_REQUIREMENTS if r.pip_installable),
-            error=None,
-        )
+        return RuntimeCheck(runtime, problems=tuple(Problem(r, None, WHERE) for r in TRAINING_REQUIREMENTS))
     if not Path(runtime.python).is_file():
         return RuntimeCheck(runtime, error=f"the training Python {runtime.python} does not exist")
     try:
         problems = probe_python(runtime.python)
     except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
         return RuntimeCheck(runtime, error=f"the training Python {runtime.python} does not work: {exc}")
-    fixable = tuple(p for p in problems if p.requirement.pip_installable)
-    if len(fixable) < len(problems):
-        return RuntimeCheck(runtime, error="; ".join(p.message for p in problems))
-    return RuntimeCheck(runtime, problems=fixable)
+    # even GDAL missing is fixable: the venv offered sees the system's packages, GDAL included
+    return RuntimeCheck(runtime, problems=tuple(problems))
 
 
 # --- making a training Python -------------------------------------------------------------
@@ -246,7 +240,7 @@ def offer_training_python(iface: Any, check: RuntimeCheck) -> bool:
         iface.messageBar().pushMessage("satseg", f"cannot train yet: {check.message}", Qgis.Critical, 0)
         return False
     venv = plugin_venv_dir()
-    names = ", ".join(p.requirement.spec for p in check.problems)
+    names = ", ".join(p.requirement.spec for p in check.problems if p.requirement.pip_installable)
     where = check.runtime.python or "(none is set)"
     answer = QMessageBox.question(
         iface.mainWindow(),

@@ -101,6 +101,8 @@ class LearnTask(QgsTask):
     def finished(self, ok: bool) -> None:
         try:
             self._report(ok)
+        except Exception:  # an exception escaping a Qt virtual aborts QGIS: log it instead
+            QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Critical)
         finally:
             self.ended = True
 
