@@ -121,6 +121,9 @@ def test_confusion_matrix_leaves_out_ignore_and_absent_classes() -> None:
     s = scores(cm)
     assert np.isnan(s["iou"][2])  # class 2: neither true nor predicted anywhere
     assert s["miou"] == pytest.approx((0.5 + 0.5) / 2)
+    # Class 2 predicted where class 1 is: IoU 0, and no part of the mean (the classes present).
+    s = scores(confusion_matrix(np.array([0, 1, 1]), np.array([0, 1, 2]), 3))
+    assert s["iou"][2] == 0.0 and s["miou"] == pytest.approx((1.0 + 0.5) / 2)
 
 
 def test_validate_equals_hand_computed_confusion(tiny: tuple[Path, Path], tmp_path: Path, capsys) -> None:

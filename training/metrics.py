@@ -3,8 +3,9 @@
 ``confusion[t, p]`` is the number of pixels of true class ``t`` predicted as
 ``p``. Per class: precision = tp / predicted, recall = tp / true,
 F1 = 2PR / (P + R), IoU = tp / (true + predicted - tp). A class that is neither
-in the truth nor in the predictions has no IoU (None in JSON) and does not
-enter the mIoU, the mean of the others.
+in the truth nor in the predictions has no IoU (None in JSON). The mIoU is the
+mean IoU of the classes present in the truth: a class only predicted has IoU 0
+but enters no mean (its false positives already lower the present classes').
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ def scores(confusion: np.ndarray) -> dict[str, object]:
     recall = _ratio(tp, true)
     f1 = _ratio(2 * tp, true + pred)  # = 2PR / (P + R), defined whenever the class appears
     iou = _ratio(tp, true + pred - tp)
-    valid = ~np.isnan(iou)
+    # mIoU over the classes the labels hold: a class the set lacks has no IoU to earn, and
+    # predicting it there already costs the present classes theirs. One definition for
+    # training's validation, validate and the model cards.
+    valid = true > 0
     return {
         "accuracy": float(tp.sum() / total) if total > 0 else float("nan"),
         "precision": precision,
