@@ -372,8 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seed": args.seed,
             "val_fraction": args.validation,
             "data": str(Path(args.data).resolve()),
-            "train_seconds": train_s,
-            "step": step,
+            "train_seconds": done_s,
+            "step": done_step,
         }
         if with_state:
             ckpt["optimizer"] = opt.state_dict()
@@ -384,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def out_of_time() -> bool:
         return budget_s is not None and train_s >= budget_s
 
-    completed = start_epoch
+    completed, done_step, done_s = start_epoch, step, train_s  # where the last whole epoch ended
     previous_term = _stop_on_sigterm()
     stopped = ""
     try:
@@ -437,6 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if not math.isnan(val_miou):
                     best_miou = val_miou
             row = [epoch, train_loss, val_loss, train_acc, val_acc, val_miou, lr, seconds]
+            done_step, done_s = step, train_s
             with interrupts_deferred():  # the log row and both checkpoints agree, whenever Ctrl-C comes
                 # last.pt carries the log, and the log file is written from it after it, so even a
                 # SIGKILL between the two leaves a pair that --resume makes agree again.
