@@ -80,6 +80,9 @@ SETTINGS = "learn_area.json"
 #: Share of the overall progress each phase ends at.
 PHASE_END = {"dataset": 0.15, "train": 0.9, "export": 0.95, "score": 1.0}
 REPORT_HEADER = ["class", "pixels", "base_iou", "new_iou", "change"]
+#: Default patience: epochs that show the model about this many training tiles, within this range.
+PATIENCE_TILES = 1000
+PATIENCE_RANGE = (5, 50)
 
 
 # ---------------------------------------------------------------- progress
@@ -414,9 +417,11 @@ def report_rows(
                 "change": num(a - b) if b is not None and not math.isnan(a) and not math.isnan(b) else "",
             }
         )
-    a_vals = [float(v) for v in new_iou if not math.isnan(v)]  # type: ignore[union-attr]
-    b_vals = [float(base_iou[i]) for i in range(len(names)) if base_iou is not None and known[i]]  # type: ignore[index]
-    b_vals = [v for v in b_vals if not math.isnan(v)]
+    # The mean over the classes the held-out labels hold, as training.metrics' mIoU; the base's over
+    # those it knows (a class it cannot predict is not held against it: its row shows no "before").
+    present = [i for i in range(len(names)) if new_cm[i].sum() > 0]
+    a_vals = [float(new_iou[i]) for i in present]  # type: ignore[index]
+    b_vals = [float(base_iou[i]) for i in present if base_iou is not None and known[i]]  # type: ignore[index]
     a_mean = sum(a_vals) / len(a_vals) if a_vals else None
     b_mean = sum(b_vals) / len(b_vals) if b_vals else None
     rows.append(
@@ -565,6 +570,11 @@ class TrainingWatcher(threading.Thread):
             self.report()
 
 
+def default_patience(train_tiles: int) -> int:
+    """Epochs without improvement before training stops: about ``PATIENCE_TILES`` tiles' worth."""
+    return min(max(math.ceil(PATIENCE_TILES / max(train_tiles, 1)), PATIENCE_RANGE[0]), PATIENCE_RANGE[1])
+
+
 def build_dataset(args: argparse.Namespace, settings: dict[str, Any], data: Path) -> None:
     """python -m training.dataset build over the extent, as its own CLI would run it."""
     parser = argparse.ArgumentParser()
@@ -584,9 +594,10 @@ def train(args: argparse.Namespace, settings: dict[str, Any], out: Path) -> None
     from . import train as trainer
 
     run = out / "run"
+    patience = args.patience or default_patience(settings["tiles"]["train"])
     argv = ["--data", str(out / "train"), "--out", str(run), "--validation", str(args.validation)]
     argv += ["--epochs", str(args.max_epochs), "--optimizer", "adam", "--batch-size", str(args.batch_size)]
-    argv += ["--seed", str(args.seed), "--max-minutes", str(args.minutes), "--patience", str(args.patience)]
+    argv += ["--seed", str(args.seed), "--max-minutes", str(args.minutes), "--patience", str(patience)]
     argv += ["--lr", str(args.lr if args.lr is not None else (0.0003 if settings["base"] else 0.001))]
     if settings["base"]:
         argv += ["--init", settings["base"]]
@@ -714,11 +725,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="one JSON object per line on stdout (phase, fraction, message, ...; docs/design.md)",
     )  # fmt: skip
     p.add_argument(
-        "--patience",
-        type=int,
-        default=5,
-        help="stop when validation has not improved for N epochs (default: %(default)s)",
-    )
+        "--patience", type=int, default=None,
+        help="stop when validation has not improved for N epochs (default: enough epochs to see about "
+        f"{PATIENCE_TILES} training tiles, at least {PATIENCE_RANGE[0]} and at most {PATIENCE_RANGE[1]}: a small "
+        "area's epochs are short, and validation often stays flat for a while before buildings appear)",
+    )  # fmt: skip
     p.add_argument(
         "--max-epochs",
         type=int,
@@ -769,7 +780,12 @@ def _check(args: argparse.Namespace) -> None:
         raise SatsegError(f"give {', '.join(missing)} (or --export-best for a run already in --out)")
     if not args.osm.is_file():
         raise SatsegError(f"--osm {args.osm} does not exist")
-    if args.minutes <= 0 or args.max_epochs < 1 or args.patience < 1 or args.batch_size < 1:
+    if (
+        args.minutes <= 0
+        or args.max_epochs < 1
+        or (args.patience is not None and args.patience < 1)
+        or args.batch_size < 1
+    ):
         raise SatsegError("--minutes must be positive and --max-epochs, --patience, --batch-size at least 1")
     if args.zoom is not None and not 0 <= args.zoom <= 24:
         raise SatsegError(f"--zoom must be between 0 and 24, not {args.zoom}")
