@@ -32,4 +32,22 @@ def describe_model(path: str) -> tuple[str, int | None]:
         parts.append(f"zoom {meta.zoom}")
     if meta.resolution_cm:
         parts.append(f"{meta.resolution_cm:g} cm/px")
-    return "classes: " + "; ".join(parts), meta.zoom
+    summary = "classes: " + "; ".join(parts)
+    if meta.description:
+        summary = f"{meta.description}\n{summary}"
+    return summary, meta.zoom
+
+
+def model_label(path: str) -> str:
+    """``name: description`` for a list of models (the file name alone when it has none)."""
+    name = Path(path).stem
+    try:
+        from ..inference.model import SegModel
+
+        description = SegModel.load(path).metadata.description
+    except Exception:  # a label must never break the list; the summary explains
+        description = None
+    if not description:
+        return f"{name}  ({Path(path).parent})"
+    first = description.split(";")[0].strip()
+    return f"{name}: {first}"

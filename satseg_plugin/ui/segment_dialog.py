@@ -8,7 +8,7 @@ from pathlib import Path
 
 from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
-from qgis.PyQt.QtCore import pyqtSignal
+from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -25,7 +25,7 @@ from qgis.PyQt.QtWidgets import (
 
 from . import settings
 from .layers import satseg_kind
-from .model_info import describe_model
+from .model_info import describe_model, model_label
 from .sources import ImagerySource, is_supported_layer, source_of_layer, source_of_url
 
 MAX_ZOOM = 24
@@ -76,7 +76,8 @@ class SegmentDialog(QDialog):
         self.models_combo.setObjectName("satsegKnownModels")
         self.models_combo.addItem("(pick a model listed here, or a file above)", "")
         for path in settings.known_models():
-            self.models_combo.addItem(f"{Path(path).stem}  ({Path(path).parent})", path)
+            self.models_combo.addItem(model_label(path), path)
+            self.models_combo.setItemData(self.models_combo.count() - 1, path, Qt.ToolTipRole)
         self.models_combo.activated.connect(self._known_model_picked)
 
         self.layer_combo = QgsMapLayerComboBox()

@@ -1,0 +1,123 @@
+"""The release steps of a shipped model, for ``scripts/make_default_models.sh``.
+
+    python -m scripts.model_release baseline RUN/best.pt DATASET --out DIR
+    python -m scripts.model_release weights RUN/best.pt models/NAME.pt
+    python -m scripts.model_release int8-verdict RUN NAME
+
+``baseline`` scores the constant predictor that says the training tiles'
+majority class everywhere on a held-out set (``DIR/metrics.json``, as
+``training.validate`` writes it). ``weights`` writes the weights-only
+checkpoint that ships beside the ONNX file (no optimizer state, no local
+paths), which ``training.train --init`` and ``training.learn_area --base``
+start from. ``int8-verdict`` exits 0 when the int8 model was measured faster
+than float32 in the same export run and loses at most 1 point of mIoU on every
+held-out set of ``RUN/heldout``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from satseg_plugin.inference.atomic import write_text_atomic
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.data import load_dataset, read_tiles, split_indices
+from training.metrics import confusion_matrix, format_report, scores_json
+
+#: Keys of a training checkpoint that do not ship: resume state and where it was trained.
+PRIVATE_KEYS = ("optimizer", "scheduler", "log", "data")
+MAX_INT8_MIOU_LOSS = 0.01
+
+
+def majority_class(ckpt: dict) -> int:
+    """The most frequent label among the training tiles of ``ckpt``'s own split."""
+    train = load_dataset(ckpt["data"])
+    idx, _ = split_indices(train.groups, float(ckpt["val_fraction"]), int(ckpt["seed"]))
+    counts = np.zeros(256, np.int64)
+    for s in range(0, len(idx), 64):
+        counts += np.bincount(read_tiles(train.cache, idx[s : s + 64])[1].ravel(), minlength=256)
+    return int(np.argmax(counts[: len(train.class_names)]))
+
+
+def baseline(weights: Path, data: Path, out: Path) -> dict:
+    ckpt = load_checkpoint(weights)
+    names = list(ckpt["class_names"])
+    majority = majority_class(ckpt)
+    ds = load_dataset(data)
+    if ds.class_names != names:
+        raise SystemExit(f"{data} has classes {ds.class_names}, the model {names}")
+    cm = np.zeros((len(names), len(names)), np.int64)
+    for s in range(0, len(ds.ids), 64):
+        labels = read_tiles(ds.cache, list(range(s, min(s + 64, len(ds.ids)))))[1]
+        cm += confusion_matrix(labels, np.full(labels.shape, majority, np.uint8), len(names))
+    print(f"== {data.name}: every pixel {names[majority]} (the training tiles' majority class)")
+    print(format_report(cm, names))
+    metrics = scores_json(cm, names)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def ship_weights(weights: Path, out: Path) -> None:
+    ckpt = load_checkpoint(weights)
+    shipped = {k: v for k, v in ckpt.items() if k not in PRIVATE_KEYS}
+    save_checkpoint(out, shipped)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, weights of epoch {ckpt.get('epoch')})")
+
+
+def int8_speedup(export_log: str) -> float | None:
+    """The ``(xN.NN speed`` figure ``training.export --int8`` printed, or None."""
+    m = re.search(r"\(x(\d+(?:\.\d+)?) speed", export_log)
+    return float(m.group(1)) if m else None
+
+
+def int8_verdict(run: Path, name: str) -> tuple[bool, str]:
+    speed = int8_speedup((run / "export.log").read_text())
+    losses = {}
+    for folder in sorted(p for p in (run / "heldout").iterdir() if p.is_dir()):
+        fp32 = json.loads((folder / f"{name}.onnx" / "metrics.json").read_text())["miou"]
+        int8 = json.loads((folder / f"{name}.int8.onnx" / "metrics.json").read_text())["miou"]
+        losses[folder.name] = fp32 - int8
+    worst = max(losses.values()) if losses else float("inf")
+    detail = ", ".join(f"{k} {100 * v:+.2f} points" for k, v in losses.items())
+    if speed is None:
+        return False, "int8 not shipped: export measured no speed"
+    ok = speed > 1.0 and worst <= MAX_INT8_MIOU_LOSS
+    verdict = "shipped" if ok else "not shipped"
+    return ok, f"int8 {verdict}: x{speed:.2f} the float32 speed, mIoU loss {detail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.model_release", description=__doc__.split("\n\n")[0]
+    )
+    sub = parser.add_subparsers(dest="verb", required=True)
+    b = sub.add_parser("baseline", help="score the training majority class on a held-out set")
+    b.add_argument("weights", type=Path)
+    b.add_argument("data", type=Path)
+    b.add_argument("--out", type=Path, required=True)
+    w = sub.add_parser("weights", help="write the weights-only checkpoint that ships")
+    w.add_argument("weights", type=Path)
+    w.add_argument("out", type=Path)
+    v = sub.add_parser("int8-verdict", help="exit 0 when the int8 model may ship")
+    v.add_argument("run", type=Path)
+    v.add_argument("name")
+    args = parser.parse_args(argv)
+    if args.verb == "baseline":
+        baseline(args.weights, args.data, args.out)
+    elif args.verb == "weights":
+        ship_weights(args.weights, args.out)
+    else:
+        ok, line = int8_verdict(args.run, args.name)
+        print(line)
+        return 0 if ok else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
