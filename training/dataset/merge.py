@@ -9,10 +9,10 @@ The merged class list is ``background`` followed by every other class name in
 order of first appearance; each input's label bytes are remapped to it (the
 ignore label 255 stays 255). Tiles keep their ids, prefixed with the input's
 folder name when two inputs share an id. Scenes are kept (``scenes.csv``), and
-a tile without a recorded scene becomes a scene of its own input, so a
-validation split never mixes a tile's neighbours across train and validation
-more than its input allowed. Images are hard-linked where the file system
-allows, else copied.
+an XYZ tile without a recorded scene gets its spatial block (8x8 tiles of the
+coarsest zoom, the same for every input), so a validation split never puts a
+tile's neighbours, or a copy of it, on the other side. Images are hard-linked
+where the file system allows, else copied.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from satseg_plugin.inference.imageio import read_image, write_png
 from satseg_plugin.inference.progress import ProgressBar
 
 from .manifest import check_id, read_ids
+from .tiles import xyz_blocks
 
 IGNORE_INDEX = 255
 
@@ -106,15 +107,26 @@ def merge(inputs: list[Path], out: Path) -> dict:
     classes, luts = merged_classes(manifests)
     ids_seen: set[str] = set()
     plan = []
-    for folder, lut in zip(inputs, luts, strict=True):
-        scenes = _scenes(folder)
+    inputs_scenes = [_scenes(folder) for folder in inputs]
+    # XYZ tiles without a recorded scene go by spatial block over all inputs (copies of one
+    # tile and tiles of two zooms over one piece of ground share a block); others by themselves.
+    blocks = xyz_blocks(
+        [
+            t
+            for folder, sc in zip(inputs, inputs_scenes, strict=True)
+            for t in _sample_ids(folder)
+            if t not in sc
+        ]
+    )
+    for folder, lut, scenes in zip(inputs, luts, inputs_scenes, strict=True):
         for tile in _sample_ids(folder):
             image, label = folder / "images" / f"{tile}.png", folder / "labels" / "color" / f"{tile}.png"
             if not (image.is_file() and label.is_file()):
                 continue
             new_id = tile if tile not in ids_seen else f"{folder.name}-{tile}"
             ids_seen.add(new_id)
-            plan.append((folder, tile, new_id, scenes.get(tile, f"{folder.name}-{tile}"), lut))
+            scene = scenes.get(tile) or blocks.get(tile) or f"{folder.name}-{tile}"
+            plan.append((folder, tile, new_id, scene, lut))
     if not plan:
         raise DatasetError("the inputs hold no tiles with both an image and a label")
     counts = np.zeros(256, np.int64)
