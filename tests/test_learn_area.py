@@ -370,3 +370,26 @@ def test_dataset_from_a_raster_matches_the_tiles(area: Path, tmp_path: Path) -> 
     time.sleep(0.01)
     assert run_cli(dataset_main, [*argv, "--out", str(out), "--quiet"]) == 0
     assert {p.name: p.stat().st_mtime_ns for p in (out / "images").iterdir()} == before  # resumed: kept
+
+
+def test_description_metadata_is_optional_and_round_trips() -> None:
+    from satseg_plugin.inference.errors import SatsegError
+    from satseg_plugin.inference.metadata import ModelMetadata, build_metadata, parse_metadata
+    from training.export import parse_meta_option
+
+    old = build_metadata(
+        ModelMetadata(class_names=["background", "building"], class_colors=["#000000", "#e31a1c"])
+    )
+    assert "description" not in old and parse_metadata(old).description is None  # models from before
+    props = build_metadata(
+        ModelMetadata(
+            class_names=["a"], class_colors=["#000000"], description="Zanzibar, 2026", extra={"k": "1"}
+        )
+    )
+    assert json.loads(props["description"]) == "Zanzibar, 2026"  # a JSON string, as Deepness reads values
+    meta = parse_metadata(props)
+    assert meta.description == "Zanzibar, 2026" and meta.extra == {"k": "1"}
+    assert parse_meta_option('training_date="2026-12-01"') == ("training_date", '"2026-12-01"')
+    for bad in ("no-equals", "k=not json", "zoom=19", 'description="x"'):
+        with pytest.raises(SatsegError):
+            parse_meta_option(bad)
