@@ -237,7 +237,8 @@ def errors_of(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int,
 
 
 @pytest.mark.parametrize(
-    "case", ["no-features", "closed-port", "no-tiles", "token", "zoom", "onnx-base", "bad-base", "raster"]
+    "case",
+    ["no-features", "closed-port", "no-tiles", "token", "zoom", "onnx-base", "bad-base", "no-base", "raster"],
 )
 def test_bad_input_one_line_before_long_work(
     case: str,
@@ -259,6 +260,7 @@ def test_bad_input_one_line_before_long_work(
         "zoom": "zoom 19",
         "onnx-base": "torch weights",
         "bad-base": "not a satseg checkpoint",
+        "no-base": "--base none",
         "raster": "no imagery over the extent",
     }[case]
     if case == "no-features":  # Kampala's buildings over Zanzibar's extent
@@ -279,6 +281,8 @@ def test_bad_input_one_line_before_long_work(
         junk = tmp_path / "junk.pt"
         torch.save({"weights": [1, 2, 3]}, junk)
         argv[argv.index("--base") + 1] = str(junk)
+    elif case == "no-base":
+        argv[argv.index("--base") + 1] = str(tmp_path / "missing.pt")
     elif case == "raster":  # a real raster far from the extent: one of area2's tiles, georeferenced
         name = next((shared_data / "oam-osm-buildings" / "area2").glob("OAM-*-19.png"))
         x, y = (int(v) for v in name.stem.split("-")[1:3])

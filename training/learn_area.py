@@ -167,6 +167,10 @@ def load_base(spec: str) -> Base | None:
                 "or use --base none"
             )
         path = pt
+    if not path.is_file():
+        raise ModelError(
+            f"--base {path} not found: give a satseg checkpoint (.pt), or --base none (from scratch)"
+        )
     ckpt = load_checkpoint(path)
     model_from_checkpoint(ckpt, str(path))  # the weights fit the network the checkpoint names
     first = next((v for v in ckpt["state_dict"].values() if getattr(v, "ndim", 0) == 4), None)
