@@ -34,11 +34,11 @@ pip_args=(--quiet --disable-pip-version-check)
 [ -d /opt/wheels ] && pip_args+=(--find-links /opt/wheels)
 .venv/bin/python -m pip install "${pip_args[@]}" -r requirements.txt
 .venv/bin/python - <<'PY'
-import numpy, onnxruntime, torch, mercantile, h5py, onnx
+import numpy, onnxruntime, torch, mercantile, h5py, onnx, distributed
 from osgeo import gdal
 import qgis.core
 assert numpy.__version__.startswith("1."), f"numpy {numpy.__version__}: Debian's GDAL/QGIS need numpy 1.x"
 print(f"setup: numpy {numpy.__version__}, GDAL {gdal.__version__}, QGIS {qgis.core.Qgis.QGIS_VERSION}, "
-      f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}")
+      f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}, distributed {distributed.__version__}")
 PY
 echo "$want" > .venv/.setup-stamp
