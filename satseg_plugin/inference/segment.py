@@ -11,7 +11,7 @@ extent's width.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,7 @@ from .outputs import RunOutputs
 from .sources import RasterSource, XyzSource, tile_name
 from .tileplan import (
     Grid,
+    Stripe,
     Windows,
     check_bbox,
     check_extent,
@@ -34,10 +35,11 @@ from .tileplan import (
     srs_from_user,
     transform_bounds,
     xyz_grid,
+    xyz_tile_count,
     xyz_tiles_for,
     zoom_for_resolution,
 )
-from .tileurl import DEFAULT_TOKEN_ENV, resolve_template
+from .tileurl import DEFAULT_TOKEN_ENV, TileTemplate, resolve_template
 
 ProgressFn = Callable[[float, str], None]
 
@@ -94,7 +96,9 @@ class SegmentResult:
 
 
 @dataclass
-class _Plan:
+class RunPlan:
+    """What a request comes to: model, output grid, windows, and the source (resolved, or opened)."""
+
     model: SegModel
     grid: Grid
     windows: Windows
@@ -102,6 +106,7 @@ class _Plan:
     tiles: int
     source: XyzSource | RasterSource | None = None
     inside: set[tuple[int, int, int]] | None = None  # XYZ tiles under the grid itself
+    template: TileTemplate | None = None  # the resolved XYZ template (token in it), for XYZ sources
 
 
 def _check_source(req: SegmentRequest) -> None:
@@ -121,7 +126,15 @@ def _zoom(req: SegmentRequest, model: SegModel) -> int:
     raise ExtentError(f"{model.path.name} names no zoom or resolution: choose a zoom")
 
 
-def _plan(req: SegmentRequest, open_source: bool) -> _Plan:
+def plan_run(
+    req: SegmentRequest, open_source: bool, max_pixels: int | None = MAX_PIXELS, tile_set: bool = True
+) -> RunPlan:
+    """Load the model, check the extent and source, and plan the grid and windows of ``req``.
+
+    ``max_pixels`` None lifts the size limit (a cluster run cuts any extent into
+    blocks); ``tile_set`` False skips the set of tiles under the grid, which a
+    country-sized extent cannot afford in memory.
+    """
     _check_source(req)
     model = SegModel.load(req.model, allow_generic_names=req.allow_generic_names)
     check_extent(req.bbox, req.bbox_crs)  # before the network or any file
@@ -130,15 +143,15 @@ def _plan(req: SegmentRequest, open_source: bool) -> _Plan:
     if req.tiles_url:
         template = resolve_template(req.tiles_url, req.token_env, token_any_host=req.token_any_host)
         grid = xyz_grid(req.bbox, req.bbox_crs, _zoom(req, model))
-        if grid.pixels > MAX_PIXELS:
+        if max_pixels is not None and grid.pixels > max_pixels:
             raise ExtentError(
                 f"the extent is {grid.width:,} x {grid.height:,} pixels at zoom {grid.zoom}: "
                 "zoom in, or choose a lower zoom"
             )
         windows = plan_windows(grid.width, grid.height, size, overlap_percent)
         # What the user asked for; the tiles around it that windows read for context are not counted.
-        tiles = len(xyz_tiles_for(grid))
-        inside = {tuple(t) for t in xyz_tiles_for(grid)}
+        inside = {tuple(t) for t in xyz_tiles_for(grid)} if tile_set else None
+        tiles = xyz_tile_count(grid)
         source = (
             XyzSource(template, grid, req.workers, req.timeout, req.retries, cache_dir=req.cache_dir)
             if open_source
@@ -154,7 +167,8 @@ def _plan(req: SegmentRequest, open_source: bool) -> _Plan:
         if not open_source:
             source.close()
             source = None
-    return _Plan(model, grid, windows, size - windows.stride, tiles, source, inside)
+        template = None
+    return RunPlan(model, grid, windows, size - windows.stride, tiles, source, inside, template)
 
 
 def count_tiles(req: SegmentRequest) -> int:
@@ -163,12 +177,101 @@ def count_tiles(req: SegmentRequest) -> int:
     Loads the model and checks the source, so a bad model or URL fails here,
     before any long work.
     """
-    return _plan(req, open_source=False).tiles
+    return plan_run(req, open_source=False).tiles
 
 
 def _windows_of_strip(windows: Windows, j: int) -> list[tuple[int, int]]:
     y = windows.y0 + j * windows.stride
     return [(windows.x0 + i * windows.stride, y) for i in range(windows.nx)]
+
+
+#: Where finished rows go: ``sink(probabilities (C, rows, cols), valid (rows, cols), y, x)`` in grid pixels.
+RowSink = Callable[[np.ndarray, np.ndarray, int, int], None]
+
+
+def segment_stripes(
+    model: SegModel,
+    source: XyzSource | RasterSource,
+    stripes: Sequence[Stripe],
+    height: int,
+    overlap: int,
+    batch_size: int,
+    sink: RowSink,
+    on_batch: Callable[[int], None],
+    cancelled: Callable[[], bool],
+) -> None:
+    """Fetch, infer and blend ``stripes`` in turn and hand each one's finished rows to ``sink``.
+
+    The stage every run shares, single-process (stripes over the whole height)
+    and on a cluster (one block, a stripe of a few rows, per task). Only the
+    stripe's own columns ``x0 .. x1`` and rows ``y0 .. y1`` (``y1`` None: to
+    ``height``, the grid's) reach ``sink``, in order; ``sink`` runs in a writer
+    thread, one strip in flight at most.
+    ``on_batch(n)`` is told after every model batch; ``Cancelled`` when
+    ``cancelled()`` turns true between batches.
+    """
+    classes = model.metadata.num_classes
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="satseg-writer")
+    written: Future[None] | None = None  # the strip the writer is on
+    try:
+        for k, stripe in enumerate(stripes):
+            w = stripe.windows
+            y_end = min(stripe.y1, height) if stripe.y1 is not None else height
+            blender = BandBlender(classes, w.size, overlap, w.x0, w.span_width, w.y0)
+            source.prefetch(w.y0, w.size, w.x0, w.span_width)
+            next_row = stripe.y0  # first output row of this stripe not yet written
+            for j in range(w.ny):
+                strip_y = w.y0 + j * w.stride
+                if j + 1 < w.ny:  # fetch the next strip while this one runs
+                    source.prefetch(strip_y + w.stride, w.size, w.x0, w.span_width)
+                elif k + 1 < len(stripes):  # or the next stripe's first strip
+                    nxt = stripes[k + 1].windows
+                    source.prefetch(nxt.y0, nxt.size, nxt.x0, nxt.span_width)
+                rgb, valid = source.read(strip_y, w.size, w.x0, w.span_width)
+                positions = _windows_of_strip(w, j)
+                for b in range(0, len(positions), batch_size):
+                    if cancelled():
+                        raise Cancelled("cancelled")
+                    batch = positions[b : b + batch_size]
+                    cols = [x - w.x0 for x, _ in batch]
+                    masks = [valid[:, c : c + w.size] for c in cols]
+                    if any(m.any() for m in masks):
+                        images = np.stack([rgb[:, c : c + w.size] for c in cols])
+                        probs = model.run(model.normalize(images))
+                    else:  # no imagery at all under these windows: nodata, no model call
+                        probs = np.zeros((len(batch), classes, w.size, w.size), np.float32)
+                    for (x, y), p, m in zip(batch, probs, masks, strict=True):
+                        blender.add(p, m, x, y)
+                    on_batch(len(batch))
+                # Rows above the next strip's top get no more windows: they are final.
+                final_until = strip_y + w.stride if j + 1 < w.ny else strip_y + w.size
+                rows = final_until - blender.top
+                probs_rows, valid_rows = blender.take(rows)
+                first = blender.top - rows
+                lo, hi = max(first, next_row), min(first + rows, y_end)
+                if hi > lo:
+                    c0 = stripe.x0 - w.x0  # the stripe's first column inside the band
+                    cols = slice(c0, c0 + stripe.x1 - stripe.x0)
+                    p = probs_rows[:, lo - first : hi - first, cols]
+                    v = valid_rows[lo - first : hi - first, cols]
+                    if written is not None:
+                        written.result()  # one strip in flight at most; its errors surface here
+                    written = writer.submit(sink, p, v, lo, stripe.x0)
+                    next_row = hi
+        if written is not None:
+            written.result()
+            written = None
+    except BaseException:
+        if written is not None:  # let the writer finish with the files before they go
+            written.exception()
+        raise
+    finally:
+        writer.shutdown(wait=True)
+
+
+def failed_inside(source: XyzSource | RasterSource, inside: set[tuple[int, int, int]] | None) -> list:
+    """The failed tiles a user asked for, sorted: a context tile beyond the extent only weakens the edge."""
+    return sorted((t, r) for t, r in source.failed.items() if inside is None or t in inside)
 
 
 def run_segment(
@@ -186,7 +289,7 @@ def run_segment(
     """
     if req.batch_size < 1:
         raise SourceError(f"batch size must be at least 1, not {req.batch_size}")
-    plan = _plan(req, open_source=True)
+    plan = plan_run(req, open_source=True)
     model, grid, windows, source = plan.model, plan.grid, plan.windows, plan.source
     assert source is not None
     meta = model.metadata
@@ -196,69 +299,28 @@ def run_segment(
     out_dir = Path(req.out_dir)
     outputs: RunOutputs | None = None
     counter = CountAccumulator(grid, meta.num_classes)
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="satseg-writer")
-    written: Future[None] | None = None  # the strip the writer is on
-
-    def write_rows(out: RunOutputs, probs: np.ndarray, valid: np.ndarray, y: int, x: int) -> None:
-        counter.add(out.write(probs, valid, y, x), y)
-
     try:
         outputs = RunOutputs(out_dir, grid, names, colors, req.write_classes, req.write_heatmaps)
+        out = outputs
         stripes = plan_stripes(grid.width, windows, req.stripe_width)
         total = sum(stripe.windows.count for stripe in stripes)
         done = 0
         report(0.0, f"segmenting {total} windows ({plan.tiles} tiles)")
-        for k, stripe in enumerate(stripes):
-            w = stripe.windows
-            blender = BandBlender(meta.num_classes, w.size, plan.overlap, w.x0, w.span_width, w.y0)
-            source.prefetch(w.y0, w.size, w.x0, w.span_width)
-            next_row = 0  # first output row of this stripe not yet written
-            for j in range(w.ny):
-                strip_y = w.y0 + j * w.stride
-                if j + 1 < w.ny:  # fetch the next strip while this one runs
-                    source.prefetch(strip_y + w.stride, w.size, w.x0, w.span_width)
-                elif k + 1 < len(stripes):  # or the next stripe's first strip
-                    nxt = stripes[k + 1].windows
-                    source.prefetch(nxt.y0, nxt.size, nxt.x0, nxt.span_width)
-                rgb, valid = source.read(strip_y, w.size, w.x0, w.span_width)
-                positions = _windows_of_strip(w, j)
-                for b in range(0, len(positions), req.batch_size):
-                    if cancelled():
-                        raise Cancelled("cancelled")
-                    batch = positions[b : b + req.batch_size]
-                    cols = [x - w.x0 for x, _ in batch]
-                    masks = [valid[:, c : c + w.size] for c in cols]
-                    if any(m.any() for m in masks):
-                        images = np.stack([rgb[:, c : c + w.size] for c in cols])
-                        probs = model.run(model.normalize(images))
-                    else:  # no imagery at all under these windows: nodata, no model call
-                        probs = np.zeros((len(batch), meta.num_classes, w.size, w.size), np.float32)
-                    for (x, y), p, m in zip(batch, probs, masks, strict=True):
-                        blender.add(p, m, x, y)
-                    done += len(batch)
-                    report(done / total, f"segmented {done}/{total} windows")
-                # Rows above the next strip's top get no more windows: they are final.
-                final_until = strip_y + w.stride if j + 1 < w.ny else strip_y + w.size
-                rows = final_until - blender.top
-                probs_rows, valid_rows = blender.take(rows)
-                first = blender.top - rows
-                lo, hi = max(first, next_row), min(first + rows, grid.height)
-                if hi > lo:
-                    c0 = stripe.x0 - w.x0  # the stripe's first column inside the band
-                    cols = slice(c0, c0 + stripe.x1 - stripe.x0)
-                    p = probs_rows[:, lo - first : hi - first, cols]
-                    v = valid_rows[lo - first : hi - first, cols]
-                    if written is not None:
-                        written.result()  # one strip in flight at most; its errors surface here
-                    written = writer.submit(write_rows, outputs, p, v, lo, stripe.x0)
-                    next_row = hi
-        if written is not None:
-            written.result()
-            written = None
+
+        def on_batch(n: int) -> None:
+            nonlocal done
+            done += n
+            report(done / total, f"segmented {done}/{total} windows")
+
+        def sink(probs: np.ndarray, valid: np.ndarray, y: int, x: int) -> None:
+            counter.add(out.write(probs, valid, y, x), y)
+
+        segment_stripes(
+            model, source, stripes, grid.height, plan.overlap, req.batch_size, sink, on_batch, cancelled
+        )
         if cancelled():
             raise Cancelled("cancelled")
-        # A context tile beyond the extent that fails only weakens the edge; it is not the user's loss.
-        failed = sorted((t, r) for t, r in source.failed.items() if plan.inside is None or t in plan.inside)
+        failed = failed_inside(source, plan.inside)
         if failed and len(failed) >= plan.tiles:
             reasons = sorted({r for _, r in failed})
             raise SourceError(
@@ -286,19 +348,16 @@ def run_segment(
             windows=total,
         )
     except BaseException:
-        if written is not None:  # let the writer finish with the files before they go
-            written.exception()
         if outputs is not None:
             outputs.discard()
         raise
     finally:
-        writer.shutdown(wait=True)
         source.close()
 
 
 def describe_plan(req: SegmentRequest) -> str:
     """One line about what ``req`` would do (grid size, zoom, windows, tiles)."""
-    plan = _plan(req, open_source=False)
+    plan = plan_run(req, open_source=False)
     g = plan.grid
     zoom = f" at zoom {g.zoom}" if hasattr(g, "zoom") else ""
     res = abs(g.geotransform[1])
@@ -308,4 +367,14 @@ def describe_plan(req: SegmentRequest) -> str:
     )
 
 
-__all__ = ["ClassCount", "SegmentRequest", "SegmentResult", "count_tiles", "describe_plan", "run_segment"]
+__all__ = [
+    "ClassCount",
+    "RunPlan",
+    "SegmentRequest",
+    "SegmentResult",
+    "count_tiles",
+    "describe_plan",
+    "plan_run",
+    "run_segment",
+    "segment_stripes",
+]

@@ -214,11 +214,43 @@ def plan_windows(width: int, height: int, size: int, overlap_percent: float) -> 
 
 @dataclass(frozen=True)
 class Stripe:
-    """Grid columns ``x0 .. x1`` and the windows (a sub-grid of the run's) that cover them."""
+    """Grid columns ``x0 .. x1`` (and rows ``y0 .. y1``) and the windows (a sub-grid of the run's) that cover them.
+
+    A stripe of a single-process run spans every row (``y1`` None: to the grid's
+    bottom); a block of a cluster run (``plan_blocks``) is a stripe of a few rows.
+    """
 
     x0: int
     x1: int
     windows: Windows
+    y0: int = 0
+    y1: int | None = None
+
+
+def _touching(first_pixel: int, stride: int, size: int, lo: int, hi: int, count: int) -> tuple[int, int]:
+    """Indices ``first .. last`` of the windows (starting at ``first_pixel``) that touch pixels ``lo .. hi``."""
+    first = max(0, math.ceil((lo - first_pixel - size + 1) / stride))
+    last = min(count - 1, (hi - 1 - first_pixel) // stride)
+    return first, last
+
+
+def windows_touching(windows: Windows, x0: int, x1: int, y0: int, y1: int) -> Windows:
+    """The sub-grid of ``windows`` that touch columns ``x0 .. x1`` and rows ``y0 .. y1``.
+
+    Every pixel of that rectangle is then blended from exactly the windows it is
+    blended from in the whole run, in the same order: the result is the same,
+    bit for bit, and windows across a cut run on both sides of it.
+    """
+    fx, lx = _touching(windows.x0, windows.stride, windows.size, x0, x1, windows.nx)
+    fy, ly = _touching(windows.y0, windows.stride, windows.size, y0, y1, windows.ny)
+    return Windows(
+        windows.size,
+        windows.stride,
+        windows.x0 + fx * windows.stride,
+        windows.y0 + fy * windows.stride,
+        lx - fx + 1,
+        ly - fy + 1,
+    )
 
 
 def plan_stripes(width: int, windows: Windows, max_width: int, block: int = 256) -> list[Stripe]:
@@ -230,19 +262,26 @@ def plan_stripes(width: int, windows: Windows, max_width: int, block: int = 256)
     """
     step = max(block, max_width // block * block)
     out = []
+    height = windows.y0 + windows.span_height  # rows 0 .. this: the windows' own rows all stay
     for x0 in range(0, width, step):
         x1 = min(x0 + step, width)
-        first = max(0, math.ceil((x0 - windows.x0 - windows.size + 1) / windows.stride))
-        last = min(windows.nx - 1, (x1 - 1 - windows.x0) // windows.stride)
-        sub = Windows(
-            windows.size,
-            windows.stride,
-            windows.x0 + first * windows.stride,
-            windows.y0,
-            last - first + 1,
-            windows.ny,
-        )
-        out.append(Stripe(x0, x1, sub))
+        out.append(Stripe(x0, x1, windows_touching(windows, x0, x1, windows.y0, height)))
+    return out
+
+
+def plan_blocks(width: int, height: int, windows: Windows, side: int, block: int = 256) -> list[Stripe]:
+    """Cut the grid into square blocks of ``side`` pixels (a multiple of ``block``), row by row.
+
+    Each block carries every window that touches it (``windows_touching``): its
+    own margin, so blocks segmented apart mosaic without seams.
+    """
+    step = max(block, side // block * block)
+    out = []
+    for y0 in range(0, height, step):
+        y1 = min(y0 + step, height)
+        for x0 in range(0, width, step):
+            x1 = min(x0 + step, width)
+            out.append(Stripe(x0, x1, windows_touching(windows, x0, x1, y0, y1), y0, y1))
     return out
 
 
@@ -257,3 +296,11 @@ def xyz_tiles_for(grid: XyzGrid, windows: Windows | None = None) -> list[mercant
     tx0, tx1 = max(left // XYZ_TILE, 0), min((left + width - 1) // XYZ_TILE, n - 1)
     ty0, ty1 = max(top // XYZ_TILE, 0), min((top + height - 1) // XYZ_TILE, n - 1)
     return [mercantile.Tile(x, y, grid.zoom) for y in range(ty0, ty1 + 1) for x in range(tx0, tx1 + 1)]
+
+
+def xyz_tile_count(grid: XyzGrid) -> int:
+    """How many XYZ tiles lie under the grid (``len(xyz_tiles_for(grid))`` without the list)."""
+    n = 2**grid.zoom
+    tx0, tx1 = max(grid.px0 // XYZ_TILE, 0), min((grid.px0 + grid.width - 1) // XYZ_TILE, n - 1)
+    ty0, ty1 = max(grid.py0 // XYZ_TILE, 0), min((grid.py0 + grid.height - 1) // XYZ_TILE, n - 1)
+    return (tx1 - tx0 + 1) * (ty1 - ty0 + 1)
