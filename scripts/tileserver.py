@@ -7,9 +7,11 @@ printed at start.
 
 Serves ``/{z}/{x}/{y}.png`` (and ``/tiles.json``, a TileJSON document) from a
 ``provider(z, x, y) -> bytes | None`` function, with faults that can be set
-per tile: an HTTP status, a corrupt body, a delay. It can require an access
-token (``?access_token=``), and it counts every request so tests can check
-that a resumed download fetches only what is missing.
+per tile: an HTTP status, a corrupt body, a delay, a body cut short of its
+Content-Length, an endless body. It can require an access token
+(``?access_token=`` or another parameter), and it counts every request (and
+keeps every request line) so tests can check that a resumed download fetches
+only what is missing and where a token went.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import sys
 import threading
 import time
 from collections import Counter
@@ -58,22 +61,46 @@ def folder_provider(*folders: str | Path) -> Provider:
     return provide
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client that hangs up mid-answer (a stopped run, a body cut off) is no server error.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 class TileServer:
     """Context manager running a threaded tile server on a free loopback port.
 
     ``faults[(z, x, y)]`` may be an int (HTTP status), ``"corrupt"`` (a body that
-    is not an image) or a float (seconds to wait before answering).
-    ``token``, when set, must be given as ``?access_token=``; otherwise 401.
+    is not an image), a float (seconds to wait before answering), ``"short"``
+    (the tile's Content-Length, half its bytes, then the connection closes: a
+    dropped connection), ``"endless"`` (zeros until the client hangs up, no
+    Content-Length) or ``"huge"`` (the same, declaring 400 MB); or a list of
+    those, one per request in turn (``None``: the tile as it is), the last one
+    staying. ``token``, when set, must be given as ``?<token_param>=``
+    (``access_token`` by default); otherwise 401. ``tilejson_tiles`` replaces
+    the template /tiles.json names (a tile server on another host).
     """
 
     def __init__(
-        self, provider: Provider, token: str | None = None, delay: float = 0.0, port: int = 0
+        self,
+        provider: Provider,
+        token: str | None = None,
+        delay: float = 0.0,
+        port: int = 0,
+        token_param: str = "access_token",
     ) -> None:
         self.provider = provider
         self.token = token
+        self.token_param = token_param
         self.delay = delay
-        self.faults: dict[TileKey, int | str | float] = {}
+        self.faults: dict[TileKey, int | str | float | list[int | str | float | None]] = {}
         self.requests: Counter[TileKey] = Counter()
+        self.lines: list[str] = []  # every request's path and query, as received
+        self.tilejson_tiles: str | None = None
         self.port = port
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -106,14 +133,30 @@ class TileServer:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _stream_zeros(self, declared: int | None) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                if declared is not None:
+                    self.send_header("Content-Length", str(declared))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                chunk = b"\x89PNG\r\n\x1a\n" + bytes(1 << 20)
+                with contextlib.suppress(OSError):  # the client hangs up: that is the point
+                    for _ in range(1024):
+                        self.wfile.write(chunk)
+
             def do_GET(self) -> None:
                 parsed = urlparse(self.path)
                 query = parse_qs(parsed.query)
-                if server.token is not None and query.get("access_token", [None])[0] != server.token:
+                with server._lock:
+                    server.lines.append(self.path)
+                if server.token is not None and query.get(server.token_param, [None])[0] != server.token:
                     self._send(401, b"invalid access token")
                     return
                 if parsed.path == "/tiles.json":
-                    doc = {"tilejson": "2.2.0", "tiles": [server.template], "minzoom": 0, "maxzoom": 22}
+                    tiles = server.tilejson_tiles or server.template
+                    doc = {"tilejson": "2.2.0", "tiles": [tiles], "minzoom": 0, "maxzoom": 22}
                     self._send(200, json.dumps(doc).encode(), "application/json")
                     return
                 m = _TILE_RE.match(parsed.path)
@@ -123,7 +166,9 @@ class TileServer:
                 key = (int(m.group(1)), int(m.group(2)), int(m.group(3)))
                 with server._lock:
                     server.requests[key] += 1
-                fault = server.faults.get(key)
+                    fault = server.faults.get(key)
+                    if isinstance(fault, list):  # one per request, the last one staying
+                        fault = fault.pop(0) if len(fault) > 1 else fault[0]
                 if server.delay:
                     time.sleep(server.delay)
                 if isinstance(fault, float):
@@ -134,14 +179,25 @@ class TileServer:
                 elif fault == "corrupt":
                     self._send(200, b"\x89PNG\r\n\x1a\n this is not really a png", "image/png")
                     return
+                elif fault in ("endless", "huge"):
+                    self._stream_zeros(400_000_000 if fault == "huge" else None)
+                    return
                 body = server.provider(*key)
                 if body is None:
                     self._send(404, b"no such tile")
                     return
+                if fault == "short":  # a dropped connection: the full length promised, half sent
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/png")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(body[: len(body) // 2])
+                    self.close_connection = True
+                    return
                 self._send(200, body, "image/png")
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", self.port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self
