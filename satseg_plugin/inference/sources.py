@@ -228,7 +228,8 @@ class XyzSource:
 
 
 def _gdal_error(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # GDAL's messages quote the dataset name, which may be a URL with a key (/vsicurl/, WMS).
+    return redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
 
 
 class RasterSource:
@@ -245,24 +246,25 @@ class RasterSource:
         bbox_crs: str,
         resolution_m: float | None,
     ) -> None:
+        shown = redact(str(path))  # a GDAL name may be a URL with a key in it
         try:
             src = gdal.Open(str(path))
         except RuntimeError as exc:
-            raise SourceError(f"cannot open the raster {path}: {_gdal_error(exc)}") from None
+            raise SourceError(f"cannot open the raster {shown}: {_gdal_error(exc)}") from None
         if src.RasterCount not in (1, 3, 4):
             raise SourceError(
-                f"the raster {path} has {src.RasterCount} bands; satseg needs RGB (3 or 4) or grey"
+                f"the raster {shown} has {src.RasterCount} bands; satseg needs RGB (3 or 4) or grey"
             )
         kind = src.GetRasterBand(1).DataType
         if kind != gdal.GDT_Byte:
             raise SourceError(
-                f"the raster {path} holds {gdal.GetDataTypeName(kind)} values; satseg needs 8-bit RGB "
+                f"the raster {shown} holds {gdal.GetDataTypeName(kind)} values; satseg needs 8-bit RGB "
                 "(convert it, e.g. gdal_translate -ot Byte -scale)"
             )
         wkt = src.GetProjection()
         gt = src.GetGeoTransform(can_return_null=True)
         if not wkt or gt is None:
-            raise SourceError(f"the raster {path} has no georeferencing (CRS and geotransform)")
+            raise SourceError(f"the raster {shown} has no georeferencing (CRS and geotransform)")
         srs = srs_from_user(wkt)
         native = srs.IsGeographic() or srs.GetLinearUnits() != 1.0 or not resolution_m
         xres, yres = (abs(gt[1]), abs(gt[5])) if native else (float(resolution_m), float(resolution_m))
@@ -274,7 +276,7 @@ class RasterSource:
         minx, maxx = max(minx, min(rx0, rx1)), min(maxx, max(rx0, rx1))
         miny, maxy = max(miny, min(ry0, ry1)), min(maxy, max(ry0, ry1))
         if minx >= maxx or miny >= maxy:
-            raise ExtentError(f"the extent does not overlap the raster {path}")
+            raise ExtentError(f"the extent does not overlap the raster {shown}")
         if native and gt[2] == 0 and gt[4] == 0:
             # Snap to the raster's own pixels so they are read as they are, not resampled.
             minx = rx0 + math.floor((minx - rx0) / xres + 1e-9) * xres
@@ -296,9 +298,10 @@ class RasterSource:
                 resampleAlg="bilinear",
             )
         except RuntimeError as exc:
-            raise SourceError(f"cannot warp the raster {path}: {_gdal_error(exc)}") from None
+            raise SourceError(f"cannot warp the raster {shown}: {_gdal_error(exc)}") from None
         self.grid = Grid(wkt, tuple(self.ds.GetGeoTransform()), self.ds.RasterXSize, self.ds.RasterYSize)  # type: ignore[arg-type]
         self.path = path
+        self.shown = shown
         self.failed: dict[Tile, str] = {}
         self.fetched = 0
 
@@ -316,7 +319,7 @@ class RasterSource:
         try:
             data = self.ds.ReadAsArray(c0, r0, c1 - c0, r1 - r0)  # (bands, rows, cols), last band alpha
         except RuntimeError as exc:
-            raise SourceError(f"cannot read the raster {self.path}: {_gdal_error(exc)}") from None
+            raise SourceError(f"cannot read the raster {self.shown}: {_gdal_error(exc)}") from None
         pixels = np.moveaxis(data, 0, -1)
         part_rgb, _ = to_rgb(pixels[..., :-1])
         dst = (slice(r0 - y, r1 - y), slice(c0 - x, c1 - x))

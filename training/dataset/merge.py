@@ -31,6 +31,7 @@ from satseg_plugin.inference.atomic import write_text_atomic
 from satseg_plugin.inference.errors import SatsegError
 from satseg_plugin.inference.imageio import read_image, write_png
 from satseg_plugin.inference.progress import ProgressBar
+from satseg_plugin.inference.tileurl import strip_secrets
 
 from .manifest import check_id, read_ids
 from .tiles import xyz_blocks
@@ -155,7 +156,11 @@ def merge(inputs: list[Path], out: Path) -> dict:
         "zoom": zooms.pop() if len(zooms) == 1 else None,
         "resolution_cm": manifests[0].get("resolution_cm"),
         "inputs": [
-            {"folder": str(p), "kind": m.get("kind"), "source": m.get("source")}
+            {
+                "folder": str(p),
+                "kind": m.get("kind"),
+                "source": strip_secrets(str(m["source"])) if m.get("source") else None,
+            }
             for p, m in zip(inputs, manifests, strict=True)
         ],
         "tiles": len(plan),
