@@ -55,13 +55,15 @@ class SegModel:
         path: str | os.PathLike[str],
         allow_generic_names: bool = False,
         providers: list[str] | None = None,
+        threads: int | None = None,
     ) -> SegModel:
         """Open ``path`` with onnxruntime and read its metadata.
 
         Raises ``ModelError`` (in words for a GIS user) when the file is missing,
         is not an ONNX model, takes anything but ``[N, 3, H, W]``, outputs a
         channel count different from its class names, or has no class names
-        (unless ``allow_generic_names``).
+        (unless ``allow_generic_names``). ``threads`` caps onnxruntime's threads
+        (default: one per core), for several worker processes on one machine.
         """
         import onnxruntime as ort
 
@@ -70,6 +72,8 @@ class SegModel:
             raise ModelError(f"the model file {p} does not exist")
         options = ort.SessionOptions()
         options.log_severity_level = 3  # onnxruntime's warnings are not the user's business
+        if threads:
+            options.intra_op_num_threads = int(threads)
         chosen = providers or [
             name
             for name in ("CUDAExecutionProvider", "CPUExecutionProvider")
