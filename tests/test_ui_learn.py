@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -321,6 +322,10 @@ def test_task_shows_progress_then_the_table_lists_the_model_and_offers_to_segmen
         "class", "iou_before", "iou_after"
     ]  # fmt: skip
     assert [table.item(1, c).text() for c in range(3)] == ["building", "0.3125", "0.625"]
+    end = time.monotonic() + 10
+    while task.segment_button is None and time.monotonic() < end:  # pushed after QGIS's own message
+        QgsApplication.processEvents()
+        time.sleep(0.02)
     task.segment_button.click()
     assert opened == [str(model)]
     assert len(QgsProject.instance().mapLayers()) == layers_before

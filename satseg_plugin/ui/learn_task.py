@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from qgis.core import Qgis, QgsMessageLog, QgsTask
+from qgis.PyQt.QtCore import QTimer
 
 from ..inference.errors import Cancelled, SatsegError
 from . import settings
@@ -20,6 +21,7 @@ LOG_TAG = "satseg"
 MESSAGE_SECONDS = 10
 TITLE = "satseg: train on this area"
 LOG_LINES = 200
+DONE_MESSAGE_DELAY_MS = 300
 
 
 class LearnTask(QgsTask):
@@ -120,7 +122,13 @@ class LearnTask(QgsTask):
             except (OSError, SatsegError) as exc:
                 bar.pushMessage("satseg", f"the report cannot be shown: {exc}", Qgis.Warning, MESSAGE_SECONDS)
             if self.segment_with is not None:
-                self.segment_button = push_done_message(bar, self.result, self.segment_with)
+                result, segment_with = self.result, self.segment_with
+
+                def push() -> None:
+                    self.segment_button = push_done_message(bar, result, segment_with)
+
+                # after QGIS's own "Task complete" message, or that one hides the button
+                QTimer.singleShot(DONE_MESSAGE_DELAY_MS, push)
             else:
                 bar.pushMessage(
                     "satseg", f"the new model is {self.result.model}", Qgis.Success, MESSAGE_SECONDS
