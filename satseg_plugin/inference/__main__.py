@@ -86,6 +86,26 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-counts", action="store_true", help="do not write pixel_counts.csv")
     p.add_argument("--generic-names", action="store_true", help="accept a model without class names")
     p.add_argument("--dry-run", action="store_true", help="only say how many tiles and windows it would take")
+    p.add_argument(
+        "--cluster",
+        nargs="?",
+        const="local",
+        metavar="local[:N] | tcp://HOST:PORT",
+        help="segment block by block on Dask: a local cluster of N worker processes (default: one per "
+        "core) or an existing scheduler; writes blocks/, classes.vrt and heatmap_<class>.vrt, and a "
+        "rerun skips the blocks already done (docs/cluster.md)",
+    )
+    p.add_argument(
+        "--block-size",
+        type=int,
+        default=4096,
+        help="with --cluster: side of a block in pixels (a multiple of 256), one Dask task each",
+    )
+    p.add_argument(
+        "--cog",
+        action="store_true",
+        help="with --cluster: also write classes.tif, one Cloud-Optimised GeoTIFF",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -112,6 +132,8 @@ def _segment(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(describe_plan(req))
         return 0
+    if args.cluster is not None:
+        return _segment_cluster(args, req)
     bar: ProgressBar | None = None
 
     def progress(fraction: float, _message: str) -> None:
@@ -137,6 +159,38 @@ def _segment(args: argparse.Namespace) -> int:
         f"{result.tiles_total} tiles, {len(result.tiles_failed)} failed; wrote {len(written)} files to {args.out}"
     )
     return 0
+
+
+def _segment_cluster(args: argparse.Namespace, req: SegmentRequest) -> int:
+    """``segment --cluster``: Dask is imported only on this path."""
+    from .cluster import run_segment_cluster
+
+    bar: ProgressBar | None = None
+
+    def on_block(_result: object, done: int, total: int) -> None:
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            bar = ProgressBar(total, "blocks")
+        if done > bar.done:
+            bar.update(done - bar.done)
+
+    try:
+        result = run_segment_cluster(req, args.cluster, args.block_size, args.cog, on_block=on_block)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(format_table(result.counts))
+    for tile, reason in result.tiles_failed:
+        print(f"warning: tile {tile} could not be had ({redact(reason)}); left as nodata", file=sys.stderr)
+    for block, reason in result.blocks_failed:
+        print(f"warning: block {block} failed ({redact(reason)}); left as nodata", file=sys.stderr)
+    print(
+        f"{result.blocks_total} blocks ({result.blocks_skipped} done before, {len(result.blocks_failed)} "
+        f"failed), {result.tiles_total} tiles, {len(result.tiles_failed)} failed; wrote {args.out}"
+    )
+    return 1 if result.blocks_failed else 0
 
 
 def _info(args: argparse.Namespace) -> int:
