@@ -15,6 +15,7 @@ demo: setup
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	.venv/bin/lint-imports
 
 test: setup lint
 	$(PY) -m pytest
