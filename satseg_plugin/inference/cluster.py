@@ -215,19 +215,24 @@ def block_task(job: BlockJob) -> BlockResult:
             checked[1] = bool(event.is_set())
         return bool(checked[1])
 
+    if cancelled():  # a block that starts after the cancel fetches nothing
+        raise Cancelled("cancelled")
     return segment_block(job, cancelled)
 
 
-def _client(cluster: str | Any, threads_per_worker: int = 1) -> tuple[Any, Any]:
-    """``(client, local cluster or None)`` for a ``--cluster`` value or an existing ``Client``."""
+def _client(cluster: str | Any, threads_per_worker: int = 1) -> tuple[Any, Any, bool]:
+    """``(client, local cluster or None, ours)`` for a ``--cluster`` value or an existing ``Client``.
+
+    ``ours`` False: the caller's client, which it closes itself.
+    """
     from distributed import Client, LocalCluster
 
     if isinstance(cluster, Client):
-        return cluster, None
+        return cluster, None, False
     kind, value = parse_cluster(cluster)
     if kind == "address":
         try:
-            return Client(str(value), timeout="20s"), None
+            return Client(str(value), timeout="20s"), None, True
         except (OSError, TimeoutError) as exc:
             raise ClusterError(f"no Dask scheduler answers at {value}: {exc}") from None
     local = LocalCluster(
@@ -237,7 +242,7 @@ def _client(cluster: str | Any, threads_per_worker: int = 1) -> tuple[Any, Any]:
         dashboard_address=None,
         host="127.0.0.1",
     )
-    return Client(local), local
+    return Client(local), local, True
 
 
 def _build_vrt(path: Path, sources: Sequence[str], grid: Grid, nodata: float, setup: Callable) -> str:
@@ -430,7 +435,7 @@ def _run_blocks(
     """Submit ``todo`` and collect the blocks as they finish; stop everything on cancel or a refused token."""
     from distributed import Event, wait
 
-    client, local = _client(cluster)
+    client, local, ours = _client(cluster)
     event = Event(todo[0].cancel_event, client=client)
     futures = {
         client.submit(
@@ -471,18 +476,19 @@ def _run_blocks(
                 if on_block is not None:
                     on_block(result, n, total)
     except BaseException:
-        # Stop scheduling, let the running blocks see the event and clean up after themselves.
+        # Stop scheduling: drop the queued blocks, and let the running ones see the event
+        # (between batches), stop and remove their own half-written files.
         with contextlib.suppress(Exception):
             event.set()
-            client.cancel(list(pending))
-            wait(list(pending), timeout=30)
+            running = {key for keys in client.processing().values() for key in keys}
+            client.cancel([f for f in pending if f.key not in running])
+            wait([f for f in pending if f.key in running], timeout=60)
         for job in todo:
             if job.name not in results:
                 remove_partial(job.folder)
         raise
     finally:
-        with contextlib.suppress(Exception):
-            event.clear()
-        client.close()
+        if ours:
+            client.close()
         if local is not None:
             local.close()
