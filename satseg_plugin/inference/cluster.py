@@ -316,6 +316,7 @@ def run_segment_cluster(
     progress: ProgressFn | None = None,
     is_cancelled: Callable[[], bool] | None = None,
     on_block: Callable[[BlockResult | None, int, int], None] | None = None,
+    threads: int | None = None,
 ) -> ClusterResult:
     """Segment ``req`` block by block on a Dask cluster; same pixels and counts as ``run_segment``.
 
@@ -326,13 +327,16 @@ def run_segment_cluster(
     ``Cancelled`` (queued blocks dropped, running ones stopped, half-written
     files removed; finished blocks stay and a rerun skips them) and
     ``SourceError`` for a refused token or when no tile at all could be had.
+    ``threads`` caps onnxruntime's threads per block (default: for ``local:N``
+    the cores divided among the N workers, else onnxruntime's own choice).
     """
     t_start = time.perf_counter()
     report = progress or (lambda _f, _m: None)
     cancelled = is_cancelled or (lambda: False)
     kind, value = ("client", 0) if not isinstance(cluster, str) else parse_cluster(cluster)
-    threads = None
-    if kind == "local":  # share the cores among the worker processes instead of fighting over them
+    if (
+        threads is None and kind == "local"
+    ):  # share the cores among the worker processes instead of fighting over them
         threads = max(1, (os.cpu_count() or 1) // int(value))
     plan, jobs = plan_jobs(req, block_size, threads)
     grid = plan.grid
