@@ -37,7 +37,7 @@ import torch
 
 from satseg_plugin.inference.atomic import atomic_path
 from satseg_plugin.inference.cli import run_cli
-from satseg_plugin.inference.errors import ModelError, SatsegError
+from satseg_plugin.inference.errors import ModelError, ParameterError, SatsegError
 from satseg_plugin.inference.metadata import DEFAULT_OVERLAP_PERCENT, ModelMetadata, build_metadata
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not 0 <= args.overlap < 100:
-        raise SatsegError(f"--overlap must be a percent in [0, 100), not {args.overlap}")
+        raise ParameterError(f"--overlap must be a percent in [0, 100), not {args.overlap}")
     ckpt = load_checkpoint(args.weights)
     net = model_from_checkpoint(ckpt, str(args.weights))
     data = args.data or (Path(ckpt["data"]) if ckpt.get("data") else None)

@@ -26,7 +26,7 @@ import numpy as np
 
 from satseg_plugin.inference.atomic import write_text_atomic
 from satseg_plugin.inference.cli import run_cli
-from satseg_plugin.inference.errors import SatsegError
+from satseg_plugin.inference.errors import ParameterError
 from satseg_plugin.inference.imageio import read_image, to_rgb, write_png
 from satseg_plugin.inference.metadata import parse_hex_color
 
@@ -93,14 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
-        raise SatsegError("--batch-size must be at least 1")
+        raise ParameterError("--batch-size must be at least 1")
     if not 0 <= args.alpha <= 1:
-        raise SatsegError(f"--alpha must be in [0, 1], not {args.alpha}")
+        raise ParameterError(f"--alpha must be in [0, 1], not {args.alpha}")
     pred = load_predictor(args.weights, args.device)
     image, _ = to_rgb(read_image(args.image))
     overlap = pred.tiles_overlap if args.overlap is None else args.overlap
     if not 0 <= overlap < 100:
-        raise SatsegError(f"--overlap must be a percent in [0, 100), not {overlap}")
+        raise ParameterError(f"--overlap must be a percent in [0, 100), not {overlap}")
     h, w = image.shape[:2]
     print(
         f"{args.image}: {w}x{h} px, {pred.kind} model {args.weights.name}, tiles {pred.tile_size}, overlap {overlap}%"

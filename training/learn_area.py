@@ -54,7 +54,7 @@ import requests
 
 from satseg_plugin.inference.atomic import write_text_atomic
 from satseg_plugin.inference.cli import run_cli
-from satseg_plugin.inference.errors import ModelError, SatsegError, SourceError
+from satseg_plugin.inference.errors import ExtentError, ModelError, ParameterError, SatsegError, SourceError
 from satseg_plugin.inference.imageio import ImageError, decode_image
 from satseg_plugin.inference.tileplan import srs_from_user, transform_bounds
 from satseg_plugin.inference.tileurl import TokenError, redact, resolve_template, token_message
@@ -226,9 +226,9 @@ def to_wgs84(text: str, crs: str) -> tuple[float, float, float, float]:
     try:
         w, s, e, n = (float(p) for p in parts)
     except ValueError:
-        raise SatsegError(f"--bbox needs four numbers W,S,E,N, not {text!r}") from None
+        raise ExtentError(f"--bbox needs four numbers W,S,E,N, not {text!r}") from None
     if w >= e or s >= n:
-        raise SatsegError(f"--bbox is empty: W must be below E and S below N (got {text!r})")
+        raise ExtentError(f"--bbox is empty: W must be below E and S below N (got {text!r})")
     box = transform_bounds((w, s, e, n), srs_from_user(crs), srs_from_user("EPSG:4326"))
     return parse_bbox(",".join(f"{v:.9f}" for v in box))
 
@@ -790,9 +790,11 @@ def _check(args: argparse.Namespace) -> None:
         or (args.patience is not None and args.patience < 1)
         or args.batch_size < 1
     ):
-        raise SatsegError("--minutes must be positive and --max-epochs, --patience, --batch-size at least 1")
+        raise ParameterError(
+            "--minutes must be positive and --max-epochs, --patience, --batch-size at least 1"
+        )
     if args.zoom is not None and not 0 <= args.zoom <= 24:
-        raise SatsegError(f"--zoom must be between 0 and 24, not {args.zoom}")
+        raise ParameterError(f"--zoom must be between 0 and 24, not {args.zoom}")
 
 
 def prepare(args: argparse.Namespace, out: Path) -> dict[str, Any]:

@@ -50,7 +50,7 @@ from .blocks import (
     verified_result,
 )
 from .counts import COUNTS_NAME, ClassCount, CountAccumulator, write_counts_csv
-from .errors import Cancelled, SatsegError, SourceError
+from .errors import Cancelled, ParameterError, SatsegError, SourceError
 from .metadata import parse_hex_color
 from .outputs import CLASS_NODATA, CLASSES_NAME, HEATMAP_NODATA, heatmap_name
 from .segment import ProgressFn, RunPlan, SegmentRequest, plan_run
@@ -128,7 +128,7 @@ def plan_jobs(
     starts, so bad input fails as fast as in a single-process run.
     """
     if req.batch_size < 1:
-        raise SourceError(f"batch size must be at least 1, not {req.batch_size}")
+        raise ParameterError(f"batch size must be at least 1, not {req.batch_size}")
     if block_size < 256:
         raise ClusterError(f"blocks must be at least 256 pixels, not {block_size}")
     plan = plan_run(req, open_source=False, max_pixels=None, tile_set=False)

@@ -21,6 +21,10 @@ class ExtentError(SatsegError):
     """The extent is empty, invalid or outside the source's coverage."""
 
 
+class ParameterError(SatsegError):
+    """A run parameter (zoom, overlap, batch size, opacity, ...) is outside the values it may take."""
+
+
 class ConfigError(SatsegError):
     """A configuration file (class config, colour map, filter) is invalid."""
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import mercantile
 from osgeo import osr
 
-from .errors import ExtentError
+from .errors import ExtentError, ParameterError
 
 osr.UseExceptions()
 
@@ -144,10 +144,11 @@ def xyz_grid(bbox: tuple[float, float, float, float], bbox_crs: str, zoom: int) 
     """Return the zoom-``zoom`` XYZ pixel grid covering ``bbox`` (in ``bbox_crs``).
 
     The extent is clipped to the latitudes Web Mercator covers and snapped
-    outwards to whole pixels. ``ExtentError`` when nothing is left.
+    outwards to whole pixels. ``ExtentError`` when nothing is left, ``ParameterError``
+    for a zoom outside 0..24.
     """
     if not 0 <= int(zoom) <= 24:
-        raise ExtentError(f"zoom must be between 0 and 24, not {zoom}")
+        raise ParameterError(f"zoom must be between 0 and 24, not {zoom}")
     zoom = int(zoom)
     src = srs_from_user(bbox_crs)
     bbox = check_extent(bbox, src)
@@ -198,9 +199,12 @@ class Windows:
 
 
 def plan_windows(width: int, height: int, size: int, overlap_percent: float) -> Windows:
-    """Windows of ``size`` pixels overlapping by ``overlap_percent`` that cover ``width`` x ``height``."""
+    """Windows of ``size`` pixels overlapping by ``overlap_percent`` that cover ``width`` x ``height``.
+
+    ``ParameterError`` for an overlap outside [0, 100).
+    """
     if not 0 <= overlap_percent < 100:
-        raise ExtentError(f"overlap must be a percent in [0, 100), not {overlap_percent}")
+        raise ParameterError(f"overlap must be a percent in [0, 100), not {overlap_percent}")
     overlap = min(round(size * overlap_percent / 100), size - 1)
     overlap -= overlap % 2  # an even overlap splits evenly around the grid
     stride = size - overlap

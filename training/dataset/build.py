@@ -34,7 +34,7 @@ import requests
 from osgeo import gdal
 
 from satseg_plugin.inference.atomic import write_bytes_atomic
-from satseg_plugin.inference.errors import SatsegError, SourceError
+from satseg_plugin.inference.errors import ParameterError, SatsegError, SourceError
 from satseg_plugin.inference.progress import ProgressBar
 
 from .classes import load_classes
@@ -207,7 +207,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.classes is None:
         raise SatsegError("--classes is needed with --osm (e.g. training/classes/mine.json)")
     if args.zoom > 24:
-        raise SatsegError(f"--zoom must be between 0 and 24, not {args.zoom}")
+        raise ParameterError(f"--zoom must be between 0 and 24, not {args.zoom}")
 
 
 def build_labels(args: argparse.Namespace, log: _Log) -> dict:
