@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from osgeo import gdal, osr
 
 from satseg_plugin.inference.imageio import encode_png
 from satseg_plugin.inference.metadata import MEAN, STD, ModelMetadata, build_metadata
@@ -118,3 +119,16 @@ def mosaic(x0: int, y0: int, x1: int, y1: int, z: int) -> np.ndarray:
         np.concatenate([pattern_tile(x, y, z) for x in range(x0, x1 + 1)], axis=1) for y in range(y0, y1 + 1)
     ]
     return np.concatenate(rows, axis=0)
+
+
+def write_geotiff(path: Path, rgb: np.ndarray, geotransform: tuple, epsg: int = 3857) -> Path:
+    """``(H, W, 3)`` uint8 ``rgb`` as a GeoTIFF on ``geotransform`` in ``EPSG:epsg``."""
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(epsg)
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), rgb.shape[1], rgb.shape[0], 3, gdal.GDT_Byte)
+    ds.SetGeoTransform(geotransform)
+    ds.SetProjection(srs.ExportToWkt())
+    for i in range(3):
+        ds.GetRasterBand(i + 1).WriteArray(rgb[..., i])
+    ds = None
+    return path

@@ -3,8 +3,10 @@
     python -m training.feed_forward WEIGHTS IMAGE OUTDIR
 
 WEIGHTS is a checkpoint (``.pt``) or an ONNX model. The image is cut into
-overlapping tiles of the model's size whose probabilities are blended
-(``training.tiled``). Output in OUTDIR:
+overlapping windows of the model's size whose probabilities are blended, with
+the plugin's own windows and blend (``training.tiled``): for an ONNX model the
+probabilities are those ``python -m satseg_plugin.inference segment --raster``
+gives for the same image. Output in OUTDIR:
 
 * ``pixel_counts.csv``: ``class,pixels,share,area_m2,area_ha`` (areas only when
   the model knows its resolution); the pixels sum to the image's pixel count;

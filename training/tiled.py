@@ -1,11 +1,13 @@
-"""Run a tile-sized model over an image of any size: overlapping windows, blended.
+"""Run a tile-sized model over an in-memory image with the plugin's own windows and blend.
 
-Windows of ``tile`` pixels step by ``tile - overlap``; the last one in each
-direction is moved back to end at the image's edge, so no window reads past
-it (an image smaller than a tile is padded). Each window's probabilities are
-weighted by ``weight_window`` (high in the middle, low but non-zero at the
-borders, where a convolutional net sees least context) and the weighted sum is
-divided by the summed weights, so every pixel's probabilities still sum to 1.
+A thin adapter over the inference core, so that ``feed_forward`` gives the
+probabilities the plugin and ``python -m satseg_plugin.inference segment``
+give for the same model and image: the windows are
+``satseg_plugin.inference.tileplan.plan_windows`` (the first starts
+``overlap / 2`` pixels before the image), the blend is
+``satseg_plugin.inference.blend.BandBlender``, and pixels outside the image
+read as black, as outside a raster in ``RasterSource``. Nothing here computes
+a window position or a weight of its own.
 """
 
 from __future__ import annotations
@@ -14,27 +16,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from satseg_plugin.inference.blend import BandBlender
 from satseg_plugin.inference.progress import ProgressBar
-
-
-def window_starts(length: int, tile: int, stride: int) -> list[int]:
-    """Offsets of ``tile``-wide windows every ``stride`` pixels covering ``length``.
-
-    The last window ends at ``length``; ``[0]`` when ``length <= tile``.
-    """
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] + tile < length:
-        starts.append(length - tile)
-    return starts
-
-
-def weight_window(tile: int, floor: float = 0.05) -> np.ndarray:
-    """``[tile, tile]`` float32 weights: a tent, 1 at the centre, ``floor`` at the borders."""
-    ramp = 1.0 - np.abs(np.linspace(-1.0, 1.0, tile))
-    ramp = np.maximum(ramp, floor)
-    return np.outer(ramp, ramp).astype(np.float32)
+from satseg_plugin.inference.tileplan import plan_windows
 
 
 def predict_image(
@@ -49,23 +33,28 @@ def predict_image(
     """Blended class probabilities ``[C, H, W]`` float32 of an ``(H, W, 3)`` uint8 image.
 
     ``predict`` maps uint8 ``[N, tile, tile, 3]`` to ``[N, C, tile, tile]``.
+    ``ParameterError`` for an overlap outside [0, 100).
     """
     h, w = image.shape[:2]
-    if h < tile or w < tile:  # pad with the edge pixels, cropped off again below
-        image = np.pad(image, ((0, max(tile - h, 0)), (0, max(tile - w, 0)), (0, 0)), mode="edge")
-    ph, pw = image.shape[:2]
-    stride = max(1, tile - round(tile * overlap_percent / 100.0))
-    windows = [(y, x) for y in window_starts(ph, tile, stride) for x in window_starts(pw, tile, stride)]
-    weight = weight_window(tile)
-    acc = np.zeros((num_classes, ph, pw), np.float32)
-    total = np.zeros((ph, pw), np.float32)
-    with ProgressBar(len(windows), label) as bar:
-        for s in range(0, len(windows), batch_size):
-            batch = windows[s : s + batch_size]
-            tiles = np.stack([image[y : y + tile, x : x + tile] for y, x in batch])
-            probs = predict(tiles)
-            for (y, x), p in zip(batch, probs, strict=True):
-                acc[:, y : y + tile, x : x + tile] += p * weight
-                total[y : y + tile, x : x + tile] += weight
-            bar.update(len(batch))
-    return (acc / total)[:, :h, :w]
+    windows = plan_windows(w, h, tile, overlap_percent)
+    # The windows' span as one canvas, the image at (-x0, -y0) and black around it.
+    canvas = np.zeros((windows.span_height, windows.span_width, 3), np.uint8)
+    canvas[-windows.y0 : -windows.y0 + h, -windows.x0 : -windows.x0 + w] = image
+    blender = BandBlender(
+        num_classes, tile, tile - windows.stride, windows.x0, windows.span_width, windows.y0
+    )
+    rows: list[np.ndarray] = []
+    with ProgressBar(windows.count, label) as bar:
+        for j in range(windows.ny):
+            top = j * windows.stride  # canvas row of this strip of windows
+            lefts = [i * windows.stride for i in range(windows.nx)]
+            for b in range(0, len(lefts), batch_size):
+                batch = lefts[b : b + batch_size]
+                probs = predict(np.stack([canvas[top : top + tile, x : x + tile] for x in batch]))
+                for x, p in zip(batch, probs, strict=True):
+                    blender.add(p, np.ones((tile, tile), bool), windows.x0 + x, windows.y0 + top)
+                bar.update(len(batch))
+            # The rows above the next strip get no more windows; the last strip finishes the band.
+            rows.append(blender.take(windows.stride if j + 1 < windows.ny else tile)[0])
+    blended = np.concatenate(rows, axis=1)
+    return blended[:, -windows.y0 : -windows.y0 + h, -windows.x0 : -windows.x0 + w]
