@@ -116,13 +116,6 @@ def test_unknown_colours_ignored_and_missing_mask_skipped(tmp_path: Path) -> Non
     assert "sceneA-b" in (out / "skipped.csv").read_text()
 
 
-def test_tile_starts_cover_the_edge() -> None:
-    assert import_masks.tile_starts(544, 256, 256) == [0, 256, 288]
-    assert import_masks.tile_starts(512, 256, 256) == [0, 256]
-    assert import_masks.tile_starts(200, 256, 256) == [0]
-    assert import_masks.tile_starts(600, 256, 128) == [0, 128, 256, 344]
-
-
 def test_bad_colour_maps(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('{"classes": [{"name": "a", "mask_color": "#12345"}]}')

@@ -1,7 +1,8 @@
 """Blend overlapping windows' class probabilities into seamless strips of rows.
 
 Each window's probabilities are weighted by a window function that is 1 in
-the middle and falls linearly to near 0 across the overlap, so a pixel's
+the middle and falls with the square of the distance to the edge across the
+overlap, to ``EDGE_WEIGHT`` at the very edge (``window_weights``), so a pixel's
 probability comes mostly from the windows that see it far from their edges;
 dividing by the summed weights makes the blend a weighted mean. Only a band
 of ``size`` rows of the output is held at a time: memory grows with the

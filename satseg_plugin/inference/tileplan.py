@@ -216,6 +216,22 @@ def plan_windows(width: int, height: int, size: int, overlap_percent: float) -> 
     return Windows(size, stride, -pad, -pad, count(width), count(height))
 
 
+def starts_inside(length: int, size: int, stride: int) -> list[int]:
+    """Offsets of ``size``-pixel tiles every ``stride`` pixels that cover ``length`` without leaving it.
+
+    Unlike ``plan_windows`` (which reads context past the edges), the last tile
+    is moved back to end at ``length``, so every pixel is in a tile and none is
+    padded: how a dataset is cut from a larger image. ``[0]`` when
+    ``length <= size``.
+    """
+    if length <= size:
+        return [0]
+    starts = list(range(0, length - size + 1, stride))
+    if starts[-1] + size < length:
+        starts.append(length - size)
+    return starts
+
+
 @dataclass(frozen=True)
 class Stripe:
     """Grid columns ``x0 .. x1`` (and rows ``y0 .. y1``) and the windows (a sub-grid of the run's) that cover them.

@@ -50,8 +50,10 @@ from satseg_plugin.inference.errors import ConfigError, SatsegError
 from satseg_plugin.inference.imageio import ImageError, read_image, to_rgb, write_png
 from satseg_plugin.inference.metadata import default_color, parse_hex_color
 from satseg_plugin.inference.progress import ProgressBar
+from satseg_plugin.inference.tileplan import starts_inside
 
-IGNORE_INDEX = 255
+from .manifest import IGNORE_INDEX
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp")
 
 
@@ -153,20 +155,6 @@ def mask_to_labels(mask_rgb: np.ndarray, cmap: ColorMap) -> tuple[np.ndarray, Co
         }
     )
     return mapped[inverse].reshape(packed.shape), unknown
-
-
-def tile_starts(length: int, tile: int, stride: int) -> list[int]:
-    """Offsets of windows of ``tile`` every ``stride`` covering ``length`` pixels.
-
-    The last window is moved back to end at the edge, so every pixel is in a
-    tile and no tile is padded (unless ``length < tile``: one window at 0).
-    """
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] + tile < length:
-        starts.append(length - tile)
-    return starts
 
 
 def _safe(name: str) -> str:
@@ -282,8 +270,8 @@ def run(args: argparse.Namespace) -> int:
                 labels, unk = mask_to_labels(mask, cmap)
                 unknown.update(unk)
                 h, w = labels.shape
-                for r, y in enumerate(tile_starts(h, tile, stride)):
-                    for c, x in enumerate(tile_starts(w, tile, stride)):
+                for r, y in enumerate(starts_inside(h, tile, stride)):
+                    for c, x in enumerate(starts_inside(w, tile, stride)):
                         img_t = np.zeros((tile, tile, 3), np.uint8)
                         lab_t = np.full((tile, tile), IGNORE_INDEX, np.uint8)  # padding is unlabelled
                         win_i = image[y : y + tile, x : x + tile]

@@ -1,0 +1,92 @@
+"""The window and blend arithmetic of the inference core, against values worked out by hand.
+
+``plan_windows``: the overlap in pixels is rounded to an even number, the
+stride is the window minus the overlap and the first window starts half the
+overlap before the grid; ``window_weights``: ``((min(i, size - 1 - i) + 0.5) /
+overlap) ** 2`` per axis, clipped to ``[EDGE_WEIGHT, 1]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from satseg_plugin.inference.blend import EDGE_WEIGHT, BandBlender, window_weights
+from satseg_plugin.inference.errors import ParameterError
+from satseg_plugin.inference.tileplan import (
+    Windows,
+    plan_stripes,
+    plan_windows,
+    starts_inside,
+    windows_touching,
+)
+
+
+def test_plan_windows() -> None:
+    # 25 % of 256 = 64 px overlap: stride 192, the first window at -32; ceil((500 + 64 - 256) / 192) + 1 = 3.
+    w = plan_windows(500, 300, 256, 25)
+    assert w == Windows(size=256, stride=192, x0=-32, y0=-32, nx=3, ny=2)
+    assert (w.count, w.span_width, w.span_height) == (6, 640, 448)
+    # 30 % of 10 = 3 px, made even: 2; stride 8, first at -1, ceil((100 + 2 - 10) / 8) + 1 = 13.
+    assert plan_windows(100, 100, 10, 30) == Windows(10, 8, -1, -1, 13, 13)
+    assert plan_windows(512, 256, 256, 0) == Windows(256, 256, 0, 0, 2, 1)
+    assert plan_windows(10, 10, 256, 25) == Windows(256, 192, -32, -32, 1, 1)  # smaller than a window
+
+
+@pytest.mark.parametrize("overlap", [-1, 100, 150])
+def test_plan_windows_refuses_an_overlap_out_of_range(overlap: float) -> None:
+    with pytest.raises(ParameterError, match=r"overlap must be a percent in \[0, 100\)"):
+        plan_windows(100, 100, 256, overlap)
+
+
+def test_windows_touching_and_stripes() -> None:
+    w = plan_windows(500, 300, 256, 25)  # windows start at columns -32, 160, 352
+    # Columns 200..300: [-32, 224) and [160, 416) touch them, [352, 608) does not; rows 0..10: only the first row.
+    assert windows_touching(w, 200, 300, 0, 10) == Windows(256, 192, -32, -32, 2, 1)
+    assert windows_touching(w, 400, 500, 250, 300) == Windows(256, 192, 160, 160, 2, 1)
+    # 600 columns: windows at -32, 160, 352, 544; stripes cut at multiples of 256.
+    w = plan_windows(600, 100, 256, 25)
+    stripes = plan_stripes(600, w, max_width=300)
+    assert [(s.x0, s.x1, s.windows.x0, s.windows.nx) for s in stripes] == [
+        (0, 256, -32, 2),
+        (256, 512, 160, 2),
+        (512, 600, 352, 2),
+    ]
+
+
+def test_starts_inside() -> None:
+    assert starts_inside(544, 256, 256) == [0, 256, 288]  # the last tile moved back to end at 544
+    assert starts_inside(512, 256, 256) == [0, 256]
+    assert starts_inside(200, 256, 256) == [0]
+    assert starts_inside(600, 256, 128) == [0, 128, 256, 344]
+
+
+def test_window_weights() -> None:
+    # size 8, overlap 4: distances to the edge 0.5, 1.5, 2.5, 3.5 -> (d / 4) ** 2 = 1/64, 9/64, 25/64, 49/64.
+    ramp = np.array([1, 9, 25, 49, 49, 25, 9, 1]) / 64
+    np.testing.assert_allclose(window_weights(8, 4), np.outer(ramp, ramp), rtol=1e-6)
+    ramp = np.array([0.25, 1, 1, 1, 1, 1, 1, 0.25])  # overlap 1: (1.5 / 1) ** 2 clipped to 1
+    np.testing.assert_allclose(window_weights(8, 1), np.outer(ramp, ramp))
+    np.testing.assert_array_equal(window_weights(4, 0), np.ones((4, 4)))
+    # (0.5 / 32) ** 2 = 1/4096 is below the floor: the corner is EDGE_WEIGHT squared.
+    assert window_weights(64, 32)[0, 0] == pytest.approx(EDGE_WEIGHT**2)
+
+
+def test_band_blender_weights_two_windows() -> None:
+    # Windows of 4 at stride 2 (overlap 2): column weights 1/16, 9/16, 9/16, 1/16 each.
+    band = BandBlender(classes=1, size=4, overlap=2, x0=0, width=6, top=0)
+    ones, zeros = np.ones((1, 4, 4), np.float32), np.zeros((1, 4, 4), np.float32)
+    band.add(ones, np.ones((4, 4), bool), 0, 0)
+    band.add(zeros, np.zeros((4, 4), bool), 2, 0)
+    # Column 2: 9/16 from the first window, 1/16 from the second -> 0.9; column 3: 1/16 and 9/16 -> 0.1.
+    want = np.array([1, 1, 0.9, 0.1, 0, 0], np.float32)
+    probs, valid = band.take(2)
+    np.testing.assert_allclose(probs, np.broadcast_to(want, (1, 2, 6)), rtol=1e-6)
+    np.testing.assert_array_equal(valid, np.broadcast_to([True] * 4 + [False] * 2, (2, 6)))
+    assert band.top == 2
+    probs, _ = band.take(2)  # the windows' lower rows, same weights
+    np.testing.assert_allclose(probs[0, 0], want, rtol=1e-6)
+    probs, valid = band.take(1)  # nothing was added here: no value, not valid
+    assert not probs.any() and not valid.any()
+    with pytest.raises(ValueError, match="not the band's top row"):
+        band.add(ones, np.ones((4, 4), bool), 0, 0)
