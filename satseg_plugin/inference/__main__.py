@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 from .cli import join_negative_values, run_cli
 from .counts import format_table
-from .errors import ExtentError, ModelError
+from .errors import ExtentError, ModelError, SatsegError
 from .model import DEFAULT_MODEL_NAME, SegModel, default_model_path
 from .progress import ProgressBar
-from .segment import SegmentRequest, describe_plan, run_segment
+from .segment import SegmentRequest, describe_plan, run_segment, single_process_options
 from .tileurl import DEFAULT_TOKEN_ENV, redact
 
 
@@ -84,6 +84,26 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-classes", action="store_true", help="do not write classes.tif")
     p.add_argument("--no-heatmaps", action="store_true", help="do not write the heatmaps")
     p.add_argument("--no-counts", action="store_true", help="do not write pixel_counts.csv")
+    p.add_argument(
+        "--vectors",
+        action="store_true",
+        help="also write OUT/classes.gpkg: one polygon per region of a class, with its class and ground "
+        "area in m² (the table's measure)",
+    )
+    p.add_argument(
+        "--min-area",
+        type=float,
+        metavar="M2",
+        help="merge regions smaller than M2 square metres on the ground into their largest neighbour "
+        "(GDAL sieve), in the class raster, the polygons and the table alike (default: keep every region)",
+    )
+    p.add_argument(
+        "--simplify",
+        type=float,
+        metavar="M",
+        help="with --vectors: simplify the polygons with a tolerance of M metres on the ground "
+        "(their area_m2 stays that of their pixels; default: the exact pixel outlines)",
+    )
     p.add_argument("--generic-names", action="store_true", help="accept a model without class names")
     p.add_argument("--dry-run", action="store_true", help="only say how many tiles and windows it would take")
     p.add_argument(
@@ -128,7 +148,16 @@ def _segment(args: argparse.Namespace) -> int:
         token_any_host=args.token_any_host,
         allow_generic_names=args.generic_names,
         workers=args.workers,
+        write_vectors=args.vectors,
+        min_area_m2=args.min_area,
+        simplify_m=args.simplify,
     )
+    if args.simplify is not None and not args.vectors:
+        raise SatsegError("--simplify simplifies the polygons: add --vectors")
+    if args.cluster is not None and single_process_options(req):
+        raise SatsegError(
+            f"{', '.join(single_process_options(req))} run in a single process only: leave out --cluster"
+        )
     if args.dry_run:
         print(describe_plan(req))
         return 0
@@ -154,7 +183,14 @@ def _segment(args: argparse.Namespace) -> int:
     print(format_table(result.counts))
     for tile, reason in result.tiles_failed:
         print(f"warning: tile {tile} could not be had ({redact(reason)}); left as nodata", file=sys.stderr)
-    written = [p for p in (result.classes_path, *result.heatmap_paths.values(), result.counts_csv) if p]
+    if result.min_area_pixels > 1:
+        print(
+            f"regions under {args.min_area:g} m² ({result.min_area_pixels} pixels) merged into their neighbours"
+        )
+    if result.vectors_path:
+        print(f"{result.polygons} polygons in {result.vectors_path}")
+    paths = (result.classes_path, *result.heatmap_paths.values(), result.counts_csv, result.vectors_path)
+    written = [p for p in paths if p]
     print(
         f"{result.tiles_total} tiles, {len(result.tiles_failed)} failed; wrote {len(written)} files to {args.out}"
     )

@@ -53,7 +53,7 @@ from .counts import COUNTS_NAME, ClassCount, CountAccumulator, write_counts_csv
 from .errors import Cancelled, ParameterError, SatsegError, SourceError
 from .metadata import parse_hex_color
 from .outputs import CLASS_NODATA, CLASSES_NAME, HEATMAP_NODATA, heatmap_name
-from .segment import ProgressFn, RunPlan, SegmentRequest, plan_run
+from .segment import ProgressFn, RunPlan, SegmentRequest, plan_run, single_process_options
 from .sources import tile_name
 from .tileplan import Grid, plan_blocks
 from .tileurl import TokenError
@@ -330,6 +330,9 @@ def run_segment_cluster(
     ``threads`` caps onnxruntime's threads per block (default: for ``local:N``
     the cores divided among the N workers, else onnxruntime's own choice).
     """
+    single = single_process_options(req)
+    if single:
+        raise ClusterError(f"{', '.join(single)} run in a single process only: leave out --cluster for them")
     t_start = time.perf_counter()
     report = progress or (lambda _f, _m: None)
     cancelled = is_cancelled or (lambda: False)

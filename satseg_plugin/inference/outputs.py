@@ -13,7 +13,7 @@ import contextlib
 import os
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -96,6 +96,12 @@ class _Raster:
                 self.band.WriteArray(np.concatenate(parts), x, y)
         self._pending.clear()
 
+    def flush(self) -> gdal.Band:
+        """Write every row taken so far and return the band (still open, writable)."""
+        self._drain()
+        self.ds.FlushCache()
+        return self.band
+
     def finish(self, resampling: str) -> None:
         """Build overviews and close; the file stays under its temporary name.
 
@@ -154,6 +160,8 @@ class RunOutputs:
     ``write(probabilities, valid, y)`` takes ``(C, rows, width)`` probabilities of
     output rows ``y..``; ``commit()`` builds overviews and renames every file into
     place; ``discard()`` removes every temporary file (on error or cancel).
+    ``need_classes`` keeps a class raster for ``commit``'s ``postprocess`` (sieve,
+    polygons) even when ``write_classes`` is False; it is then never published.
     """
 
     def __init__(
@@ -164,14 +172,16 @@ class RunOutputs:
         class_colors: Sequence[str],
         write_classes: bool = True,
         write_heatmaps: bool = True,
+        need_classes: bool = False,
     ) -> None:
         self.out_dir = Path(out_dir)
+        self.publish_classes = write_classes
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.class_names = list(class_names)
         self.classes: _Raster | None = None
         self.heatmaps: dict[str, _Raster] = {}
         try:
-            if write_classes:
+            if write_classes or need_classes:
                 self.classes = _Raster(self.out_dir / CLASSES_NAME, grid, gdal.GDT_Byte, ["PREDICTOR=2"])
                 band = self.classes.band
                 band.SetNoDataValue(CLASS_NODATA)
@@ -210,8 +220,23 @@ class RunOutputs:
                 self.heatmaps[name].write(heat, y, x)
         return classes
 
-    def commit(self) -> tuple[str | None, dict[str, str]]:
-        """Finish every file and rename it into place; return ``(classes path, {class: heatmap path})``."""
+    def commit(
+        self, postprocess: Callable[[gdal.Band], None] | None = None
+    ) -> tuple[str | None, dict[str, str]]:
+        """Finish every file and rename it into place; return ``(classes path, {class: heatmap path})``.
+
+        ``postprocess(band)`` gets the complete class raster's band (writable, no
+        overviews yet) first: the sieve changes it in place, the polygons read it.
+        """
+        try:
+            if postprocess is not None and self.classes is not None:
+                postprocess(self.classes.flush())
+            if self.classes is not None and not self.publish_classes:
+                self.classes.discard()  # only needed for postprocess
+                self.classes = None
+        except BaseException:
+            self.discard()
+            raise
         jobs = [(r, "AVERAGE") for r in self.heatmaps.values()]
         if self.classes is not None:
             jobs.insert(0, (self.classes, "NEAREST"))

@@ -10,17 +10,21 @@ extent's width.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from osgeo import gdal
 
 from .blend import BandBlender
+from .clean import count_band, min_area_pixels, sieve
 from .counts import COUNTS_NAME, ClassCount, CountAccumulator, write_counts_csv
-from .errors import Cancelled, ExtentError, SourceError
+from .errors import Cancelled, ExtentError, SatsegError, SourceError
 from .model import SegModel
 from .outputs import RunOutputs
 from .sources import RasterSource, XyzSource, tile_name
@@ -40,6 +44,7 @@ from .tileplan import (
     zoom_for_resolution,
 )
 from .tileurl import DEFAULT_TOKEN_ENV, TileTemplate, resolve_template
+from .vectors import VECTORS_NAME, polygonize_classes
 
 ProgressFn = Callable[[float, str], None]
 
@@ -55,6 +60,10 @@ class SegmentRequest:
     in it or in the environment variable ``token_env``) and ``raster_path`` (any
     raster GDAL opens). ``bbox`` is ``(minx, miny, maxx, maxy)`` in ``bbox_crs``.
     ``zoom`` None means the model's. ``overlap_percent`` None means the model's.
+    ``write_vectors`` adds ``classes.gpkg`` (one polygon per region of a class);
+    ``min_area_m2`` merges regions below that ground area into their neighbours
+    in the class raster, the polygons and the counts alike; ``simplify_m``
+    simplifies the polygons with that tolerance in ground metres.
     """
 
     model: str | os.PathLike[str]
@@ -77,6 +86,34 @@ class SegmentRequest:
     stripe_width: int = 4096  # columns processed at once: bounds memory whatever the extent's width
     timeout: float = 20.0
     retries: int = 2
+    write_vectors: bool = False
+    min_area_m2: float | None = None
+    simplify_m: float | None = None
+
+
+#: Request options a cluster run (``cluster.py``) does not do: they need the whole class raster at once.
+SINGLE_PROCESS_OPTIONS = {
+    "write_vectors": "--vectors",
+    "min_area_m2": "--min-area",
+    "simplify_m": "--simplify",
+}
+
+
+def single_process_options(req: SegmentRequest) -> list[str]:
+    """The CLI names of the options of ``req`` that only a single-process run does."""
+    return [flag for attr, flag in SINGLE_PROCESS_OPTIONS.items() if getattr(req, attr, None)]
+
+
+def check_cleaning(req: SegmentRequest) -> None:
+    """``SatsegError`` for a negative minimum area or tolerance, or a tolerance without polygons."""
+    for value, what in (
+        (req.min_area_m2, "minimum region area (m²)"),
+        (req.simplify_m, "simplification (m)"),
+    ):
+        if value is not None and not value >= 0:
+            raise SatsegError(f"the {what} must be 0 or more, not {value}")
+    if req.simplify_m and not req.write_vectors:
+        raise SatsegError("simplification applies to the polygons: ask for the polygon layer too")
 
 
 @dataclass
@@ -93,6 +130,9 @@ class SegmentResult:
     tiles_failed: list[tuple[str, str]] = field(default_factory=list)
     grid: Grid | None = None
     windows: int = 0
+    vectors_path: str | None = None  # classes.gpkg, when asked for
+    polygons: int = 0  # its features
+    min_area_pixels: int = 0  # the sieve threshold used (0: no sieve)
 
 
 @dataclass
@@ -136,6 +176,7 @@ def plan_run(
     country-sized extent cannot afford in memory.
     """
     _check_source(req)
+    check_cleaning(req)
     model = SegModel.load(req.model, allow_generic_names=req.allow_generic_names)
     check_extent(req.bbox, req.bbox_crs)  # before the network or any file
     size = model.window_size
@@ -299,8 +340,19 @@ def run_segment(
     out_dir = Path(req.out_dir)
     outputs: RunOutputs | None = None
     counter = CountAccumulator(grid, meta.num_classes)
+    sieve_px = min_area_pixels(grid, req.min_area_m2) if req.min_area_m2 else 0
+    vectors_tmp = out_dir / f".{Path(VECTORS_NAME).stem}.{uuid.uuid4().hex[:8]}.part.gpkg"
+    polygons = 0
     try:
-        outputs = RunOutputs(out_dir, grid, names, colors, req.write_classes, req.write_heatmaps)
+        outputs = RunOutputs(
+            out_dir,
+            grid,
+            names,
+            colors,
+            req.write_classes,
+            req.write_heatmaps,
+            need_classes=req.write_vectors or sieve_px > 1,
+        )
         out = outputs
         stripes = plan_stripes(grid.width, windows, req.stripe_width)
         total = sum(stripe.windows.count for stripe in stripes)
@@ -326,9 +378,26 @@ def run_segment(
             raise SourceError(
                 f"no imagery tile could be had ({len(failed)} tiles failed: {'; '.join(reasons[:3])})"
             )
+
+        def postprocess(band: gdal.Band) -> None:
+            nonlocal counter, polygons
+            if sieve_px > 1:
+                report(1.0, f"merging regions under {sieve_px} pixels into their neighbours")
+                sieve(band, sieve_px)
+                counter = count_band(band, grid, meta.num_classes)  # the table counts what the raster shows
+            if req.write_vectors:
+                report(1.0, "tracing the polygons")
+                polygons = polygonize_classes(
+                    band, grid, names, vectors_tmp, req.simplify_m, is_cancelled=cancelled
+                ).features
+
         report(1.0, "writing overviews")
-        classes_path, heatmaps = outputs.commit()
+        classes_path, heatmaps = outputs.commit(postprocess)
         outputs = None
+        vectors_path = None
+        if req.write_vectors:
+            vectors_path = str(out_dir / VECTORS_NAME)
+            os.replace(vectors_tmp, vectors_path)
         counts = counter.table(names, colors)
         counts_csv = None
         if req.write_counts:
@@ -346,10 +415,15 @@ def run_segment(
             tiles_failed=[(tile_name(t), r) for t, r in failed],
             grid=grid,
             windows=total,
+            vectors_path=vectors_path,
+            polygons=polygons,
+            min_area_pixels=sieve_px,
         )
     except BaseException:
         if outputs is not None:
             outputs.discard()
+        with contextlib.suppress(FileNotFoundError):
+            vectors_tmp.unlink()
         raise
     finally:
         source.close()
@@ -377,4 +451,5 @@ __all__ = [
     "plan_run",
     "run_segment",
     "segment_stripes",
+    "single_process_options",
 ]
