@@ -6,13 +6,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from qgis.core import (
+    QgsCategorizedSymbolRenderer,
     QgsColorRampShader,
+    QgsFillSymbol,
     QgsLayerTreeGroup,
     QgsMapLayer,
     QgsPalettedRasterRenderer,
     QgsProject,
     QgsRasterLayer,
     QgsRasterShader,
+    QgsRendererCategory,
     QgsSingleBandPseudoColorRenderer,
     QgsStyle,
     QgsVectorLayer,
@@ -22,14 +25,14 @@ from qgis.PyQt.QtGui import QColor
 
 from ..inference.errors import SatsegError
 
-#: Custom layer property telling satseg layers apart: "classes", "heatmap" or "counts".
+#: Custom layer property telling satseg layers apart: "classes", "polygons", "heatmap" or "counts".
 KIND_PROPERTY = "satseg/kind"
 CLASS_LAYER_OPACITY = 0.6  # the imagery stays readable under the classes
 HEATMAP_RAMP = "Viridis"
 
 
 def satseg_kind(layer: QgsMapLayer | None) -> str | None:
-    """Return "classes", "heatmap" or "counts" for a layer satseg added, else None."""
+    """Return "classes", "polygons", "heatmap" or "counts" for a layer satseg added, else None."""
     if layer is None:
         return None
     return layer.customProperty(KIND_PROPERTY) or None
@@ -54,6 +57,36 @@ def style_class_layer(layer: QgsRasterLayer, class_names: Sequence[str], class_c
         layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, classes))
         layer.setOpacity(CLASS_LAYER_OPACITY)
     layer.setCustomProperty(KIND_PROPERTY, "classes")
+
+
+def polygon_layer(path: str, class_names: Sequence[str], class_colors: Sequence[str]) -> QgsVectorLayer:
+    """Return the polygons of ``classes.gpkg`` categorized by ``class_id``, one legend entry per class."""
+    layer = QgsVectorLayer(f"{path}|layername=classes", "polygons", "ogr")
+    style_polygon_layer(layer, class_names, class_colors)
+    return layer
+
+
+def style_polygon_layer(
+    layer: QgsVectorLayer, class_names: Sequence[str], class_colors: Sequence[str]
+) -> None:
+    """Colour a polygon layer by class like the class raster; background is listed but not drawn."""
+    if layer.isValid():
+        categories = []
+        for i, (name, color) in enumerate(zip(class_names, class_colors, strict=True)):
+            outline = QColor(color).darker(160).name()
+            symbol = QgsFillSymbol.createSimple(
+                {
+                    "color": color,
+                    "outline_color": outline,
+                    "outline_width": "0.26",
+                    "outline_width_unit": "MM",
+                }
+            )
+            drawn = not (i == 0 and name.lower() == "background")
+            categories.append(QgsRendererCategory(i, symbol, name, drawn))
+        layer.setRenderer(QgsCategorizedSymbolRenderer("class_id", categories))
+        layer.setOpacity(CLASS_LAYER_OPACITY)
+    layer.setCustomProperty(KIND_PROPERTY, "polygons")
 
 
 def heatmap_layer(path: str, class_name: str) -> QgsRasterLayer:
@@ -99,6 +132,7 @@ def add_result_layers(
     classes_path: str | None = None,
     heatmap_paths: Mapping[str, str] | None = None,
     counts_csv: str | None = None,
+    vectors_path: str | None = None,
 ) -> QgsLayerTreeGroup:
     """Add the run's layers to a new group on top of the layer tree; return the group.
 
@@ -107,13 +141,17 @@ def add_result_layers(
     added unchecked: the class raster is what the user looks at first.
     """
     layers: list[tuple[QgsMapLayer, bool]] = []
+    if vectors_path:
+        layers.append((polygon_layer(vectors_path, class_names, class_colors), True))
     if classes_path:
         layers.append((class_layer(classes_path, class_names, class_colors), True))
     for name, path in (heatmap_paths or {}).items():
         layers.append((heatmap_layer(path, name), False))
     if counts_csv:
         layers.append((counts_layer(counts_csv), True))
-    bad = [Path(layer.source().split("?")[0]).name for layer, _ in layers if not layer.isValid()]
+    bad = [
+        Path(layer.source().split("?")[0].split("|")[0]).name for layer, _ in layers if not layer.isValid()
+    ]
     if bad:
         raise SatsegError(f"QGIS could not open the result file(s): {', '.join(bad)}")
     group = project.layerTreeRoot().insertGroup(0, group_name)

@@ -17,6 +17,7 @@ from qgis.core import (
     QgsProcessingOutputFolder,
     QgsProcessingOutputNumber,
     QgsProcessingOutputRasterLayer,
+    QgsProcessingOutputVectorLayer,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFile,
@@ -25,11 +26,12 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
     QgsRasterLayer,
+    QgsVectorLayer,
 )
 
 from ..inference.errors import Cancelled, SatsegError
 from ..inference.tileurl import redact
-from .layers import style_class_layer
+from .layers import style_class_layer, style_polygon_layer
 from .sources import ImagerySource, source_of_layer, source_of_url
 
 MODEL = "MODEL"
@@ -40,16 +42,20 @@ ZOOM = "ZOOM"
 WRITE_CLASSES = "WRITE_CLASSES"
 WRITE_HEATMAPS = "WRITE_HEATMAPS"
 WRITE_COUNTS = "WRITE_COUNTS"
+WRITE_VECTORS = "WRITE_VECTORS"
+MIN_AREA = "MIN_AREA"
+SIMPLIFY = "SIMPLIFY"
 OUTPUT_FOLDER = "OUTPUT_FOLDER"
 OUT_CLASSES = "CLASSES"
 OUT_HEATMAPS = "HEATMAPS"
 OUT_COUNTS = "COUNTS"
+OUT_POLYGONS = "POLYGONS"
 OUT_TILES = "TILES"
 OUT_TILES_FAILED = "TILES_FAILED"
 
 
 class _StyleClasses(QgsProcessingLayerPostProcessorInterface):
-    """Styles the class raster Processing loads when the algorithm ran from the toolbox."""
+    """Styles the class raster and polygons Processing loads when the algorithm ran from the toolbox."""
 
     def __init__(self, class_names: list[str], class_colors: list[str]) -> None:
         super().__init__()
@@ -61,6 +67,9 @@ class _StyleClasses(QgsProcessingLayerPostProcessorInterface):
     ) -> None:
         if isinstance(layer, QgsRasterLayer):
             style_class_layer(layer, self.class_names, self.class_colors)
+            layer.triggerRepaint()
+        elif isinstance(layer, QgsVectorLayer):
+            style_polygon_layer(layer, self.class_names, self.class_colors)
             layer.triggerRepaint()
 
 
@@ -83,7 +92,10 @@ class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
             "XYZ tile layer or raster layer of the project, or a tile URL "
             "(https://server/{z}/{x}/{y}.png). Writes classes.tif (class raster), heatmap_<class>.tif "
             "(probability 0 to 1 per class) and pixel_counts.csv (class, pixels, share, area_m2, "
-            "area_ha) into the output folder."
+            "area_ha) into the output folder; optionally classes.gpkg, one polygon per region with its "
+            "class and ground area. A minimum region area (m²) merges smaller regions into their "
+            "neighbours in the raster, the polygons and the table alike; a tolerance (m) simplifies the "
+            "polygons."
         )
 
     def createInstance(self) -> SegmentExtentAlgorithm:
@@ -113,10 +125,32 @@ class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterBoolean(WRITE_CLASSES, "Write the class raster", True))
         self.addParameter(QgsProcessingParameterBoolean(WRITE_HEATMAPS, "Write one heatmap per class", True))
         self.addParameter(QgsProcessingParameterBoolean(WRITE_COUNTS, "Write the pixel-count table", True))
+        self.addParameter(
+            QgsProcessingParameterBoolean(WRITE_VECTORS, "Write polygons per class (classes.gpkg)", False)
+        )
+        min_area = QgsProcessingParameterNumber(
+            MIN_AREA,
+            "Minimum region area in m² (0: keep every region)",
+            QgsProcessingParameterNumber.Double,
+            0.0,
+            optional=True,
+            minValue=0.0,
+        )
+        self.addParameter(min_area)
+        simplify = QgsProcessingParameterNumber(
+            SIMPLIFY,
+            "Simplify the polygons, tolerance in m (0: exact pixel outlines)",
+            QgsProcessingParameterNumber.Double,
+            0.0,
+            optional=True,
+            minValue=0.0,
+        )
+        self.addParameter(simplify)
         self.addParameter(QgsProcessingParameterFolderDestination(OUTPUT_FOLDER, "Output folder"))
         self.addOutput(QgsProcessingOutputRasterLayer(OUT_CLASSES, "Class raster"))
         self.addOutput(QgsProcessingOutputFolder(OUT_HEATMAPS, "Heatmaps folder"))
         self.addOutput(QgsProcessingOutputFile(OUT_COUNTS, "Pixel-count table (CSV)"))
+        self.addOutput(QgsProcessingOutputVectorLayer(OUT_POLYGONS, "Polygons per class"))
         self.addOutput(QgsProcessingOutputNumber(OUT_TILES, "Tiles segmented"))
         self.addOutput(QgsProcessingOutputNumber(OUT_TILES_FAILED, "Tiles that could not be had"))
 
@@ -155,6 +189,9 @@ class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
                 write_classes=self.parameterAsBool(parameters, WRITE_CLASSES, context),
                 write_heatmaps=self.parameterAsBool(parameters, WRITE_HEATMAPS, context),
                 write_counts=self.parameterAsBool(parameters, WRITE_COUNTS, context),
+                write_vectors=self.parameterAsBool(parameters, WRITE_VECTORS, context),
+                min_area_m2=self.parameterAsDouble(parameters, MIN_AREA, context) or None,
+                simplify_m=self.parameterAsDouble(parameters, SIMPLIFY, context) or None,
             )
             feedback.pushInfo(f"imagery: {source.label}; extent {extent.toString()} in {crs.authid()}")
 
@@ -168,18 +205,25 @@ class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException("cancelled; no file was written") from None
         except SatsegError as exc:
             raise QgsProcessingException(str(exc)) from None
-        if result.classes_path:  # when run from the toolbox, the class raster opens styled
-            styler = _StyleClasses(list(result.class_names), list(result.class_colors))
-            _POST_PROCESSORS[:] = [styler]
-            details = QgsProcessingContext.LayerDetails("classes", context.project(), OUT_CLASSES)
-            details.setPostProcessor(styler)
-            context.addLayerToLoadOnCompletion(result.classes_path, details)
+        # When run from the toolbox, the class raster and the polygons open styled.
+        _POST_PROCESSORS.clear()
+        for path, name, output in (
+            (result.classes_path, "classes", OUT_CLASSES),
+            (result.vectors_path, "polygons", OUT_POLYGONS),
+        ):
+            if path:
+                styler = _StyleClasses(list(result.class_names), list(result.class_colors))
+                _POST_PROCESSORS.append(styler)
+                details = QgsProcessingContext.LayerDetails(name, context.project(), output)
+                details.setPostProcessor(styler)
+                context.addLayerToLoadOnCompletion(path, details)
         for tile, reason in result.tiles_failed:
             feedback.reportError(f"tile {tile} could not be had: {redact(reason)}; left empty (nodata)")
         return {
             OUT_CLASSES: result.classes_path,
             OUT_HEATMAPS: out_dir if result.heatmap_paths else None,
             OUT_COUNTS: result.counts_csv,
+            OUT_POLYGONS: result.vectors_path,
             OUT_TILES: result.tiles_total,
             OUT_TILES_FAILED: len(result.tiles_failed),
         }

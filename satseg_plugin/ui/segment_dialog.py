@@ -14,6 +14,7 @@ from qgis.PyQt.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
+    QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -42,6 +43,9 @@ class SegmentChoices:
     write_classes: bool
     write_heatmaps: bool
     write_counts: bool
+    write_vectors: bool = False
+    min_area_m2: float | None = None  # None: keep every region
+    simplify_m: float | None = None  # None: the exact pixel outlines
 
 
 class SegmentDialog(QDialog):
@@ -111,9 +115,37 @@ class SegmentDialog(QDialog):
         self.heatmaps_check.setChecked(heatmaps)
         self.counts_check = QCheckBox("pixel-count table")
         self.counts_check.setChecked(counts)
+        self.vectors_check = QCheckBox("polygons per class")
+        self.vectors_check.setObjectName("satsegVectors")
+        self.vectors_check.setToolTip("classes.gpkg: one polygon per region, with its class and area in m²")
         outputs = QHBoxLayout()
-        for check in (self.classes_check, self.heatmaps_check, self.counts_check):
+        for check in (self.classes_check, self.vectors_check, self.heatmaps_check, self.counts_check):
             outputs.addWidget(check)
+
+        self.min_area_spin = QDoubleSpinBox()
+        self.min_area_spin.setObjectName("satsegMinArea")
+        self.min_area_spin.setRange(0.0, 1e9)
+        self.min_area_spin.setDecimals(1)
+        self.min_area_spin.setSuffix(" m²")
+        self.min_area_spin.setSpecialValueText("keep every region")
+        self.min_area_spin.setToolTip(
+            "Regions smaller than this on the ground merge into their largest neighbour, in the class "
+            "raster, the polygons and the table alike"
+        )
+        self.simplify_spin = QDoubleSpinBox()
+        self.simplify_spin.setObjectName("satsegSimplify")
+        self.simplify_spin.setRange(0.0, 1e4)
+        self.simplify_spin.setDecimals(2)
+        self.simplify_spin.setSuffix(" m")
+        self.simplify_spin.setSpecialValueText("exact pixel outlines")
+        self.simplify_spin.setToolTip("Simplify the polygons with this tolerance on the ground")
+        self.simplify_spin.setEnabled(False)
+        self.vectors_check.toggled.connect(self.simplify_spin.setEnabled)
+        clean = QHBoxLayout()
+        clean.addWidget(QLabel("minimum region"))
+        clean.addWidget(self.min_area_spin)
+        clean.addWidget(QLabel("simplify polygons"))
+        clean.addWidget(self.simplify_spin)
 
         self.extent_label = QLabel(extent_text)
         self.extent_label.setWordWrap(True)
@@ -127,6 +159,7 @@ class SegmentDialog(QDialog):
         form.addRow("Zoom", self.zoom_spin)
         form.addRow("Output folder", self.out_widget)
         form.addRow("Outputs", outputs)
+        form.addRow("Clean classes", clean)
         form.addRow("Extent", self.extent_label)
 
         self.buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
@@ -187,6 +220,9 @@ class SegmentDialog(QDialog):
             write_classes=self.classes_check.isChecked(),
             write_heatmaps=self.heatmaps_check.isChecked(),
             write_counts=self.counts_check.isChecked(),
+            write_vectors=self.vectors_check.isChecked(),
+            min_area_m2=self.min_area_spin.value() or None,
+            simplify_m=(self.simplify_spin.value() or None) if self.vectors_check.isChecked() else None,
         )
 
     def accept(self) -> None:

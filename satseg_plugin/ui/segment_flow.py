@@ -42,6 +42,9 @@ def make_request(choices: SegmentChoices, extent: QgsRectangle, crs: QgsCoordina
         write_classes=choices.write_classes,
         write_heatmaps=choices.write_heatmaps,
         write_counts=choices.write_counts,
+        write_vectors=choices.write_vectors,
+        min_area_m2=choices.min_area_m2,
+        simplify_m=choices.simplify_m,
     )
 
 
@@ -111,8 +114,14 @@ class SegmentController:
                 raise SatsegError("choose a model file (.onnx) first")
             if not Path(choices.model_path).is_file():
                 raise SatsegError(f"the model file {choices.model_path} does not exist")
-            if not (choices.write_classes or choices.write_heatmaps or choices.write_counts):
-                raise SatsegError("choose at least one output (class raster, heatmaps or table)")
+            wanted = (
+                choices.write_classes,
+                choices.write_heatmaps,
+                choices.write_counts,
+                choices.write_vectors,
+            )
+            if not any(wanted):
+                raise SatsegError("choose at least one output (class raster, polygons, heatmaps or table)")
             request = make_request(choices, canvas.extent(), canvas.mapSettings().destinationCrs())
             from ..inference.segment import count_tiles
 

@@ -112,6 +112,7 @@ class SegmentTask(QgsTask):
                 classes_path=_moved(result.classes_path, self.out_dir),
                 heatmap_paths={k: _moved(v, self.out_dir) for k, v in (result.heatmap_paths or {}).items()},
                 counts_csv=_moved(result.counts_csv, self.out_dir),
+                vectors_path=_moved(getattr(result, "vectors_path", None), self.out_dir),
             )
             self.outcome = "done"
             return True
@@ -148,6 +149,7 @@ class SegmentTask(QgsTask):
                     classes_path=res.classes_path,
                     heatmap_paths=res.heatmap_paths,
                     counts_csv=res.counts_csv,
+                    vectors_path=getattr(res, "vectors_path", None),
                 )
             except SatsegError as exc:
                 bar.pushMessage("satseg", str(exc), Qgis.Warning, MESSAGE_SECONDS)
