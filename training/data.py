@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,15 +32,12 @@ from satseg_plugin.inference.imageio import read_image, to_rgb
 from satseg_plugin.inference.metadata import MEAN, STD
 from satseg_plugin.inference.progress import ProgressBar
 
-from .dataset.manifest import read_ids
+# IGNORE_INDEX and DatasetError are the dataset folder's (train.py and the tests import them from here).
+from .dataset.manifest import IGNORE_INDEX as IGNORE_INDEX
+from .dataset.manifest import DatasetError, read_manifest, sample_ids
 from .dataset.tiles import xyz_blocks
 
-IGNORE_INDEX = 255
 CACHE_NAME = "training.hdf5"
-
-
-class DatasetError(SatsegError):
-    """The dataset folder is missing, incomplete or inconsistent."""
 
 
 @dataclass
@@ -59,41 +55,14 @@ class TileDataset:
     resolution_cm: float | None
 
 
-def read_manifest(data_dir: Path) -> dict:
-    """Return the parsed ``manifest.json`` of ``data_dir``; ``DatasetError`` if unusable."""
-    path = data_dir / "manifest.json"
-    if not data_dir.is_dir():
-        raise DatasetError(f"dataset folder not found: {data_dir}")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DatasetError(
-            f"{data_dir} has no manifest.json: build it with python -m training.dataset"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"cannot read {path}: {exc}") from None
-    classes = manifest.get("classes")
-    if (
-        not isinstance(classes, list)
-        or not classes
-        or not all(isinstance(c, dict) and "name" in c for c in classes)
-    ):
-        raise DatasetError(f"{path} has no usable 'classes' list")
-    return manifest
-
-
 def _sample_ids(data_dir: Path) -> list[str]:
-    for name in ("sample-filtered.txt", "sample.txt"):
-        path = data_dir / name
-        if path.is_file():
-            ids = read_ids(path, DatasetError)  # ids become paths: no '..', no separators
-            return [
-                i
-                for i in ids
-                if (data_dir / "images" / f"{i}.png").is_file()
-                and (data_dir / "labels" / "color" / f"{i}.png").is_file()
-            ]
-    raise DatasetError(f"{data_dir} has neither sample-filtered.txt nor sample.txt")
+    """The sample list's ids whose image and label both exist."""
+    return [
+        i
+        for i in sample_ids(data_dir)
+        if (data_dir / "images" / f"{i}.png").is_file()
+        and (data_dir / "labels" / "color" / f"{i}.png").is_file()
+    ]
 
 
 def _groups(data_dir: Path, ids: list[str]) -> list[str]:

@@ -64,7 +64,7 @@ from .dataset import build
 from .dataset.__main__ import join_negative_values
 from .dataset.classes import load_classes
 from .dataset.imagery import DEFAULT_TOKEN_ENV
-from .dataset.manifest import read_ids
+from .dataset.manifest import read_ids, read_manifest, write_ids
 from .dataset.raster_tiles import RasterTiles
 from .dataset.tiles import Tile, bbox_tiles, parse_bbox, parse_tile_id
 from .metrics import scores
@@ -346,10 +346,10 @@ def write_view(
                 old.unlink()
         for i in ids:
             _link(data / sub / f"{i}.png", view / sub / f"{i}.png")
-    manifest = json.loads((data / "manifest.json").read_text(encoding="utf-8"))
+    manifest = read_manifest(data)
     manifest["learn_area"] = {"part": part, "of": str(data.resolve()), "tiles": len(ids)}
     write_text_atomic(view / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    write_text_atomic(view / "sample-filtered.txt", "".join(f"{i}\n" for i in ids))
+    write_ids(view / "sample-filtered.txt", list(ids))
     if scenes is not None:
         write_text_atomic(view / "scenes.csv", "id,scene\n" + "".join(f"{i},{scenes[i]}\n" for i in ids))
 

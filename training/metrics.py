@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from .dataset.manifest import IGNORE_INDEX
 
 
 def confusion_matrix(

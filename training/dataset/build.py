@@ -387,7 +387,9 @@ def run(args: argparse.Namespace) -> int:
     if args.osm is not None:
         manifest = build_labels(args, log)
     else:
-        manifest = read_manifest(out)
+        manifest = read_manifest(
+            out, kind="osm", hint="build the labels first (give --osm, --bbox and --classes)"
+        )
     if args.imagery:
         with requests.Session() as session:  # closed: the TileJSON request leaves no open socket
             template = resolve_template(

@@ -14,23 +14,60 @@ from satseg_plugin.inference.atomic import write_text_atomic
 from satseg_plugin.inference.errors import SatsegError
 
 SCHEMA = 1
+#: The label byte of unlabelled or unknown pixels (``ignore_index`` of the manifest): no loss, no score.
 IGNORE_INDEX = 255
+#: The sample lists, the first that exists wins: the filtered one, else every sampled tile.
+SAMPLE_LISTS = ("sample-filtered.txt", "sample.txt")
 
 
-def read_manifest(folder: str | os.PathLike[str]) -> dict:
-    """The manifest of the dataset in ``folder``; ``SatsegError`` when it has none."""
-    path = Path(folder) / "manifest.json"
-    if not path.is_file():
-        raise SatsegError(
-            f"{folder} has no manifest.json: build the labels first (give --osm, --bbox and --classes)"
-        )
+class DatasetError(SatsegError):
+    """The dataset folder is missing, incomplete or inconsistent."""
+
+
+def read_manifest(
+    folder: str | os.PathLike[str],
+    kind: str | None = None,
+    hint: str = "build it with python -m training.dataset",
+) -> dict:
+    """The manifest of the dataset in ``folder``, its ``classes`` list checked.
+
+    ``kind`` (``"osm"`` or ``"masks"``) also asks for that kind of dataset;
+    ``hint`` says what to do when there is no manifest. ``DatasetError`` when
+    the folder or manifest is missing or unusable.
+    """
+    root = Path(folder)
+    path = root / "manifest.json"
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder not found: {root} ({hint})")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise SatsegError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or data.get("kind") != "osm":
-        raise SatsegError(f"{path} is not the manifest of an OpenStreetMap dataset (kind 'osm')")
-    return data
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(f"{root} has no manifest.json: {hint}") from None
+    except ValueError as exc:  # also undecodable bytes
+        raise DatasetError(f"{path} is not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc}") from None
+    classes = manifest.get("classes") if isinstance(manifest, dict) else None
+    if (
+        not isinstance(classes, list)
+        or not classes
+        or not all(isinstance(c, dict) and "name" in c for c in classes)
+    ):
+        raise DatasetError(f"{path} has no usable 'classes' list")
+    if kind is not None and manifest.get("kind") != kind:
+        raise DatasetError(
+            f"{path} is the manifest of a {manifest.get('kind')!r} dataset, not of kind {kind!r}"
+        )
+    return manifest
+
+
+def sample_ids(folder: str | os.PathLike[str]) -> list[str]:
+    """The ids of the dataset's sample list (``SAMPLE_LISTS``), each checked; ``DatasetError`` without one."""
+    root = Path(folder)
+    for name in SAMPLE_LISTS:
+        if (root / name).is_file():
+            return read_ids(root / name, DatasetError)  # ids become paths: no '..', no separators
+    raise DatasetError(f"{root} has neither {' nor '.join(SAMPLE_LISTS)}")
 
 
 def write_manifest(folder: str | os.PathLike[str], manifest: dict) -> Path:

@@ -28,39 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from satseg_plugin.inference.atomic import write_text_atomic
-from satseg_plugin.inference.errors import SatsegError
 from satseg_plugin.inference.imageio import read_image, write_png
 from satseg_plugin.inference.progress import ProgressBar
 from satseg_plugin.inference.tileurl import strip_secrets
 
-from .manifest import check_id, read_ids
+from .manifest import IGNORE_INDEX, DatasetError, check_id, read_manifest, sample_ids
 from .tiles import xyz_blocks
-
-IGNORE_INDEX = 255
-
-
-class DatasetError(SatsegError):
-    """An input folder is not a satseg dataset."""
-
-
-def _read_manifest(folder: Path) -> dict:
-    path = folder / "manifest.json"
-    if not path.is_file():
-        raise DatasetError(f"{folder} is not a satseg dataset (no manifest.json)")
-    try:
-        manifest = json.loads(path.read_text())
-        [c["name"] for c in manifest["classes"]]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DatasetError(f"{path} is not a valid dataset manifest: {exc}") from None
-    return manifest
-
-
-def _sample_ids(folder: Path) -> list[str]:
-    for name in ("sample-filtered.txt", "sample.txt"):
-        path = folder / name
-        if path.is_file():
-            return read_ids(path, DatasetError)  # ids become paths under --out: checked here
-    raise DatasetError(f"{folder} has neither sample-filtered.txt nor sample.txt")
 
 
 def _scenes(folder: Path) -> dict[str, str]:
@@ -104,7 +77,7 @@ def merge(inputs: list[Path], out: Path) -> dict:
     """Merge the datasets ``inputs`` into ``out``; return the new manifest."""
     if out.resolve() in {p.resolve() for p in inputs}:
         raise DatasetError("the output folder must differ from every input")
-    manifests = [_read_manifest(p) for p in inputs]
+    manifests = [read_manifest(p, hint="not a satseg dataset") for p in inputs]
     classes, luts = merged_classes(manifests)
     ids_seen: set[str] = set()
     plan = []
@@ -115,12 +88,12 @@ def merge(inputs: list[Path], out: Path) -> dict:
         [
             t
             for folder, sc in zip(inputs, inputs_scenes, strict=True)
-            for t in _sample_ids(folder)
+            for t in sample_ids(folder)
             if t not in sc
         ]
     )
     for folder, lut, scenes in zip(inputs, luts, inputs_scenes, strict=True):
-        for tile in _sample_ids(folder):
+        for tile in sample_ids(folder):
             image, label = folder / "images" / f"{tile}.png", folder / "labels" / "color" / f"{tile}.png"
             if not (image.is_file() and label.is_file()):
                 continue
