@@ -19,25 +19,20 @@ import hashlib
 import math
 import os
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import requests
 from osgeo import gdal
-from requests.adapters import HTTPAdapter
 
 from .atomic import write_bytes_atomic
 from .errors import ExtentError, SourceError
 from .imageio import to_rgb
-from .tilefetch import MAX_BODY_BYTES, TileFailure, check_tile, get_body
-from .tileplan import XYZ_TILE, Grid, XyzGrid, check_extent, srs_from_user, transform_bounds
-from .tileurl import RETRY_STATUS, TileTemplate, TokenError, redact, token_message
+from .tilefetch import MAX_BODY_BYTES, ThreadSessions, TileFailure, check_tile, fetch_tile
+from .tileplan import XYZ_TILE, Grid, Tile, XyzGrid, check_extent, srs_from_user, transform_bounds
+from .tileurl import TileTemplate, TokenError, redact
 
 gdal.UseExceptions()
-
-Tile = tuple[int, int, int]  # (x, y, z)
 
 
 def tile_name(tile: Tile) -> str:
@@ -74,27 +69,14 @@ class XyzSource:
             # One folder per service: the template without its token, hashed.
             key = hashlib.sha256(template.public.encode()).hexdigest()[:16]
             self._cache = Path(cache_dir) / key
-        self._local = threading.local()
         self._lock = threading.Lock()
-        self._sessions: list[requests.Session] = []
+        self._http = ThreadSessions("satseg/0.1 (QGIS plugin)", pool_maxsize=2)
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="satseg-xyz")
         self._futures: dict[Tile, Future] = {}
         self._tiles: dict[Tile, tuple[np.ndarray, np.ndarray] | None] = {}
 
     # --- fetching (worker threads) ----------------------------------------------------------
-    def _session(self) -> requests.Session:
-        sess = getattr(self._local, "session", None)
-        if sess is None:
-            sess = requests.Session()
-            sess.mount("http://", HTTPAdapter(pool_maxsize=2))
-            sess.mount("https://", HTTPAdapter(pool_maxsize=2))
-            sess.headers["User-Agent"] = "satseg/0.1 (QGIS plugin)"
-            self._local.session = sess
-            with self._lock:
-                self._sessions.append(sess)
-        return sess
-
     def _cache_path(self, tile: Tile) -> Path | None:
         if self._cache is None:
             return None
@@ -102,42 +84,11 @@ class XyzSource:
         return self._cache / str(z) / str(x) / f"{y}.tile"
 
     def _download(self, tile: Tile) -> tuple[bytes, np.ndarray]:
-        """The tile's bytes and pixels; ``TokenError`` on 401/403, ``LookupError(reason)`` when it cannot be had.
-
-        A body cut short, or an image that does not decode cleanly, is asked for
-        again like a timeout; one too large or of the wrong size is not.
-        """
-        x, y, z = tile
-        url = self.template.url(x, y, z)
-        token = self.template.token
-        last = ""
-        for attempt in range(self.retries + 1):
-            if self._stop.is_set():
-                raise LookupError("cancelled")
-            if attempt:
-                time.sleep(min(self.backoff * 2 ** (attempt - 1), 8.0))
-            try:
-                status, data = get_body(self._session(), url, self.timeout, self.max_bytes)
-                if status == 200:
-                    return data, check_tile(data, f"tile {tile_name(tile)}", XYZ_TILE)
-            except requests.RequestException as exc:
-                last = redact(f"{type(exc).__name__}: {exc}", token)
-                continue
-            except TileFailure as exc:
-                last = exc.reason
-                if exc.retry:
-                    continue
-                raise LookupError(last) from None
-            if status in (401, 403):
-                raise TokenError(
-                    token_message(status, self.template.token_env, token, self.template.withheld_from)
-                )
-            if status in (204, 404):
-                raise LookupError(f"not found (HTTP {status})")
-            last = f"HTTP {status}"
-            if status not in RETRY_STATUS:
-                break
-        raise LookupError(f"{last} (after {attempt + 1} tries)")
+        """The tile's bytes and pixels (``fetch_tile``); ``TokenError`` on 401/403, else ``TileUnavailable``."""
+        return fetch_tile(
+            self._http.get(), self.template, tile, f"tile {tile_name(tile)}", XYZ_TILE,
+            self.timeout, self.retries, self.backoff, self._stop, self.max_bytes,
+        )  # fmt: skip
 
     def _load(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
         """Decoded ``(rgb, valid)`` of a tile, from the cache (verified first) or the service."""
@@ -221,10 +172,7 @@ class XyzSource:
         self._stop.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._futures.clear()
-        with self._lock:
-            for sess in self._sessions:
-                sess.close()
-            self._sessions.clear()
+        self._http.close()
 
 
 def _gdal_error(exc: Exception) -> str:

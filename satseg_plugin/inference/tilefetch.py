@@ -1,7 +1,8 @@
 """One tile over HTTP, taken only whole: complete, bounded in size, decoded without a warning.
 
-Shared by the plugin's ``XyzSource`` and the dataset builder's ``Downloader``
-(each keeps its own retry loop). A dropped connection can hand back a body
+Shared by the plugin's ``XyzSource`` and the dataset builder's ``Downloader``:
+``fetch_tile`` (the retry loop), ``ThreadSessions`` (one HTTP session per
+thread), ``get_body`` and ``check_tile``. A dropped connection can hand back a body
 shorter than its ``Content-Length`` with status 200, and a PNG or JPEG that
 ends early still decodes, with a grey or black remainder: both are failures
 here, worth asking again. A body over ``MAX_BODY_BYTES`` is dropped while it
@@ -12,10 +13,16 @@ not help.
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import requests
+from requests.adapters import HTTPAdapter
 
 from .imageio import ImageError, ImageSizeError, decode_image
+from .tileplan import Tile
+from .tileurl import RETRY_STATUS, TileTemplate, TokenError, redact, token_message
 
 #: The largest tile body read (16 MiB): real tiles are tens of kilobytes.
 MAX_BODY_BYTES = 16 * 2**20
@@ -77,3 +84,95 @@ def check_tile(data: bytes, what: str, size: int | None) -> np.ndarray:
         raise TileFailure(exc.reason, False) from None
     except ImageError as exc:
         raise TileFailure(exc.reason, True) from None
+
+
+class TileUnavailable(LookupError):  # noqa: N818 - a tile's outcome, not a program error
+    """A tile that could not be had (after the retries); ``reason`` is what reports list."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def fetch_tile(
+    session: requests.Session,
+    template: TileTemplate,
+    tile: Tile,
+    what: str,
+    size: int | None,
+    timeout: float,
+    retries: int,
+    backoff: float,
+    stop: threading.Event,
+    max_bytes: int = MAX_BODY_BYTES,
+) -> tuple[bytes, np.ndarray]:
+    """The body and pixels of ``tile``, whole and decoded cleanly at ``size`` x ``size``.
+
+    A network error, a body cut short, a damaged image or a status in
+    ``RETRY_STATUS`` is asked for again up to ``retries`` times, waiting
+    ``backoff`` seconds, doubled each time (at most 8); a body too large or a
+    tile of the wrong size is not. ``TokenError`` on 401/403;
+    ``TileUnavailable(reason)`` when the tile cannot be had or ``stop`` is set.
+    ``what`` names the tile in messages.
+    """
+    x, y, z = tile
+    url = template.url(x, y, z)
+    token = template.token
+    last = ""
+    for attempt in range(retries + 1):
+        if stop.is_set():
+            raise TileUnavailable("cancelled")
+        if attempt:
+            time.sleep(min(backoff * 2 ** (attempt - 1), 8.0))
+        try:
+            status, data = get_body(session, url, timeout, max_bytes)
+            if status == 200:
+                return data, check_tile(data, what, size)
+        except requests.RequestException as exc:
+            last = redact(f"{type(exc).__name__}: {exc}", token)
+            continue
+        except TileFailure as exc:
+            last = exc.reason
+            if exc.retry:
+                continue
+            raise TileUnavailable(last) from None
+        if status in (401, 403):
+            raise TokenError(token_message(status, template.token_env, token, template.withheld_from))
+        if status in (204, 404):
+            raise TileUnavailable(f"not found (HTTP {status})")
+        last = f"HTTP {status}"
+        if status not in RETRY_STATUS:
+            break
+    raise TileUnavailable(f"{last} (after {attempt + 1} tries)")
+
+
+class ThreadSessions:
+    """One ``requests.Session`` per thread (a session is not thread-safe), all closed by ``close``."""
+
+    def __init__(self, user_agent: str, pool_maxsize: int) -> None:
+        self.user_agent = user_agent
+        self.pool_maxsize = pool_maxsize
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._sessions: list[requests.Session] = []
+
+    def get(self) -> requests.Session:
+        """The calling thread's session, made on first use."""
+        sess = getattr(self._local, "session", None)
+        if sess is None:
+            sess = requests.Session()
+            sess.mount("http://", HTTPAdapter(pool_maxsize=self.pool_maxsize))
+            sess.mount("https://", HTTPAdapter(pool_maxsize=self.pool_maxsize))
+            sess.headers["User-Agent"] = self.user_agent
+            self._local.session = sess
+            with self._lock:
+                self._sessions.append(sess)
+        return sess
+
+    def close(self) -> None:
+        """Close every thread's connections; a later ``get`` makes a new session."""
+        with self._lock:
+            for sess in self._sessions:
+                sess.close()
+            self._sessions.clear()
+        self._local = threading.local()

@@ -24,8 +24,12 @@ osr.UseExceptions()
 
 #: Half the side of the Web Mercator square, in metres.
 HALF_WORLD = 20037508.342789244
+#: The side of an XYZ tile in pixels.
 XYZ_TILE = 256
+#: The latitude where Web Mercator (and so the XYZ grid) ends, north and south.
 MAX_LATITUDE = 85.0511287798066
+#: An XYZ tile as ``(x, y, z)``.
+Tile = tuple[int, int, int]
 
 
 def srs_from_user(text: str) -> osr.SpatialReference:

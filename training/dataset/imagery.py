@@ -21,30 +21,32 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import requests
-from requests.adapters import HTTPAdapter
 
 from satseg_plugin.inference.atomic import write_bytes_atomic
 from satseg_plugin.inference.errors import SourceError
 from satseg_plugin.inference.imageio import to_rgb, write_png
-from satseg_plugin.inference.tilefetch import MAX_BODY_BYTES, TileFailure, check_tile, get_body
+from satseg_plugin.inference.tilefetch import (
+    MAX_BODY_BYTES,
+    ThreadSessions,
+    TileFailure,
+    TileUnavailable,
+    check_tile,
+    fetch_tile,
+)
 from satseg_plugin.inference.tileurl import (
     DEFAULT_TOKEN_ENV,
-    RETRY_STATUS,
     TileTemplate,
     TokenError,
     check_template,
     redact,
     resolve_template,
     strip_secrets,
-    token_message,
 )
 
 from .tiles import Tile, tile_id
@@ -58,12 +60,6 @@ class DownloadReport:
     kept: list[str] = field(default_factory=list)  # already on disk and intact (resume)
     damaged: list[str] = field(default_factory=list)  # on disk but damaged: removed and fetched again
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (tile id, reason)
-
-
-class _TileFailedError(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class Downloader:
@@ -94,74 +90,24 @@ class Downloader:
         self.backoff = backoff
         self.tile_size = tile_size
         self.max_bytes = max_bytes
-        self._local = threading.local()
         self._stop = threading.Event()
-        self._sessions: list[requests.Session] = []
-        self._sessions_lock = threading.Lock()
+        self._http = ThreadSessions("satseg-dataset/1", pool_maxsize=4)
 
     def path(self, tile: Tile) -> Path:
         return self.out_dir / f"{tile_id(tile)}.png"
 
-    def _session(self) -> requests.Session:
-        sess = getattr(self._local, "session", None)
-        if sess is None:
-            sess = requests.Session()
-            sess.mount("http://", HTTPAdapter(pool_maxsize=4))
-            sess.mount("https://", HTTPAdapter(pool_maxsize=4))
-            sess.headers["User-Agent"] = "satseg-dataset/1"
-            self._local.session = sess
-            with self._sessions_lock:
-                self._sessions.append(sess)
-        return sess
-
-    def _close_sessions(self) -> None:
-        """Close the threads' connections (the pool's threads are gone by now)."""
-        with self._sessions_lock:
-            for sess in self._sessions:
-                sess.close()
-            self._sessions.clear()
-        self._local = threading.local()
-
     def _get(self, tile: Tile) -> tuple[bytes, np.ndarray]:
-        """The tile's bytes and pixels, whole and decoded cleanly; a body cut short or a damaged
-        image is asked for again like a timeout, one too large or of the wrong size is not."""
-        x, y, z = tile
-        url = self.template.url(x, y, z)
-        token = self.template.token
-        last = ""
-        for attempt in range(self.retries + 1):
-            if self._stop.is_set():
-                raise _TileFailedError("cancelled")
-            if attempt:
-                time.sleep(min(self.backoff * 2 ** (attempt - 1), 10.0))
-            try:
-                status, data = get_body(self._session(), url, self.timeout, self.max_bytes)
-                if status == 200:
-                    return data, check_tile(data, f"tile {tile_id(tile)}", self.tile_size)
-            except requests.RequestException as exc:
-                last = f"{type(exc).__name__}: {redact(str(exc), token)}"
-                continue
-            except TileFailure as exc:
-                last = exc.reason
-                if exc.retry:
-                    continue
-                raise _TileFailedError(last) from None
-            if status in (401, 403):
-                raise TokenError(
-                    token_message(status, self.template.token_env, token, self.template.withheld_from)
-                )
-            if status in (404, 204):
-                raise _TileFailedError(f"not found (HTTP {status})")
-            last = f"HTTP {status}"
-            if status not in RETRY_STATUS:
-                break
-        raise _TileFailedError(f"{last} (after {attempt + 1} tries)")
+        """The tile's bytes and pixels (``fetch_tile``); ``TokenError`` on 401/403, else ``TileUnavailable``."""
+        return fetch_tile(
+            self._http.get(), self.template, tile, f"tile {tile_id(tile)}", self.tile_size,
+            self.timeout, self.retries, self.backoff, self._stop, self.max_bytes,
+        )  # fmt: skip
 
     def _one(self, tile: Tile) -> str | None:
         """Fetch, check and store one tile; the reason it was skipped, or ``None``."""
         try:
             data, pixels = self._get(tile)
-        except _TileFailedError as exc:
+        except TileUnavailable as exc:
             return exc.reason
         rgb, valid = to_rgb(pixels)
         if not valid.any():
@@ -224,10 +170,10 @@ class Downloader:
         except BaseException:
             self._stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
-            self._close_sessions()
+            self._http.close()
             raise
         pool.shutdown(wait=True)
-        self._close_sessions()
+        self._http.close()
         if todo and not report.fetched and len(report.skipped) == len(todo):
             reasons = {r for _, r in report.skipped}
             content = ("not found", "not a readable", "damaged image", "image ", "response larger", "empty")

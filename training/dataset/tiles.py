@@ -14,11 +14,7 @@ import mercantile
 from osgeo import ogr
 
 from satseg_plugin.inference.errors import ExtentError
-
-Tile = tuple[int, int, int]  # (x, y, z)
-#: Half the width of the Web Mercator world in metres.
-ORIGIN = 20037508.342789244
-MAX_LAT = 85.0511287798066
+from satseg_plugin.inference.tileplan import HALF_WORLD, MAX_LATITUDE, XYZ_TILE, Tile, xyz_resolution
 
 
 def tile_id(tile: Tile) -> str:
@@ -48,7 +44,7 @@ def parse_bbox(text: str) -> tuple[float, float, float, float]:
         raise ExtentError(
             f"--bbox longitudes must lie in -180..180 (got {w}, {e}); is the order minlon,minlat,maxlon,maxlat?"
         )
-    if not (-MAX_LAT <= s <= MAX_LAT and -MAX_LAT <= n <= MAX_LAT):
+    if not (-MAX_LATITUDE <= s <= MAX_LATITUDE and -MAX_LATITUDE <= n <= MAX_LATITUDE):
         raise ExtentError(
             f"--bbox latitudes must lie in -85.05..85.05 (got {s}, {n}); is the order minlon,minlat,maxlon,maxlat?"
         )
@@ -61,7 +57,7 @@ def parse_bbox(text: str) -> tuple[float, float, float, float]:
 
 def tile_span(zoom: int) -> float:
     """Width of one tile at ``zoom`` in EPSG:3857 metres."""
-    return 2 * ORIGIN / (1 << zoom)
+    return xyz_resolution(zoom) * XYZ_TILE  # exact: only powers of two between them
 
 
 def pixel_size(zoom: int, tile_size: int = 256) -> float:
@@ -91,10 +87,10 @@ def tiles_extent(trange: tuple[int, int, int, int], zoom: int) -> tuple[float, f
     xmin, ymin, xmax, ymax = trange
     span = tile_span(zoom)
     return (
-        -ORIGIN + xmin * span,
-        ORIGIN - (ymax + 1) * span,
-        -ORIGIN + (xmax + 1) * span,
-        ORIGIN - ymin * span,
+        -HALF_WORLD + xmin * span,
+        HALF_WORLD - (ymax + 1) * span,
+        -HALF_WORLD + (xmax + 1) * span,
+        HALF_WORLD - ymin * span,
     )
 
 
@@ -123,10 +119,10 @@ def touching_tiles(
     """
     minx, maxx, miny, maxy = geom.GetEnvelope()
     span = tile_span(zoom)
-    x0 = max(trange[0], math.floor((minx + ORIGIN) / span))
-    x1 = min(trange[2], math.floor((maxx + ORIGIN) / span))
-    y0 = max(trange[1], math.floor((ORIGIN - maxy) / span))
-    y1 = min(trange[3], math.floor((ORIGIN - miny) / span))
+    x0 = max(trange[0], math.floor((minx + HALF_WORLD) / span))
+    x1 = min(trange[2], math.floor((maxx + HALF_WORLD) / span))
+    y0 = max(trange[1], math.floor((HALF_WORLD - maxy) / span))
+    y1 = min(trange[3], math.floor((HALF_WORLD - miny) / span))
     if x0 > x1 or y0 > y1:
         return []
     if x0 == x1 and y0 == y1:
