@@ -6,8 +6,9 @@ from pathlib import Path
 
 from qgis.core import QgsApplication, QgsSettings
 
-PLUGIN_DIR = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL_NAME = "satseg-default.onnx"  # the fp32 model, even when an int8 one sorts first
+from ..inference.model import DEFAULT_MODEL_DIRS
+from ..inference.model import default_model_path as shipped_model_path
+
 KEY_MODEL = "satseg/model"
 KEY_OUT_DIR = "satseg/out_dir"
 KEY_OUTPUTS = "satseg/outputs"
@@ -16,14 +17,14 @@ KEY_MODEL_DIRS = "satseg/model_dirs"  # folders of models made by "Train on this
 
 def bundled_models_dirs() -> list[Path]:
     """Folders searched for a default model: the plugin's ``models/``, then a checkout's ``models/``."""
-    return [PLUGIN_DIR / "models", PLUGIN_DIR.parent / "models"]
+    return list(DEFAULT_MODEL_DIRS)
 
 
 def default_model_path() -> str:
-    """Return the shipped ``satseg-default.onnx``, else the first bundled ``.onnx``, else ""."""
-    for folder in bundled_models_dirs():
-        if (folder / DEFAULT_MODEL_NAME).is_file():
-            return str(folder / DEFAULT_MODEL_NAME)
+    """The core's shipped model (``inference.model.default_model_path``), else the first bundled ``.onnx``, else ""."""
+    shipped = shipped_model_path()  # by name: the fp32 model, even when an int8 one sorts first
+    if shipped is not None:
+        return str(shipped)
     for folder in bundled_models_dirs():
         if folder.is_dir():
             models = sorted(folder.glob("*.onnx"))
