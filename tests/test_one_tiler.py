@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from inference_helpers import make_rgb_model, mosaic, write_geotiff
+from inference_helpers import COLORS, NAMES, make_rgb_model, mosaic, write_geotiff
 from osgeo import gdal
 
 from satseg_plugin.inference.cli import run_cli
 from satseg_plugin.inference.imageio import read_image, write_png
+from satseg_plugin.inference.metadata import ModelMetadata, build_metadata
 from satseg_plugin.inference.segment import SegmentRequest, run_segment
 from training import feed_forward
 from training.predictor import load_predictor
@@ -48,3 +49,21 @@ def test_feed_forward_and_the_inference_core_agree(tmp_path: Path) -> None:
     assert run_cli(feed_forward.main, [str(model), str(tmp_path / "image.png"), str(tmp_path / "ff")]) == 0
     classes = read_image(tmp_path / "ff" / "classes.png")[..., 0]
     np.testing.assert_array_equal(classes, gdal.Open(str(result.classes_path)).ReadAsArray())
+
+
+def test_feed_forward_standardises_as_the_model_says(tmp_path: Path) -> None:
+    """A model trained with other mean and std (a Deepness model, say) is fed as its metadata says."""
+    meta = ModelMetadata(NAMES, COLORS, 256, 25, None, zoom=None, mean=(0.3, 0.5, 0.7), std=(0.2, 0.3, 0.4))
+    model = make_rgb_model(tmp_path / "std.onnx", props=build_metadata(meta))
+    image = np.ascontiguousarray(mosaic(100, 200, 100, 200, 10)[:200, :230])
+    raster = write_geotiff(tmp_path / "image.tif", image, (0.0, 1.0, 0.0, 200.0, 0.0, -1.0))
+    result = run_segment(
+        SegmentRequest(
+            model=model, bbox=(0, 0, 230, 200), bbox_crs="EPSG:3857", raster_path=str(raster),
+            out_dir=tmp_path / "core",
+        )
+    )  # fmt: skip
+    core = np.stack([gdal.Open(result.heatmap_paths[n]).ReadAsArray() for n in result.class_names])
+    pred = load_predictor(model)
+    ours = predict_image(image, pred.predict, pred.num_classes, pred.tile_size, pred.tiles_overlap)
+    np.testing.assert_allclose(ours, core, atol=1e-5)

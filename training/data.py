@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,10 +192,10 @@ def split_indices(groups: list[str], val_fraction: float, seed: int) -> tuple[li
     return train, val
 
 
-def normalize(images: np.ndarray) -> np.ndarray:
-    """uint8 ``[N, H, W, 3]`` RGB -> float32 ``[N, 3, H, W]``, ``(x / 255 - MEAN) / STD``."""
+def normalize(images: np.ndarray, mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> np.ndarray:
+    """uint8 ``[N, H, W, 3]`` RGB -> float32 ``[N, 3, H, W]``, ``(x / 255 - mean) / std``."""
     x = images.astype(np.float32) / 255.0
-    x = (x - np.asarray(MEAN, np.float32)) / np.asarray(STD, np.float32)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from satseg_plugin.inference.errors import ModelError
-from satseg_plugin.inference.metadata import DEFAULT_OVERLAP_PERCENT, parse_metadata
+from satseg_plugin.inference.metadata import DEFAULT_OVERLAP_PERCENT, MEAN, STD, parse_metadata
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import normalize
@@ -49,6 +49,9 @@ class Predictor:
     tiles_overlap: int
     checkpoint: dict[str, Any] | None
     _run: Any
+    #: The standardisation the model was trained with (its metadata, or the checkpoint's).
+    mean: tuple[float, ...] = MEAN
+    std: tuple[float, ...] = STD
 
     @property
     def num_classes(self) -> int:
@@ -56,7 +59,7 @@ class Predictor:
 
     def predict(self, tiles: np.ndarray) -> np.ndarray:
         """uint8 ``[N, H, W, 3]`` RGB -> float32 ``[N, C, H, W]`` softmax probabilities."""
-        return self._run(normalize(tiles))
+        return self._run(normalize(tiles, self.mean, self.std))
 
 
 def _torch_runner(net: SoftmaxSegNet, device: torch.device):
@@ -95,8 +98,9 @@ def load_predictor(path: str | os.PathLike[str], device: str = "auto") -> Predic
             return session.run(None, {name: x})[0]
 
         return Predictor(
-            p, "onnx", meta.class_names, meta.class_colors, meta.tile_size, meta.tiles_overlap, None, run
-        )
+            p, "onnx", meta.class_names, meta.class_colors, meta.tile_size, meta.tiles_overlap, None, run,
+            tuple(meta.mean), tuple(meta.std),
+        )  # fmt: skip
     ckpt = load_checkpoint(p)
     net = model_from_checkpoint(ckpt, str(p))
     return Predictor(
@@ -108,4 +112,6 @@ def load_predictor(path: str | os.PathLike[str], device: str = "auto") -> Predic
         int(ckpt["tiles_overlap"]) if ckpt.get("tiles_overlap") is not None else DEFAULT_OVERLAP_PERCENT,
         ckpt,
         _torch_runner(SoftmaxSegNet(net), pick_device(device)),
+        tuple(ckpt.get("mean") or MEAN),
+        tuple(ckpt.get("std") or STD),
     )
