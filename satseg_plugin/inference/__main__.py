@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from .cli import join_negative_values, run_cli
 from .counts import format_table
 from .errors import ExtentError, ModelError, SatsegError
+from .mask import mask_bounds
 from .model import DEFAULT_MODEL_NAME, SegModel, default_model_path
 from .progress import ProgressBar
 from .segment import SegmentRequest, describe_plan, run_segment, single_process_options
@@ -53,7 +54,11 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", help=f"ONNX segmentation model (default: the shipped {DEFAULT_MODEL_NAME})")
-    p.add_argument("--bbox", required=True, type=_bbox, help="extent MINX,MINY,MAXX,MAXY in --bbox-crs")
+    p.add_argument(
+        "--bbox",
+        type=_bbox,
+        help="extent MINX,MINY,MAXX,MAXY in --bbox-crs (required unless --mask gives the extent)",
+    )
     p.add_argument("--bbox-crs", default="EPSG:4326", help="CRS of --bbox: EPSG:n, WKT or PROJ string")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
@@ -62,6 +67,13 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
         help="XYZ template (https://host/{z}/{x}/{y}.png; {s}, {-y}, {q}, {token} understood) or TileJSON URL",
     )
     src.add_argument("--raster", metavar="FILE", help="any raster GDAL opens (GeoTIFF, VRT, WMS XML...)")
+    p.add_argument(
+        "--mask",
+        metavar="FILE",
+        help="processing area: a vector file (GeoPackage, GeoJSON, Shapefile...) whose polygons are "
+        "segmented; windows touching none are not run, pixels outside are nodata and not counted "
+        "(default extent: the polygons' bounding box)",
+    )
     p.add_argument("--zoom", type=int, help="XYZ zoom (default: the model's)")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--overlap", type=float, help="window overlap in percent (default: the model's)")
@@ -130,10 +142,15 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
 
 
 def _segment(args: argparse.Namespace) -> int:
+    bbox, bbox_crs = args.bbox, args.bbox_crs
+    if bbox is None:
+        if not args.mask:
+            raise ExtentError("give the extent to segment: --bbox MINX,MINY,MAXX,MAXY or --mask FILE")
+        bbox, bbox_crs = mask_bounds(args.mask)
     req = SegmentRequest(
         model=_model_arg(args.model),
-        bbox=args.bbox,
-        bbox_crs=args.bbox_crs,
+        bbox=bbox,
+        bbox_crs=bbox_crs,
         tiles_url=args.tiles,
         raster_path=args.raster,
         zoom=args.zoom,
@@ -151,6 +168,7 @@ def _segment(args: argparse.Namespace) -> int:
         write_vectors=args.vectors,
         min_area_m2=args.min_area,
         simplify_m=args.simplify,
+        mask_path=args.mask,
     )
     if args.simplify is not None and not args.vectors:
         raise SatsegError("--simplify simplifies the polygons: add --vectors")

@@ -25,6 +25,7 @@ from .blend import BandBlender
 from .clean import count_band, min_area_pixels, sieve
 from .counts import COUNTS_NAME, ClassCount, CountAccumulator, write_counts_csv
 from .errors import Cancelled, ExtentError, SatsegError, SourceError
+from .mask import AreaMask
 from .model import SegModel
 from .outputs import RunOutputs
 from .sources import RasterSource, XyzSource, tile_name
@@ -64,6 +65,8 @@ class SegmentRequest:
     ``min_area_m2`` merges regions below that ground area into their neighbours
     in the class raster, the polygons and the counts alike; ``simplify_m``
     simplifies the polygons with that tolerance in ground metres.
+    ``mask_path`` (a vector file) limits the run to its polygons: windows that
+    touch none are not run, pixels outside are nodata and not counted.
     """
 
     model: str | os.PathLike[str]
@@ -89,6 +92,7 @@ class SegmentRequest:
     write_vectors: bool = False
     min_area_m2: float | None = None
     simplify_m: float | None = None
+    mask_path: str | os.PathLike[str] | None = None  # processing area: a vector file's polygons
 
 
 #: Request options a cluster run (``cluster.py``) does not do: they need the whole class raster at once.
@@ -96,6 +100,7 @@ SINGLE_PROCESS_OPTIONS = {
     "write_vectors": "--vectors",
     "min_area_m2": "--min-area",
     "simplify_m": "--simplify",
+    "mask_path": "--mask",
 }
 
 
@@ -147,6 +152,7 @@ class RunPlan:
     source: XyzSource | RasterSource | None = None
     inside: set[tuple[int, int, int]] | None = None  # XYZ tiles under the grid itself
     template: TileTemplate | None = None  # the resolved XYZ template (token in it), for XYZ sources
+    area: AreaMask | None = None  # the processing area on the grid, when the request has a mask
 
 
 def _check_source(req: SegmentRequest) -> None:
@@ -209,7 +215,13 @@ def plan_run(
             source.close()
             source = None
         template = None
-    return RunPlan(model, grid, windows, size - windows.stride, tiles, source, inside, template)
+    try:
+        area = AreaMask(req.mask_path, grid) if req.mask_path else None
+    except BaseException:
+        if source is not None:
+            source.close()
+        raise
+    return RunPlan(model, grid, windows, size - windows.stride, tiles, source, inside, template, area)
 
 
 def count_tiles(req: SegmentRequest) -> int:
@@ -226,6 +238,9 @@ def _windows_of_strip(windows: Windows, j: int) -> list[tuple[int, int]]:
     return [(windows.x0 + i * windows.stride, y) for i in range(windows.nx)]
 
 
+#: A processing area: ``area(y, h, x, w)`` is True for the grid pixels of those rows and columns inside it.
+AreaFn = Callable[[int, int, int, int], np.ndarray]
+
 #: Where finished rows go: ``sink(probabilities (C, rows, cols), valid (rows, cols), y, x)`` in grid pixels.
 RowSink = Callable[[np.ndarray, np.ndarray, int, int], None]
 
@@ -240,6 +255,7 @@ def segment_stripes(
     sink: RowSink,
     on_batch: Callable[[int], None],
     cancelled: Callable[[], bool],
+    area: AreaFn | None = None,
 ) -> None:
     """Fetch, infer and blend ``stripes`` in turn and hand each one's finished rows to ``sink``.
 
@@ -250,8 +266,32 @@ def segment_stripes(
     thread, one strip in flight at most.
     ``on_batch(n)`` is told after every model batch; ``Cancelled`` when
     ``cancelled()`` turns true between batches.
+    ``area(y, h, x, w)`` (a processing area, ``AreaMask.mask``) limits the run:
+    a strip or window with no pixel in it is neither fetched nor run nor
+    blended, and pixels outside it are invalid. A pixel inside gets exactly the
+    value of a run without ``area`` (every window that covers it touches the area).
     """
     classes = model.metadata.num_classes
+
+    def runs(y: int, w: Windows) -> list[tuple[int, int]]:
+        """Column spans ``(x, width)`` of the strip at row ``y`` to read: runs of windows in the area."""
+        if area is None:
+            return [(w.x0, w.span_width)]
+        inside = area(y, w.size, w.x0, w.span_width)
+        spans: list[tuple[int, int]] = []
+        for i in range(w.nx):
+            x = w.x0 + i * w.stride
+            if inside[:, x - w.x0 : x - w.x0 + w.size].any():
+                if spans and spans[-1][0] + spans[-1][1] >= x:  # overlaps the run so far: extend it
+                    spans[-1] = (spans[-1][0], x + w.size - spans[-1][0])
+                else:
+                    spans.append((x, w.size))
+        return spans
+
+    def prefetch(y: int, w: Windows) -> None:
+        for x, width in runs(y, w):
+            source.prefetch(y, w.size, x, width)
+
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="satseg-writer")
     written: Future[None] | None = None  # the strip the writer is on
     try:
@@ -259,17 +299,37 @@ def segment_stripes(
             w = stripe.windows
             y_end = min(stripe.y1, height) if stripe.y1 is not None else height
             blender = BandBlender(classes, w.size, overlap, w.x0, w.span_width, w.y0)
-            source.prefetch(w.y0, w.size, w.x0, w.span_width)
+            prefetch(w.y0, w)
             next_row = stripe.y0  # first output row of this stripe not yet written
             for j in range(w.ny):
                 strip_y = w.y0 + j * w.stride
                 if j + 1 < w.ny:  # fetch the next strip while this one runs
-                    source.prefetch(strip_y + w.stride, w.size, w.x0, w.span_width)
+                    prefetch(strip_y + w.stride, w)
                 elif k + 1 < len(stripes):  # or the next stripe's first strip
                     nxt = stripes[k + 1].windows
-                    source.prefetch(nxt.y0, nxt.size, nxt.x0, nxt.span_width)
-                rgb, valid = source.read(strip_y, w.size, w.x0, w.span_width)
+                    prefetch(nxt.y0, nxt)
                 positions = _windows_of_strip(w, j)
+                if area is None:
+                    rgb, valid = source.read(strip_y, w.size, w.x0, w.span_width)
+                else:
+                    if cancelled():  # strips outside the area run no batch that would check
+                        raise Cancelled("cancelled")
+                    inside = area(strip_y, w.size, w.x0, w.span_width)
+                    positions_all = positions
+                    positions = [
+                        (x, y) for x, y in positions if inside[:, x - w.x0 : x - w.x0 + w.size].any()
+                    ]
+                    on_batch(len(positions_all) - len(positions))  # skipped windows count as done
+                    # Only the runs of windows in the area are fetched; the rest stays nodata.
+                    rgb = np.zeros((w.size, w.span_width, 3), np.uint8)
+                    valid = np.zeros((w.size, w.span_width), bool)
+                    spans = runs(strip_y, w)
+                    keep = (spans[0][0], spans[-1][0] + spans[-1][1]) if spans else None
+                    for x, width in spans:
+                        part_rgb, part_valid = source.read(strip_y, w.size, x, width, keep)
+                        rgb[:, x - w.x0 : x - w.x0 + width] = part_rgb
+                        valid[:, x - w.x0 : x - w.x0 + width] = part_valid
+                    valid &= inside
                 for b in range(0, len(positions), batch_size):
                     if cancelled():
                         raise Cancelled("cancelled")
@@ -368,7 +428,16 @@ def run_segment(
             counter.add(out.write(probs, valid, y, x), y)
 
         segment_stripes(
-            model, source, stripes, grid.height, plan.overlap, req.batch_size, sink, on_batch, cancelled
+            model,
+            source,
+            stripes,
+            grid.height,
+            plan.overlap,
+            req.batch_size,
+            sink,
+            on_batch,
+            cancelled,
+            area=plan.area.mask if plan.area is not None else None,
         )
         if cancelled():
             raise Cancelled("cancelled")

@@ -136,8 +136,14 @@ class XyzSource:
                 raise
         return self._tiles[tile]
 
-    def read(self, y: int, h: int, x: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(rgb, valid)`` of grid rows ``y..y+h`` and columns ``x..x+w`` (outside the world: invalid)."""
+    def read(
+        self, y: int, h: int, x: int, w: int, keep: tuple[int, int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(rgb, valid)`` of grid rows ``y..y+h`` and columns ``x..x+w`` (outside the world: invalid).
+
+        ``keep`` (grid columns ``x0, x1``; default: this read's) is the span whose tiles
+        stay in memory for the next strip: a strip read in several parts keeps them all.
+        """
         g = self.grid
         rgb = np.zeros((h, w, 3), np.uint8)
         valid = np.zeros((h, w), bool)
@@ -162,7 +168,8 @@ class XyzSource:
             valid[dst] = tvalid[src]
         # Strips move down a stripe of columns, then on to the next stripe: tiles above
         # this strip or outside its columns are not read again (failures stay recorded).
-        top, left, right = gy // XYZ_TILE, gx // XYZ_TILE, (gx + w - 1) // XYZ_TILE
+        k0, k1 = keep if keep is not None else (x, x + w)
+        top, left, right = gy // XYZ_TILE, (g.px0 + k0) // XYZ_TILE, (g.px0 + k1 - 1) // XYZ_TILE
         for tile in [t for t in self._tiles if t[1] < top or not left <= t[0] <= right]:
             del self._tiles[tile]
         return rgb, valid
@@ -256,8 +263,13 @@ class RasterSource:
     def prefetch(self, y: int, h: int, x: int, w: int) -> None:
         """GDAL reads on demand; nothing to start."""
 
-    def read(self, y: int, h: int, x: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(rgb, valid)`` of grid rows ``y..y+h`` and columns ``x..x+w``; outside the grid: invalid."""
+    def read(
+        self, y: int, h: int, x: int, w: int, keep: tuple[int, int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(rgb, valid)`` of grid rows ``y..y+h`` and columns ``x..x+w``; outside the grid: invalid.
+
+        ``keep`` is ``XyzSource.read``'s; GDAL keeps no tiles here.
+        """
         rgb = np.zeros((h, w, 3), np.uint8)
         valid = np.zeros((h, w), bool)
         r0, r1 = max(y, 0), min(y + h, self.grid.height)
