@@ -28,8 +28,13 @@ _POLYGONS = (ogr.wkbPolygon, ogr.wkbMultiPolygon, ogr.wkbCurvePolygon, ogr.wkbMu
 
 
 def _polygons(path: str | os.PathLike[str]) -> list[tuple[ogr.Geometry, osr.SpatialReference | None]]:
-    """Every polygon of the vector file ``path`` with its layer's CRS; ``SourceError`` if none."""
-    name = redact(str(path))
+    """Every polygon of the vector file ``path`` (``file|layername=NAME``: of that layer) with its CRS.
+
+    ``SourceError`` when there is none.
+    """
+    text, _, layer_name = str(path).partition("|layername=")  # QGIS's way of naming one layer of a file
+    path = text
+    name = redact(text)
     if not Path(path).exists() and "://" not in str(path):
         raise SourceError(f"the processing-area file {name} does not exist")
     try:
@@ -39,7 +44,10 @@ def _polygons(path: str | os.PathLike[str]) -> list[tuple[ogr.Geometry, osr.Spat
     if ds is None:
         raise SourceError(f"the processing-area file {name} is not a vector file GDAL reads")
     out = []
-    for layer in ds:
+    layers = [ds.GetLayerByName(layer_name.split("|")[0])] if layer_name else list(ds)
+    if None in layers:
+        raise SourceError(f"the processing-area file {name} has no layer {layer_name!r}")
+    for layer in layers:
         srs = layer.GetSpatialRef()
         if srs is not None:
             srs = srs.Clone()

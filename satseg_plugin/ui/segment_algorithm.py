@@ -20,12 +20,14 @@ from qgis.core import (
     QgsProcessingOutputVectorLayer,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
     QgsRasterLayer,
+    QgsRectangle,
     QgsVectorLayer,
 )
 
@@ -38,6 +40,7 @@ MODEL = "MODEL"
 SOURCE_LAYER = "SOURCE_LAYER"
 SOURCE_URL = "SOURCE_URL"
 EXTENT = "EXTENT"
+MASK = "MASK"
 ZOOM = "ZOOM"
 WRITE_CLASSES = "WRITE_CLASSES"
 WRITE_HEATMAPS = "WRITE_HEATMAPS"
@@ -95,7 +98,9 @@ class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
             "area_ha) into the output folder; optionally classes.gpkg, one polygon per region with its "
             "class and ground area. A minimum region area (m²) merges smaller regions into their "
             "neighbours in the raster, the polygons and the table alike; a tolerance (m) simplifies the "
-            "polygons."
+            "polygons. A processing area (polygons; Processing's 'Selected features only' applies) "
+            "limits the run to them: windows touching none are not run, pixels outside are nodata "
+            "and not counted; without an extent, the polygons' bounding box is segmented."
         )
 
     def createInstance(self) -> SegmentExtentAlgorithm:
@@ -115,7 +120,17 @@ class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
                 SOURCE_URL, "or tile URL (used when no layer is given)", optional=True
             )
         )
-        self.addParameter(QgsProcessingParameterExtent(EXTENT, "Extent"))
+        self.addParameter(
+            QgsProcessingParameterExtent(EXTENT, "Extent (empty: the processing area's)", optional=True)
+        )
+        self.addParameter(
+            QgsProcessingParameterFeatureSource(
+                MASK,
+                "Processing area: only these polygons (optional)",
+                [QgsProcessing.TypeVectorPolygon],
+                optional=True,
+            )
+        )
         zoom = QgsProcessingParameterNumber(
             ZOOM, "Zoom (empty: the model's)", QgsProcessingParameterNumber.Integer, optional=True
         )
@@ -166,11 +181,23 @@ class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
         from .segment_flow import crs_for_gdal
 
         try:
+            from ..inference.mask import mask_bounds
             from ..inference.segment import SegmentRequest, run_segment
 
             source = self._source(parameters, context)
+            mask_path = None
+            if parameters.get(MASK) not in (None, ""):
+                # A file of just the polygons asked for (selected ones only, when so chosen).
+                mask_path = self.parameterAsCompatibleSourceLayerPath(
+                    parameters, MASK, context, ["gpkg", "shp", "geojson"], "gpkg", feedback
+                )
             extent = self.parameterAsExtent(parameters, EXTENT, context)
             crs = self.parameterAsExtentCrs(parameters, EXTENT, context)
+            if extent.isNull() or extent.isEmpty():
+                if mask_path is None:
+                    raise SatsegError("give an extent or a processing area (polygons)")
+                box, wkt = mask_bounds(mask_path)  # the polygons' own bounding box
+                extent, crs = QgsRectangle(*box), QgsCoordinateReferenceSystem.fromWkt(wkt)
             if not crs.isValid():
                 crs = context.project().crs() if context.project() else QgsCoordinateReferenceSystem()
             if not crs.isValid():
@@ -192,6 +219,7 @@ class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
                 write_vectors=self.parameterAsBool(parameters, WRITE_VECTORS, context),
                 min_area_m2=self.parameterAsDouble(parameters, MIN_AREA, context) or None,
                 simplify_m=self.parameterAsDouble(parameters, SIMPLIFY, context) or None,
+                mask_path=mask_path,
             )
             feedback.pushInfo(f"imagery: {source.label}; extent {extent.toString()} in {crs.authid()}")
 

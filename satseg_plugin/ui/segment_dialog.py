@@ -46,6 +46,8 @@ class SegmentChoices:
     write_vectors: bool = False
     min_area_m2: float | None = None  # None: keep every region
     simplify_m: float | None = None  # None: the exact pixel outlines
+    area_layer_id: str | None = None  # processing area: None for the visible extent
+    selected_only: bool = True  # of a vector area layer: its selected polygons, when any
 
 
 class SegmentDialog(QDialog):
@@ -149,6 +151,26 @@ class SegmentDialog(QDialog):
 
         self.extent_label = QLabel(extent_text)
         self.extent_label.setWordWrap(True)
+        self.area_combo = QgsMapLayerComboBox()
+        self.area_combo.setObjectName("satsegArea")
+        self.area_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer | QgsMapLayerProxyModel.RasterLayer)
+        self.area_combo.setAllowEmptyLayer(True)
+        with contextlib.suppress(TypeError):  # QGIS >= 3.24 can label the empty entry
+            self.area_combo.setAllowEmptyLayer(True, "(the visible extent)")  # type: ignore[call-arg]
+        self.area_combo.setExceptedLayerList(
+            [lyr for lyr in project.mapLayers().values() if satseg_kind(lyr)]
+        )
+        self.area_combo.setLayer(None)
+        self.area_combo.setToolTip(
+            "Segment the visible extent (empty), the whole extent of a raster layer, or only the "
+            "polygons of a vector layer: windows touching none are not run, pixels outside are nodata"
+        )
+        self.selected_check = QCheckBox("selected polygons only (when any are selected)")
+        self.selected_check.setObjectName("satsegSelectedOnly")
+        self.selected_check.setChecked(True)
+        area_row = QHBoxLayout()
+        area_row.addWidget(self.area_combo, 1)
+        area_row.addWidget(self.selected_check)
 
         form = QFormLayout()
         form.addRow("Model", self.model_widget)
@@ -161,6 +183,7 @@ class SegmentDialog(QDialog):
         form.addRow("Outputs", outputs)
         form.addRow("Clean classes", clean)
         form.addRow("Extent", self.extent_label)
+        form.addRow("Processing area", area_row)
 
         self.buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
         self.buttons.button(QDialogButtonBox.Ok).setText("Run")
@@ -223,6 +246,8 @@ class SegmentDialog(QDialog):
             write_vectors=self.vectors_check.isChecked(),
             min_area_m2=self.min_area_spin.value() or None,
             simplify_m=(self.simplify_spin.value() or None) if self.vectors_check.isChecked() else None,
+            area_layer_id=area.id() if (area := self.area_combo.currentLayer()) is not None else None,
+            selected_only=self.selected_check.isChecked(),
         )
 
     def accept(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -11,6 +12,7 @@ from qgis.core import Qgis, QgsApplication, QgsCoordinateReferenceSystem, QgsPro
 from qgis.PyQt.QtWidgets import QMessageBox, QWidget
 
 from ..inference.errors import SatsegError
+from .area import ProcessingArea, area_of_layer
 from .dependencies import check_requirements, offer_install
 from .segment_dialog import SegmentChoices, SegmentDialog
 from .segment_task import MESSAGE_SECONDS, SegmentTask, run_name
@@ -27,8 +29,13 @@ def crs_for_gdal(crs: QgsCoordinateReferenceSystem) -> str:
     return crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
 
 
-def make_request(choices: SegmentChoices, extent: QgsRectangle, crs: QgsCoordinateReferenceSystem) -> Any:
-    """Return the ``SegmentRequest`` for ``choices`` over ``extent`` (in ``crs``)."""
+def make_request(
+    choices: SegmentChoices,
+    extent: QgsRectangle,
+    crs: QgsCoordinateReferenceSystem,
+    mask_path: str | None = None,
+) -> Any:
+    """Return the ``SegmentRequest`` for ``choices`` over ``extent`` (in ``crs``), within ``mask_path``'s polygons."""
     from ..inference.segment import SegmentRequest
 
     return SegmentRequest(
@@ -45,6 +52,7 @@ def make_request(choices: SegmentChoices, extent: QgsRectangle, crs: QgsCoordina
         write_vectors=choices.write_vectors,
         min_area_m2=choices.min_area_m2,
         simplify_m=choices.simplify_m,
+        mask_path=mask_path,
     )
 
 
@@ -108,7 +116,7 @@ class SegmentController:
 
     def start(self, choices: SegmentChoices, when: datetime | None = None) -> SegmentTask | None:
         """Start segmenting the canvas's visible extent; return the task, or None if not started."""
-        canvas = self.iface.mapCanvas()
+        area: ProcessingArea | None = None
         try:
             if not choices.model_path:
                 raise SatsegError("choose a model file (.onnx) first")
@@ -122,14 +130,19 @@ class SegmentController:
             )
             if not any(wanted):
                 raise SatsegError("choose at least one output (class raster, polygons, heatmaps or table)")
-            request = make_request(choices, canvas.extent(), canvas.mapSettings().destinationCrs())
+            area = self._area(choices)
+            request = make_request(choices, area.extent, area.crs, area.mask_path)
             from ..inference.segment import count_tiles
 
             tiles = count_tiles(request)
         except SatsegError as exc:
+            if area is not None and area.folder:
+                shutil.rmtree(area.folder, ignore_errors=True)
             self._warn(str(exc))
             return None
         if tiles > LARGE_RUN_TILES and not self.confirm(self.iface.mainWindow(), tiles):
+            if area.folder:
+                shutil.rmtree(area.folder, ignore_errors=True)
             return None
         group_name, folder = run_name(choices.model_path, when or datetime.now())
         out_dir = Path(choices.out_parent) / folder
@@ -144,6 +157,7 @@ class SegmentController:
             QgsProject.instance(),
             self.iface.messageBar(),
         )
+        task.area_folder = area.folder  # type: ignore[attr-defined]
         self.tasks.append(task)
         # QGIS owns the C++ task, but Python must keep its wrapper until the task ends
         task.taskCompleted.connect(lambda: self._forget(task))
@@ -151,6 +165,19 @@ class SegmentController:
         QgsApplication.taskManager().addTask(task)
         return task
 
+    def _area(self, choices: SegmentChoices) -> ProcessingArea:
+        """The visible extent, or the chosen layer's extent or polygons."""
+        if choices.area_layer_id:
+            layer = QgsProject.instance().mapLayer(choices.area_layer_id)
+            if layer is None:
+                raise SatsegError("the processing-area layer is no longer in the project")
+            return area_of_layer(layer, choices.selected_only)
+        canvas = self.iface.mapCanvas()
+        return ProcessingArea(canvas.extent(), canvas.mapSettings().destinationCrs())
+
     def _forget(self, task: SegmentTask) -> None:
+        folder = getattr(task, "area_folder", None)
+        if folder:  # the polygons written for the run
+            shutil.rmtree(folder, ignore_errors=True)
         if task in self.tasks:
             self.tasks.remove(task)
