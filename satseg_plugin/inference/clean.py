@@ -41,7 +41,9 @@ def min_area_pixels(grid: Grid, min_area_m2: float) -> int:
 def sieve(band: gdal.Band, threshold: int) -> None:
     """Merge regions of fewer than ``threshold`` pixels into their largest neighbour, in place.
 
-    Nodata pixels (the band's mask) are neither merged nor merged into.
+    Nodata pixels (the band's mask) are neither merged nor merged into, so a small
+    region with only nodata around it (cut off by missing imagery or the edge of a
+    processing area) has no neighbour to join and stays.
     """
     if threshold > 1:
         gdal.SieveFilter(band, band.GetMaskBand(), band, threshold, CONNECTEDNESS)
