@@ -33,7 +33,7 @@ from osgeo import gdal
 from .atomic import write_text_atomic
 from .counts import CountAccumulator
 from .model import SegModel
-from .outputs import CLASSES_NAME, RunOutputs, heatmap_name
+from .outputs import CLASSES_NAME, RunOutputs, heatmap_names
 from .segment import segment_stripes
 from .sources import RasterSource, Tile, XyzSource
 from .tileplan import XYZ_TILE, Grid, Stripe, XyzGrid
@@ -87,7 +87,7 @@ class BlockJob:
         """The GeoTIFF names this block writes."""
         names = [CLASSES_NAME] if self.write_classes else []
         if self.write_heatmaps:
-            names += [heatmap_name(n) for n in self.class_names]
+            names += heatmap_names(self.class_names)
         return names
 
 

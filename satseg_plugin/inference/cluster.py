@@ -52,7 +52,7 @@ from .blocks import (
 from .counts import COUNTS_NAME, ClassCount, CountAccumulator, write_counts_csv
 from .errors import Cancelled, ParameterError, SatsegError, SourceError
 from .metadata import parse_hex_color
-from .outputs import CLASS_NODATA, CLASSES_NAME, HEATMAP_NODATA, heatmap_name
+from .outputs import CLASS_NODATA, CLASSES_NAME, HEATMAP_NODATA, heatmap_names
 from .segment import ProgressFn, RunPlan, SegmentRequest, plan_run, single_process_options
 from .sources import tile_name
 from .tileplan import Grid, plan_blocks
@@ -388,8 +388,7 @@ def run_segment_cluster(
         if cog:
             cog_path = write_cog(classes_path, out_dir / COG_NAME)
     if req.write_heatmaps:
-        for name in names:
-            file = heatmap_name(name)
+        for name, file in zip(names, heatmap_names(names), strict=True):
             sources = [str(Path(j.folder) / file) for j in done_jobs]
 
             def setup(band: Any, name: str = name) -> None:

@@ -11,6 +11,7 @@ reader does not know are kept in ``ModelMetadata.extra``.
 
 from __future__ import annotations
 
+import ast
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -110,6 +111,10 @@ def _loads(props: Mapping[str, str], key: str) -> object:
     try:
         return json.loads(raw)
     except (TypeError, json.JSONDecodeError):
+        pass
+    try:  # Deepness's and Ultralytics' exporters write Python literals: {0: 'background', 1: 'roof'}
+        return ast.literal_eval(raw)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return raw  # some exporters store plain strings ("Segmentor", "256")
 
 
@@ -148,12 +153,17 @@ def parse_metadata(
     """Read a model's ``metadata_props`` into ``ModelMetadata``.
 
     Accepts Deepness's spelling (``tiles_size``, ``class_names`` as a dict or a
-    list). Without ``class_names`` it raises ``ModelError`` unless
+    list, as JSON or as a Python literal, or ``names``), and like Deepness reads
+    a model without ``standardization_mean``/``_std`` as taking pixels scaled to
+    0..1 (mean 0, std 1); a satseg model (``satseg_schema``) defaults to ImageNet's.
+    Two classes with the same name are refused. Without ``class_names`` it raises ``ModelError`` unless
     ``allow_generic_names`` is set and ``num_outputs`` is known, in which
     case the classes are named ``class 0``, ``class 1``, ...
     """
     if "class_names" in props:
         names = _index_list(_loads(props, "class_names"), "class_names")
+    elif "names" in props:  # the key Ultralytics-style exporters use
+        names = _index_list(_loads(props, "names"), "names")
     elif allow_generic_names and num_outputs:
         names = [f"class {i}" for i in range(num_outputs)]
     else:
@@ -163,6 +173,14 @@ def parse_metadata(
         )
     if not names:
         raise ModelError("the model's 'class_names' is empty")
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise ModelError(
+                f"the model names two classes '{name}' (classes {seen[name]} and {i}): its legend, heatmaps "
+                "and table could not tell them apart; give each class its own name in the metadata"
+            )
+        seen[name] = i
     if num_outputs is not None and num_outputs != len(names):
         raise ModelError(
             f"the model outputs {num_outputs} classes but its metadata names {len(names)} "
@@ -186,8 +204,12 @@ def parse_metadata(
     overlap = int(_number(props, "tiles_overlap", float, DEFAULT_OVERLAP_PERCENT))  # type: ignore[arg-type]
     if not 0 <= overlap < 100:
         raise ModelError(f"the model's 'tiles_overlap' must be a percent in [0, 100), not {overlap}")
-    mean = _loads(props, "standardization_mean") if "standardization_mean" in props else MEAN
-    std = _loads(props, "standardization_std") if "standardization_std" in props else STD
+    # Without standardisation keys Deepness feeds the model pixels scaled to 0..1 and nothing
+    # else; satseg's own models always carry them (ImageNet statistics, a schema-1 default).
+    ours = "satseg_schema" in props
+    default_mean, default_std = (MEAN, STD) if ours else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    mean = _loads(props, "standardization_mean") if "standardization_mean" in props else default_mean
+    std = _loads(props, "standardization_std") if "standardization_std" in props else default_std
     for key, vec in (("standardization_mean", mean), ("standardization_std", std)):
         if not isinstance(vec, (list, tuple)) or len(vec) not in (1, 3):
             raise ModelError(f"the model's '{key}' must be a list of 3 numbers")
@@ -207,6 +229,7 @@ def parse_metadata(
         "zoom",
         "satseg_schema",
         "description",
+        "names",
     }
     description = _loads(props, "description") if "description" in props else None
     return ModelMetadata(

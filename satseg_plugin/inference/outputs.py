@@ -47,6 +47,26 @@ def heatmap_name(class_name: str) -> str:
     return f"heatmap_{safe}.tif"
 
 
+def heatmap_names(class_names: Sequence[str]) -> list[str]:
+    """``heatmap_name`` of every class, made distinct: a later class whose file name (compared
+    without case, as Windows and macOS do) is taken gets ``_2``, ``_3``, ...
+
+    >>> heatmap_names(["blue roof", "blue_roof", "Blue roof"])
+    ['heatmap_blue_roof.tif', 'heatmap_blue_roof_2.tif', 'heatmap_Blue_roof_3.tif']
+    """
+    taken: set[str] = set()
+    out = []
+    for name in class_names:
+        file = heatmap_name(name)
+        stem, n = file[: -len(".tif")], 1
+        while file.lower() in taken:
+            n += 1
+            file = f"{stem}_{n}.tif"
+        taken.add(file.lower())
+        out.append(file)
+    return out
+
+
 def overview_factors(width: int, height: int, smallest: int = 256) -> list[int]:
     """Overview factors 2, 4, 8, ... until the overview fits in ``smallest`` pixels."""
     factors, f = [], 2
@@ -195,8 +215,8 @@ class RunOutputs:
                 band.SetRasterCategoryNames(names)
                 band.SetDescription("class")
             if write_heatmaps:
-                for name in self.class_names:
-                    r = _Raster(self.out_dir / heatmap_name(name), grid, gdal.GDT_Float32, _HEATMAP_OPTIONS)
+                for name, file in zip(self.class_names, heatmap_names(self.class_names), strict=True):
+                    r = _Raster(self.out_dir / file, grid, gdal.GDT_Float32, _HEATMAP_OPTIONS)
                     r.band.SetNoDataValue(HEATMAP_NODATA)
                     r.band.SetDescription(f"probability of {name}")
                     self.heatmaps[name] = r
