@@ -197,3 +197,22 @@ def test_cli_vectors_min_area_simplify(model: Path, server: TileServer, tmp_path
     clustered = cli(*base, "--out", tmp_path / "c", "--vectors", "--cluster", "local:1")
     assert clustered.returncode == 2 and "single process only" in clustered.stderr
     assert not (tmp_path / "c").exists()
+
+
+def test_cancel_while_tracing_leaves_no_file(model: Path, server: TileServer, tmp_path: Path) -> None:
+    from satseg_plugin.inference.errors import Cancelled
+
+    tracing = False
+
+    def progress(_fraction: float, message: str) -> None:
+        nonlocal tracing
+        tracing = tracing or message.startswith("tracing")
+
+    out = tmp_path / "out"
+    req = SegmentRequest(
+        model=model, bbox=BBOX, bbox_crs="EPSG:3857", tiles_url=server.template, out_dir=out,
+        write_vectors=True, min_area_m2=5.0,
+    )  # fmt: skip
+    with pytest.raises(Cancelled):
+        run_segment(req, progress=progress, is_cancelled=lambda: tracing)
+    assert tracing and list(out.iterdir()) == []  # no raster, no GeoPackage, no temporary file
