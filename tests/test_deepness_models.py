@@ -61,11 +61,11 @@ def test_python_literal_names_and_the_names_key() -> None:
 
 def test_without_standardisation_keys_the_input_is_0_to_1() -> None:
     plain = parse_metadata({"class_names": '["a", "b"]'})
-    assert plain.mean == (0.0, 0.0, 0.0) and plain.std == (1.0, 1.0, 1.0)
+    assert plain.mean == (0.0,) and plain.std == (1.0,)  # for every band
     ours = parse_metadata({"class_names": '["a", "b"]', "satseg_schema": "1"})
     assert ours.mean == MEAN and ours.std == STD  # a satseg model keeps its contract
     half = parse_metadata({"class_names": '["a", "b"]', "standardization_mean": "[0.5, 0.5, 0.5]"})
-    assert half.mean == (0.5, 0.5, 0.5) and half.std == (1.0, 1.0, 1.0)
+    assert half.mean == (0.5, 0.5, 0.5) and half.std == (1.0,)
 
 
 def test_a_deepness_model_segments_with_0_to_1_input(server: TileServer, tmp_path: Path) -> None:

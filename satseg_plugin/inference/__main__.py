@@ -32,6 +32,16 @@ def _bbox(text: str) -> tuple[float, float, float, float]:
     return values  # type: ignore[return-value]
 
 
+def _bands(text: str) -> list[int]:
+    try:
+        bands = [int(p) for p in text.replace(" ", "").split(",") if p]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not band numbers B1,B2,...: {text!r}") from None
+    if not bands or min(bands) < 1:
+        raise argparse.ArgumentTypeError(f"bands are numbered from 1: {text!r}")
+    return bands
+
+
 def _model_arg(value: str | None) -> str:
     if value:
         return value
@@ -73,6 +83,14 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
         help="processing area: a vector file (GeoPackage, GeoJSON, Shapefile...) whose polygons are "
         "segmented; windows touching none are not run, pixels outside are nodata and not counted "
         "(default extent: the polygons' bounding box)",
+    )
+    p.add_argument(
+        "--bands",
+        type=_bands,
+        metavar="B1,B2,...",
+        help="with --raster: the raster bands (numbered from 1) for the model's input channels, in the "
+        "model's order, e.g. 1,2,3,4 for RGB + near-infrared (default: the model's input_bands, else the "
+        "raster's first image bands; a band is alpha only when the raster says so)",
     )
     p.add_argument("--zoom", type=int, help="XYZ zoom (default: the model's)")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
@@ -169,6 +187,7 @@ def _segment(args: argparse.Namespace) -> int:
         min_area_m2=args.min_area,
         simplify_m=args.simplify,
         mask_path=args.mask,
+        bands=args.bands,
     )
     if args.simplify is not None and not args.vectors:
         raise SatsegError("--simplify simplifies the polygons: add --vectors")
@@ -255,6 +274,9 @@ def _info(args: argparse.Namespace) -> int:
         print(f"  class {i}: {name} {color}")
     print(f"tile size: {m.tile_size} px, overlap {m.tiles_overlap} %")
     print(f"zoom: {m.zoom}, resolution: {m.resolution_cm} cm/px")
+    print(
+        f"input: {model.channels} bands" + (f" (raster bands {list(m.input_bands)})" if m.input_bands else "")
+    )
     print(f"normalisation: mean {list(m.mean)}, std {list(m.std)}")
     print(f"execution providers: {', '.join(model.session.get_providers())}")
     return 0

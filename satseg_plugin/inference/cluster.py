@@ -132,6 +132,8 @@ def plan_jobs(
     if block_size < 256:
         raise ClusterError(f"blocks must be at least 256 pixels, not {block_size}")
     plan = plan_run(req, open_source=False, max_pixels=None, tile_set=False)
+    if plan.model.channels != 3:
+        raise ClusterError(f"a model of {plan.model.channels} image bands runs in a single process only")
     grid, meta = plan.grid, plan.model.metadata
     model = str(Path(req.model).resolve())
     out = Path(req.out_dir).resolve()

@@ -76,6 +76,15 @@ class ModelMetadata:
     schema: int | None = SCHEMA_VERSION
     extra: dict[str, str] = field(default_factory=dict)
     description: str | None = None  # optional; older models have none
+    input_bands: tuple[int, ...] | None = None  # optional: raster bands (1-based) feeding the channels
+
+    @property
+    def band_count(self) -> int | None:
+        """Input channels the standardisation (or ``input_bands``) implies; None when it does not say."""
+        if self.input_bands:
+            return len(self.input_bands)
+        n = max(len(self.mean), len(self.std))
+        return n if n > 1 else None
 
     @property
     def num_classes(self) -> int:
@@ -101,6 +110,8 @@ def build_metadata(meta: ModelMetadata) -> dict[str, str]:
     }
     if meta.description:
         props["description"] = meta.description
+    if meta.input_bands:
+        props["input_bands"] = list(meta.input_bands)
     out = {k: json.dumps(v) for k, v in props.items()}
     out.update(meta.extra)
     return out
@@ -207,12 +218,23 @@ def parse_metadata(
     # Without standardisation keys Deepness feeds the model pixels scaled to 0..1 and nothing
     # else; satseg's own models always carry them (ImageNet statistics, a schema-1 default).
     ours = "satseg_schema" in props
-    default_mean, default_std = (MEAN, STD) if ours else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    default_mean, default_std = (MEAN, STD) if ours else ((0.0,), (1.0,))  # one value: every band
     mean = _loads(props, "standardization_mean") if "standardization_mean" in props else default_mean
     std = _loads(props, "standardization_std") if "standardization_std" in props else default_std
     for key, vec in (("standardization_mean", mean), ("standardization_std", std)):
-        if not isinstance(vec, (list, tuple)) or len(vec) not in (1, 3):
-            raise ModelError(f"the model's '{key}' must be a list of 3 numbers")
+        if not isinstance(vec, (list, tuple)) or not vec:
+            raise ModelError(f"the model's '{key}' must be a list of numbers, one per input channel")
+    bands_raw = _loads(props, "input_bands") if "input_bands" in props else None
+    input_bands = None
+    if bands_raw is not None:
+        try:
+            input_bands = tuple(int(b) for b in bands_raw)  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            raise ModelError(
+                f"the model's 'input_bands' is not a list of band numbers: {props['input_bands']!r}"
+            ) from None
+        if not input_bands or min(input_bands) < 1:
+            raise ModelError("the model's 'input_bands' must list raster bands numbered from 1")
     if any(float(s) == 0 for s in std):  # type: ignore[union-attr]
         raise ModelError("the model's 'standardization_std' has a zero")
     zoom = _number(props, "zoom", int, None)
@@ -230,6 +252,7 @@ def parse_metadata(
         "satseg_schema",
         "description",
         "names",
+        "input_bands",
     }
     description = _loads(props, "description") if "description" in props else None
     return ModelMetadata(
@@ -245,4 +268,5 @@ def parse_metadata(
         schema=_number(props, "satseg_schema", int, None),  # type: ignore[arg-type]
         extra={k: v for k, v in props.items() if k not in known},
         description=str(description) if description not in (None, "") else None,
+        input_bands=input_bands,
     )

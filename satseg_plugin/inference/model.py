@@ -48,6 +48,7 @@ class SegModel:
     fixed_batch: int | None
     fixed_size: tuple[int, int] | None
     _softmax: bool | None = None  # decided on the first batch: does the model output logits?
+    channels: int = 3  # input channels: 3 for RGB, 4 for RGB + near-infrared, ...
 
     @classmethod
     def load(
@@ -90,9 +91,9 @@ class SegModel:
                 f"{p.name} takes {len(inputs)} inputs; a segmentation model takes one image batch"
             )
         shape = list(inputs[0].shape)
-        if len(shape) != 4 or _dim(shape[1]) not in (3, None):
+        if len(shape) != 4:
             raise ModelError(
-                f"{p.name} takes input of shape {shape}; a segmentation model takes [N, 3, H, W] RGB images"
+                f"{p.name} takes input of shape {shape}; a segmentation model takes [N, bands, H, W] images"
             )
         if "float" not in inputs[0].type:
             raise ModelError(f"{p.name} takes {inputs[0].type}, not float images")
@@ -105,6 +106,16 @@ class SegModel:
         meta = parse_metadata(props, _dim(out_shape[1]), allow_generic_names)
         if meta.model_type.lower() not in ("segmentor", "segmentation"):
             raise ModelError(f"{p.name} is a '{meta.model_type}' model, not a segmentation model (Segmentor)")
+        channels = _dim(shape[1]) or meta.band_count or 3
+        for key, vec in (("standardization_mean", meta.mean), ("standardization_std", meta.std)):
+            if len(vec) not in (1, channels):
+                raise ModelError(
+                    f"{p.name} takes {channels} input bands but its '{key}' has {len(vec)} values"
+                )
+        if meta.input_bands and len(meta.input_bands) != channels:
+            raise ModelError(
+                f"{p.name} takes {channels} input bands but its 'input_bands' names {len(meta.input_bands)}"
+            )
         h, w = _dim(shape[2]), _dim(shape[3])
         return cls(
             path=p,
@@ -114,6 +125,7 @@ class SegModel:
             output_name=outputs[0].name,
             fixed_batch=_dim(shape[0]),
             fixed_size=(h, w) if h and w else None,
+            channels=channels,
         )
 
     @property
@@ -128,7 +140,7 @@ class SegModel:
         return self.metadata.tile_size
 
     def normalize(self, rgb: np.ndarray) -> np.ndarray:
-        """Turn ``[N, H, W, 3]`` uint8 RGB into the model's ``[N, 3, H, W]`` float32 input."""
+        """Turn ``[N, H, W, bands]`` uint8 pixels into the model's ``[N, bands, H, W]`` float32 input."""
         mean = np.asarray(self.metadata.mean, np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(self.metadata.std, np.float32).reshape(1, -1, 1, 1)
         x = rgb.transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255)

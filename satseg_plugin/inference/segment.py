@@ -67,6 +67,9 @@ class SegmentRequest:
     simplifies the polygons with that tolerance in ground metres.
     ``mask_path`` (a vector file) limits the run to its polygons: windows that
     touch none are not run, pixels outside are nodata and not counted.
+    ``bands`` (raster sources) picks the raster bands for the model's input
+    channels, in its order; default: the model's ``input_bands``, else the
+    raster's first image bands (alpha only where the band says it is alpha).
     """
 
     model: str | os.PathLike[str]
@@ -93,6 +96,7 @@ class SegmentRequest:
     min_area_m2: float | None = None
     simplify_m: float | None = None
     mask_path: str | os.PathLike[str] | None = None  # processing area: a vector file's polygons
+    bands: Sequence[int] | None = None  # raster bands (1-based) for the model's channels, in its order
 
 
 #: Request options a cluster run (``cluster.py``) does not do: they need the whole class raster at once.
@@ -101,6 +105,7 @@ SINGLE_PROCESS_OPTIONS = {
     "min_area_m2": "--min-area",
     "simplify_m": "--simplify",
     "mask_path": "--mask",
+    "bands": "--bands",
 }
 
 
@@ -187,6 +192,13 @@ def plan_run(
     check_extent(req.bbox, req.bbox_crs)  # before the network or any file
     size = model.window_size
     overlap_percent = model.metadata.tiles_overlap if req.overlap_percent is None else req.overlap_percent
+    if req.tiles_url and (model.channels != 3 or req.bands):
+        raise SourceError(
+            f"{model.path.name} takes {model.channels} image bands; XYZ tiles are RGB: segment a raster "
+            "file that has the bands"
+            if model.channels != 3
+            else "bands are chosen for raster files; XYZ tiles are RGB"
+        )
     if req.tiles_url:
         template = resolve_template(req.tiles_url, req.token_env, token_any_host=req.token_any_host)
         grid = xyz_grid(req.bbox, req.bbox_crs, _zoom(req, model))
@@ -206,7 +218,8 @@ def plan_run(
         )
     else:
         res = model.metadata.resolution_cm / 100 if model.metadata.resolution_cm else None
-        source = RasterSource(str(req.raster_path), req.bbox, req.bbox_crs, res)
+        bands = req.bands or model.metadata.input_bands
+        source = RasterSource(str(req.raster_path), req.bbox, req.bbox_crs, res, bands, model.channels)
         grid = source.grid
         windows = plan_windows(grid.width, grid.height, size, overlap_percent)
         tiles = windows.count
@@ -321,7 +334,7 @@ def segment_stripes(
                     ]
                     on_batch(len(positions_all) - len(positions))  # skipped windows count as done
                     # Only the runs of windows in the area are fetched; the rest stays nodata.
-                    rgb = np.zeros((w.size, w.span_width, 3), np.uint8)
+                    rgb = np.zeros((w.size, w.span_width, model.channels), np.uint8)
                     valid = np.zeros((w.size, w.span_width), bool)
                     spans = runs(strip_y, w)
                     keep = (spans[0][0], spans[-1][0] + spans[-1][1]) if spans else None

@@ -19,6 +19,7 @@ import hashlib
 import math
 import os
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -187,6 +188,41 @@ def _gdal_error(exc: Exception) -> str:
     return redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
 
 
+def choose_bands(
+    src: gdal.Dataset, shown: str, bands: Sequence[int] | None, channels: int
+) -> tuple[list[int], int | None]:
+    """The raster bands (1-based) feeding a model of ``channels`` input bands, and its alpha band.
+
+    Only a band whose colour interpretation says alpha is alpha: the fourth band of an
+    RGB + near-infrared raster is data. ``bands`` chooses them in the model's order;
+    by default the raster's first data bands (one grey band repeated for an RGB model).
+    """
+    count = src.RasterCount
+    alphas = [
+        b for b in range(1, count + 1) if src.GetRasterBand(b).GetColorInterpretation() == gdal.GCI_AlphaBand
+    ]
+    alpha = alphas[-1] if alphas else None
+    data = [b for b in range(1, count + 1) if b not in alphas]
+    if bands:
+        chosen = [int(b) for b in bands]
+        bad = [b for b in chosen if not 1 <= b <= count]
+        if bad:
+            raise SourceError(f"the raster {shown} has bands 1 to {count}, not {', '.join(map(str, bad))}")
+        if len(chosen) != channels:
+            raise SourceError(
+                f"the model takes {channels} bands but {len(chosen)} were chosen ({', '.join(map(str, chosen))})"
+            )
+        return chosen, (alpha if alpha not in chosen else None)
+    if channels == 3 and len(data) in (1, 2):
+        return [data[0]] * 3, alpha  # grey imagery for an RGB model
+    if len(data) < channels:
+        raise SourceError(
+            f"the raster {shown} has {len(data)} image band(s) and the model takes {channels}: choose "
+            "the bands to use (--bands 1,2,3,4 in the model's order)"
+        )
+    return data[:channels], alpha
+
+
 class RasterSource:
     """A GDAL raster (any format, any CRS) warped onto a grid in its own CRS.
 
@@ -200,22 +236,23 @@ class RasterSource:
         bbox: tuple[float, float, float, float],
         bbox_crs: str,
         resolution_m: float | None,
+        bands: Sequence[int] | None = None,
+        channels: int = 3,
     ) -> None:
         shown = redact(str(path))  # a GDAL name may be a URL with a key in it
         try:
             src = gdal.Open(str(path))
         except RuntimeError as exc:
             raise SourceError(f"cannot open the raster {shown}: {_gdal_error(exc)}") from None
-        if src.RasterCount not in (1, 3, 4):
-            raise SourceError(
-                f"the raster {shown} has {src.RasterCount} bands; satseg needs RGB (3 or 4) or grey"
-            )
-        kind = src.GetRasterBand(1).DataType
-        if kind != gdal.GDT_Byte:
-            raise SourceError(
-                f"the raster {shown} holds {gdal.GetDataTypeName(kind)} values; satseg needs 8-bit RGB "
-                "(convert it, e.g. gdal_translate -ot Byte -scale)"
-            )
+        self.bands, alpha = choose_bands(src, shown, bands, channels)
+        self.channels = channels
+        for b in self.bands:
+            kind = src.GetRasterBand(b).DataType
+            if kind != gdal.GDT_Byte:
+                raise SourceError(
+                    f"band {b} of the raster {shown} holds {gdal.GetDataTypeName(kind)} values; satseg needs "
+                    "8-bit bands (convert it, e.g. gdal_translate -ot Byte -scale)"
+                )
         wkt = src.GetProjection()
         gt = src.GetGeoTransform(can_return_null=True)
         if not wkt or gt is None:
@@ -240,10 +277,18 @@ class RasterSource:
             miny = ry1 - math.ceil((ry1 - miny) / yres - 1e-9) * yres
         aligned = not native
         self._name = f"/vsimem/satseg-warp-{os.getpid()}-{id(self)}.vrt"
+        self._bands_name = f"/vsimem/satseg-bands-{os.getpid()}-{id(self)}.vrt"
         try:
+            # The model's bands in its order, then the raster's alpha band (if it has one) last,
+            # where the warper takes it for the source's alpha.
+            picked = gdal.Translate(
+                self._bands_name, src, format="VRT", bandList=[*self.bands, *([alpha] if alpha else [])]
+            )
+            if alpha:
+                picked.GetRasterBand(len(self.bands) + 1).SetColorInterpretation(gdal.GCI_AlphaBand)
             self.ds = gdal.Warp(
                 self._name,
-                src,
+                picked,
                 format="VRT",
                 outputBounds=(minx, miny, maxx, maxy),
                 xRes=xres,
@@ -251,6 +296,7 @@ class RasterSource:
                 targetAlignedPixels=aligned,
                 dstAlpha=True,
                 resampleAlg="bilinear",
+                srcAlpha=bool(alpha),
             )
         except RuntimeError as exc:
             raise SourceError(f"cannot warp the raster {shown}: {_gdal_error(exc)}") from None
@@ -270,7 +316,7 @@ class RasterSource:
 
         ``keep`` is ``XyzSource.read``'s; GDAL keeps no tiles here.
         """
-        rgb = np.zeros((h, w, 3), np.uint8)
+        rgb = np.zeros((h, w, self.channels), np.uint8)
         valid = np.zeros((h, w), bool)
         r0, r1 = max(y, 0), min(y + h, self.grid.height)
         c0, c1 = max(x, 0), min(x + w, self.grid.width)
@@ -280,10 +326,9 @@ class RasterSource:
             data = self.ds.ReadAsArray(c0, r0, c1 - c0, r1 - r0)  # (bands, rows, cols), last band alpha
         except RuntimeError as exc:
             raise SourceError(f"cannot read the raster {self.shown}: {_gdal_error(exc)}") from None
-        pixels = np.moveaxis(data, 0, -1)
-        part_rgb, _ = to_rgb(pixels[..., :-1])
+        pixels = np.moveaxis(data, 0, -1)  # the chosen bands, then the warper's alpha
         dst = (slice(r0 - y, r1 - y), slice(c0 - x, c1 - x))
-        rgb[dst] = part_rgb
+        rgb[dst] = pixels[..., : self.channels]
         valid[dst] = pixels[..., -1] > 0
         self.fetched += 1
         return rgb, valid
@@ -291,4 +336,6 @@ class RasterSource:
     def close(self) -> None:
         """Release the warped dataset (GDAL must not outlive its in-memory VRT)."""
         self.ds = None
-        gdal.Unlink(self._name)
+        for name in (self._name, self._bands_name):
+            with contextlib.suppress(RuntimeError):
+                gdal.Unlink(name)
