@@ -24,10 +24,14 @@ def describe_model(path: str) -> tuple[str, int | None]:
             return f"cannot read models: {exc}", None
         return f"cannot read models yet: {exc.name or exc} is not installed (see Plugins > satseg)", None
     try:
-        meta = SegModel.load(path).metadata
+        model = SegModel.load(path)
     except SatsegError as exc:
         return str(exc), None
+    meta = model.metadata
     parts = [", ".join(meta.class_names), f"tiles {meta.tile_size} px"]
+    if model.channels != 3:  # an RGB model is the normal case; others need a raster of those bands
+        bands = f" (raster bands {', '.join(map(str, meta.input_bands))})" if meta.input_bands else ""
+        parts.append(f"{model.channels} input bands{bands}")
     if meta.zoom is not None:
         parts.append(f"zoom {meta.zoom}")
     if meta.resolution_cm:

@@ -34,13 +34,14 @@ from qgis.core import (
 from ..inference.errors import Cancelled, SatsegError
 from ..inference.tileurl import redact
 from .layers import style_class_layer, style_polygon_layer
-from .sources import ImagerySource, source_of_layer, source_of_url
+from .sources import ImagerySource, parse_bands, source_of_layer, source_of_url
 
 MODEL = "MODEL"
 SOURCE_LAYER = "SOURCE_LAYER"
 SOURCE_URL = "SOURCE_URL"
 EXTENT = "EXTENT"
 MASK = "MASK"
+BANDS = "BANDS"
 ZOOM = "ZOOM"
 WRITE_CLASSES = "WRITE_CLASSES"
 WRITE_HEATMAPS = "WRITE_HEATMAPS"
@@ -128,6 +129,13 @@ class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
                 MASK,
                 "Processing area: only these polygons (optional)",
                 [QgsProcessing.TypeVectorPolygon],
+                optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterString(
+                BANDS,
+                "Raster bands for the model's input, in its order (e.g. 1,2,3,4; empty: the model's)",
                 optional=True,
             )
         )
@@ -220,6 +228,7 @@ class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
                 min_area_m2=self.parameterAsDouble(parameters, MIN_AREA, context) or None,
                 simplify_m=self.parameterAsDouble(parameters, SIMPLIFY, context) or None,
                 mask_path=mask_path,
+                bands=list(parse_bands(self.parameterAsString(parameters, BANDS, context)) or []) or None,
             )
             feedback.pushInfo(f"imagery: {source.label}; extent {extent.toString()} in {crs.authid()}")
 

@@ -27,7 +27,7 @@ from qgis.PyQt.QtWidgets import (
 from . import settings
 from .layers import satseg_kind
 from .model_info import describe_model, model_label
-from .sources import ImagerySource, is_supported_layer, source_of_layer, source_of_url
+from .sources import ImagerySource, is_supported_layer, parse_bands, source_of_layer, source_of_url
 
 MAX_ZOOM = 24
 
@@ -48,6 +48,7 @@ class SegmentChoices:
     simplify_m: float | None = None  # None: the exact pixel outlines
     area_layer_id: str | None = None  # processing area: None for the visible extent
     selected_only: bool = True  # of a vector area layer: its selected polygons, when any
+    bands: tuple[int, ...] | None = None  # raster bands for the model's input, in its order
 
 
 class SegmentDialog(QDialog):
@@ -98,6 +99,14 @@ class SegmentDialog(QDialog):
         self.url_edit = QLineEdit()
         self.url_edit.setObjectName("satsegSourceUrl")
         self.url_edit.setPlaceholderText("https://server/{z}/{x}/{y}.png  (used when no layer is chosen)")
+
+        self.bands_edit = QLineEdit()
+        self.bands_edit.setObjectName("satsegBands")
+        self.bands_edit.setPlaceholderText("the model's, else the raster's first bands (e.g. 1,2,3,4)")
+        self.bands_edit.setToolTip(
+            "Raster bands (numbered from 1) for the model's input, in the model's order; RGB + "
+            "near-infrared is 1,2,3,4. Only for raster layers: XYZ tiles are RGB"
+        )
 
         self.zoom_spin = QSpinBox()
         self.zoom_spin.setObjectName("satsegZoom")
@@ -178,6 +187,7 @@ class SegmentDialog(QDialog):
         form.addRow("", self.model_info)
         form.addRow("Imagery layer", self.layer_combo)
         form.addRow("or tile URL", self.url_edit)
+        form.addRow("Bands", self.bands_edit)
         form.addRow("Zoom", self.zoom_spin)
         form.addRow("Output folder", self.out_widget)
         form.addRow("Outputs", outputs)
@@ -215,6 +225,7 @@ class SegmentDialog(QDialog):
 
     def _layer_changed(self, layer: object) -> None:
         self.url_edit.setEnabled(layer is None)
+        self.bands_edit.setEnabled(isinstance(layer, QgsRasterLayer) and layer.providerType() == "gdal")
 
     def _known_model_picked(self, index: int) -> None:
         path = self.models_combo.itemData(index)
@@ -248,6 +259,7 @@ class SegmentDialog(QDialog):
             simplify_m=(self.simplify_spin.value() or None) if self.vectors_check.isChecked() else None,
             area_layer_id=area.id() if (area := self.area_combo.currentLayer()) is not None else None,
             selected_only=self.selected_check.isChecked(),
+            bands=parse_bands(self.bands_edit.text()) if self.bands_edit.isEnabled() else None,
         )
 
     def accept(self) -> None:

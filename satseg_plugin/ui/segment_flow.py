@@ -53,6 +53,7 @@ def make_request(
         min_area_m2=choices.min_area_m2,
         simplify_m=choices.simplify_m,
         mask_path=mask_path,
+        bands=list(choices.bands) if choices.bands else None,
     )
 
 

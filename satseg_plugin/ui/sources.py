@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from qgis.core import QgsDataSourceUri, QgsMapLayer, QgsProviderRegistry, QgsRasterLayer
 
-from ..inference.errors import SourceError
+from ..inference.errors import SatsegError, SourceError
 from ..inference.tileurl import redact
 
 
@@ -87,3 +87,17 @@ def source_of_url(url: str) -> ImagerySource:
             f"'{redact(text)}' is not a URL; a tile URL looks like https://server/{{z}}/{{x}}/{{y}}.png"
         )
     return ImagerySource(tiles_url=text)
+
+
+def parse_bands(text: str) -> tuple[int, ...] | None:
+    """``"4, 1,2,3"`` -> ``(4, 1, 2, 3)``; empty -> None; ``SatsegError`` for anything else."""
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    if not parts:
+        return None
+    try:
+        bands = tuple(int(p) for p in parts)
+    except ValueError:
+        raise SatsegError(f"bands are numbers separated by commas, such as 1,2,3,4, not '{text}'") from None
+    if min(bands) < 1:
+        raise SatsegError(f"bands are numbered from 1, not '{text}'")
+    return bands
