@@ -27,7 +27,14 @@ from qgis.PyQt.QtWidgets import (
 from . import settings
 from .layers import satseg_kind
 from .model_info import describe_model, model_label
-from .sources import ImagerySource, is_supported_layer, parse_bands, source_of_layer, source_of_url
+from .sources import (
+    ImagerySource,
+    is_supported_layer,
+    parse_bands,
+    source_of_layer,
+    source_of_url,
+    xyz_url_from_source,
+)
 
 MAX_ZOOM = 24
 
@@ -218,7 +225,7 @@ class SegmentDialog(QDialog):
             for lyr in self.project.layerTreeRoot().layerOrder() or self.project.mapLayers().values()
             if is_supported_layer(lyr) and not satseg_kind(lyr)
         ]
-        xyz = [lyr for lyr in layers if isinstance(lyr, QgsRasterLayer) and lyr.providerType() == "wms"]
+        xyz = [lyr for lyr in layers if isinstance(lyr, QgsRasterLayer) and xyz_url_from_source(lyr.source())]
         chosen = (xyz or layers or [None])[0]
         self.layer_combo.setLayer(chosen)
         self._layer_changed(chosen)
