@@ -19,7 +19,7 @@ from osgeo import gdal
 from qgis.core import QgsRasterLayer
 from test_ui_segment_task import show_on_canvas
 from ui_helpers import wait_for_task
-from wmsserver import WmsServer, stripes
+from wmsserver import WmsServer, stripes, wmts_capabilities
 
 from satseg_plugin.ui.segment_dialog import SegmentChoices
 from satseg_plugin.ui.segment_flow import SegmentController
@@ -98,3 +98,32 @@ def test_a_wms_layer_runs_from_qgis(qgis_iface, qgis_new_project, model: Path, t
         wait_for_task(task)
         assert (task.outcome, task.error, task.bug) == ("done", None, None)
     assert check(task.result.classes_path) > 0.97
+
+
+def test_a_wmts_layer_gives_the_pixels_of_its_tiles(tmp_path: Path) -> None:
+    """WMTS over the pattern tiles: the same classes as reading those tiles as XYZ."""
+    from inference_helpers import pattern_provider
+    from test_inference_segment import T0, Z, tile_rect
+    from tileserver import TileServer
+
+    from satseg_plugin.inference.segment import SegmentRequest, run_segment
+
+    xyz_model = make_rgb_model(tmp_path / "z.onnx", zoom=Z)  # no resolution: the raster's own pixels
+    with TileServer(pattern_provider) as tiles:
+        caps = tmp_path / "WMTSCapabilities.xml"
+        template = (
+            tiles.template.replace("{z}", "{TileMatrix}")
+            .replace("{x}", "{TileCol}")
+            .replace("{y}", "{TileRow}")
+        )
+        caps.write_text(wmts_capabilities(template, Z))
+        bbox = tile_rect(T0.x + 0.25, T0.y + 0.25, T0.x + 1.75, T0.y + 1.5)
+        name = f"WMTS:{caps},layer=tiles,tilematrixset=GoogleMapsCompatible"
+        wmts = run_segment(SegmentRequest(model=xyz_model, bbox=bbox, bbox_crs="EPSG:3857", raster_path=name,
+                                          out_dir=tmp_path / "wmts", write_heatmaps=False))  # fmt: skip
+        xyz = run_segment(SegmentRequest(model=xyz_model, bbox=bbox, bbox_crs="EPSG:3857",
+                                         tiles_url=tiles.template, out_dir=tmp_path / "xyz", write_heatmaps=False))  # fmt: skip
+    a = gdal.Open(wmts.classes_path)
+    b = gdal.Open(xyz.classes_path)
+    assert a.GetGeoTransform() == pytest.approx(b.GetGeoTransform())
+    np.testing.assert_array_equal(a.ReadAsArray(), b.ReadAsArray())

@@ -64,3 +64,37 @@ class WmsServer:
     def __exit__(self, *exc: object) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+def wmts_capabilities(tiles_template: str, max_zoom: int) -> str:
+    """A WMTS GetCapabilities document of one layer, ``tiles``, on Google Maps' tile grid.
+
+    ``tiles_template`` is the REST template of the tiles (``{TileMatrix}``,
+    ``{TileCol}``, ``{TileRow}``): the XYZ tiles of a tile server, as WMTS sees them.
+    """
+    matrices = "".join(
+        f"""<TileMatrix><ows:Identifier>{z}</ows:Identifier>
+        <ScaleDenominator>{559082264.0287178 / 2**z!r}</ScaleDenominator>
+        <TopLeftCorner>-20037508.342789244 20037508.342789244</TopLeftCorner>
+        <TileWidth>256</TileWidth><TileHeight>256</TileHeight>
+        <MatrixWidth>{2**z}</MatrixWidth><MatrixHeight>{2**z}</MatrixHeight></TileMatrix>"""
+        for z in range(max_zoom + 1)
+    )
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<Capabilities xmlns="http://www.opengis.net/wmts/1.0" xmlns:ows="http://www.opengis.net/ows/1.1"
+    version="1.0.0">
+  <Contents>
+    <Layer>
+      <ows:Identifier>tiles</ows:Identifier>
+      <Style isDefault="true"><ows:Identifier>default</ows:Identifier></Style>
+      <Format>image/png</Format>
+      <TileMatrixSetLink><TileMatrixSet>GoogleMapsCompatible</TileMatrixSet></TileMatrixSetLink>
+      <ResourceURL format="image/png" resourceType="tile" template="{tiles_template}"/>
+    </Layer>
+    <TileMatrixSet>
+      <ows:Identifier>GoogleMapsCompatible</ows:Identifier>
+      <ows:SupportedCRS>urn:ogc:def:crs:EPSG::3857</ows:SupportedCRS>
+      {matrices}
+    </TileMatrixSet>
+  </Contents>
+</Capabilities>"""
