@@ -223,9 +223,9 @@ class OsmSource:
         if to_3857 is not None:
             geom.Transform(to_3857)
         if kind == 3 and not geom.IsValid():
-            geom = repair_area(geom)
-            if geom is None:
-                return None
+            # What cannot be repaired into an area is drawn as it is (it may draw nothing), so
+            # the filters still select exactly the features OGR's own queries select.
+            geom = repair_area(geom) or geom
         minx, maxx, miny, maxy = geom.GetEnvelope()
         if maxx < extent[0] or minx > extent[2] or maxy < extent[1] or miny > extent[3]:
             return None
