@@ -1,6 +1,6 @@
 """segment --cluster: throughput with 1 and 2 Dask workers, and what each block costs on top.
 
-    .venv/bin/python -m benchmarks.bench_cluster [--tiles 8] [--block 512] [--model models/satseg-default.onnx]
+    .venv/bin/python -m benchmarks.bench_cluster [--tiles 8] [--block 512] [--model models/satseg-buildings.onnx]
 
 Real OpenAerialMap tiles (any address maps to one of the real zoom-19 tiles
 of ../shared/data/oam-osm-buildings/area1) from a loopback tile server, the

@@ -6,7 +6,7 @@ What it does, as a user would in QGIS: serves ``demo/zanzibar`` (real
 OpenAerialMap tiles, CC BY 4.0) from a tile server on 127.0.0.1, starts QGIS
 (offscreen), registers the plugin's Processing provider and runs
 ``satseg:segment_extent`` over the sample's extent at zoom 19 with
-``models/satseg-default.onnx``. The class GeoTIFF, one heatmap per class and
+``models/satseg-buildings.onnx``. The class GeoTIFF, one heatmap per class and
 the pixel-count table land in ``out/demo`` (replaced as a whole, never half
 written), with ``demo.qgz``: a QGIS project holding the imagery and the styled
 results. With ``--open`` (and a display) QGIS opens that project.
@@ -94,7 +94,7 @@ def _write_project(out: Path, class_names: list[str], class_colors: list[str]) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="ONNX model (default: models/satseg-default.onnx)")
+    parser.add_argument("--model", help="ONNX model (default: models/satseg-buildings.onnx)")
     parser.add_argument("--out", default=str(ROOT / "out" / "demo"), help="result folder (replaced)")
     parser.add_argument("--open", action="store_true", help="open the result in QGIS (needs a display)")
     args = parser.parse_args(argv)
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     model = Path(args.model) if args.model else default_model_path()
     if model is None or not model.is_file():
         print(
-            "error: the default model models/satseg-default.onnx is missing (see models/README)",
+            "error: the default model models/satseg-buildings.onnx is missing (see models/README)",
             file=sys.stderr,
         )
         return 2

@@ -1,6 +1,6 @@
 """Markdown tables of held-out metrics, for a model card.
 
-    .venv/bin/python -m scripts.heldout_table runs/satseg-default/heldout
+    .venv/bin/python -m scripts.heldout_table runs/buildings/heldout
 
 Reads ``SET/MODEL/metrics.json`` as ``python -m training.validate`` writes them
 (``baseline`` being the majority-class predictor) and prints, per held-out set,

@@ -15,8 +15,10 @@ from osgeo import gdal
 from qgis_gui import run_qgis, xvfb
 
 from satseg_plugin.inference.model import SegModel, default_model_path
+from training.checkpoint import load_checkpoint
 
-DEFAULT_MODEL = ROOT / "models" / "satseg-default.onnx"
+DEFAULT_MODEL = ROOT / "models" / "satseg-buildings.onnx"
+LANDCOVER = ROOT / "models" / "satseg-landcover.onnx"
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +32,22 @@ def demo_out(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return out, proc.stdout
 
 
-def test_the_default_model_ships_and_is_offered(shared_data: Path) -> None:
-    assert DEFAULT_MODEL.is_file(), "models/satseg-default.onnx is the project's default model"
-    assert DEFAULT_MODEL.stat().st_size < 50 * 2**20
+def test_the_default_models_ship_and_are_offered(shared_data: Path) -> None:
+    assert DEFAULT_MODEL.is_file(), "models/satseg-buildings.onnx is the project's default model"
     assert default_model_path() == DEFAULT_MODEL
     meta = SegModel.load(DEFAULT_MODEL).metadata
-    assert meta.class_names[0] == "background" and "building" in meta.class_names
-    assert meta.zoom == 19
-    assert (ROOT / "models" / "satseg-default.md").is_file()
+    assert meta.class_names == ["background", "building"] and meta.zoom == 19
+    assert "aerial and drone" in (meta.description or "")
+    land = SegModel.load(LANDCOVER).metadata
+    assert land.class_names[1:] == ["building", "land", "road", "vegetation", "water"]
+    assert land.zoom is None and land.resolution_cm == 100 and "satellite" in (land.description or "")
+    for model in (DEFAULT_MODEL, LANDCOVER):
+        assert model.stat().st_size < 50 * 2**20
+        # Each ships with its weights, which training can start from, and a model card.
+        ckpt = load_checkpoint(model.with_suffix(".pt"))
+        assert list(ckpt["class_names"]) == SegModel.load(model).metadata.class_names
+        assert not {"optimizer", "scheduler", "data"} & set(ckpt)
+        assert model.with_suffix(".md").is_file()
 
 
 def test_demo_segments_the_sample_and_prints_the_table(demo_out: tuple[Path, str], shared_data: Path) -> None:
@@ -60,8 +70,8 @@ def test_demo_segments_the_sample_and_prints_the_table(demo_out: tuple[Path, str
     ds = None
     assert sum(int(r["pixels"]) for r in rows.values()) == 7 * 2 * 256 * 256
     # The model has never seen these tiles. Its buildings should lie on OpenStreetMap's buildings
-    # (13 % of the sample) and find a fair part of them: the held-out figures of
-    # models/satseg-default.md are precision 0.85, recall 0.51 here.
+    # (13 % of the sample) and find a fair part of them: see the held-out figures of
+    # models/satseg-buildings.md.
     found = classes == names.index("building")
     precision, recall = (found & truth).sum() / found.sum(), (found & truth).sum() / truth.sum()
     assert 0.10 < truth.mean() < 0.16

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -276,7 +277,9 @@ def test_bad_input_one_line_before_long_work(
     elif case == "zoom":
         argv += ["--zoom", "18"]
     elif case == "onnx-base":
-        argv[argv.index("--base") + 1] = str(ROOT / "models" / "satseg-default.onnx")
+        lone = tmp_path / "lone.onnx"  # an ONNX model without its .pt beside it
+        shutil.copy(ROOT / "models" / "satseg-buildings.onnx", lone)
+        argv[argv.index("--base") + 1] = str(lone)
     elif case == "bad-base":
         junk = tmp_path / "junk.pt"
         torch.save({"weights": [1, 2, 3]}, junk)

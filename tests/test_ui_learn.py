@@ -267,7 +267,7 @@ def test_dialog_defaults_and_choices(
     qgis_iface, qgis_new_project, clean_settings, checkout: Path, tmp_path
 ) -> None:
     QgsSettings().setValue(learn_runtime.KEY_CHECKOUT, str(checkout))
-    (checkout / "models" / "satseg-default.pt").write_bytes(b"")
+    (checkout / "models" / "satseg-landcover.pt").write_bytes(b"")
     imagery = QgsRasterLayer(
         "type=xyz&url=http://127.0.0.1:9/%7Bz%7D/%7Bx%7D/%7By%7D.png&zmax=21&zmin=0", "imagery", "wms"
     )
@@ -277,7 +277,7 @@ def test_dialog_defaults_and_choices(
     assert dialog.checkout_widget.filePath() == str(checkout)
     assert dialog.python_widget.filePath() in ("", learn_runtime.default_python(str(checkout)))
     assert dialog.classes_widget.filePath() == str(checkout / "training" / "classes" / "buildings.json")
-    assert dialog.base_widget.filePath() == str(checkout / "models" / "satseg-default.pt")
+    assert dialog.base_widget.filePath() == str(checkout / "models" / "satseg-landcover.pt")
     assert dialog.extent_canvas.isChecked() and dialog.osm_layer_radio.isChecked()
     assert dialog.layer_combo.currentLayer() is imagery
     dialog.python_widget.setFilePath(sys.executable)

@@ -73,7 +73,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CLASSES = ROOT / "training" / "classes" / "buildings.json"
 DEFAULT_BASE = ROOT / "models" / "satseg-buildings.pt"
 #: Models whose zoom a run from scratch takes when --zoom is not given (the first that exists).
-SHIPPED_ONNX = (ROOT / "models" / "satseg-buildings.onnx", ROOT / "models" / "satseg-default.onnx")
+SHIPPED_ONNX = (ROOT / "models" / "satseg-buildings.onnx",)
 FALLBACK_ZOOM = 19
 HELDOUT_SHARE = 0.2
 SETTINGS = "learn_area.json"

@@ -2,7 +2,7 @@
 
     python -m satseg_plugin.inference segment --bbox 39.2411,-6.0675,39.2459,-6.0661 \\
         --tiles 'https://host/{z}/{x}/{y}.png' --out results/
-    python -m satseg_plugin.inference info models/satseg-default.onnx
+    python -m satseg_plugin.inference info models/satseg-buildings.onnx
 """
 
 from __future__ import annotations

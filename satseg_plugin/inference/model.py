@@ -15,11 +15,11 @@ from .metadata import ModelMetadata, parse_metadata
 #: Where the shipped default model lives: inside the plugin, then the repository's models/.
 _PACKAGE = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIRS = (_PACKAGE / "models", _PACKAGE.parent / "models")
-DEFAULT_MODEL_NAME = "satseg-default.onnx"
+DEFAULT_MODEL_NAME = "satseg-buildings.onnx"
 
 
 def default_model_path() -> Path | None:
-    """Return the shipped default model (``satseg-default.onnx``), or None if not installed."""
+    """Return the shipped default model (``satseg-buildings.onnx``), or None if not installed."""
     for folder in DEFAULT_MODEL_DIRS:
         candidate = folder / DEFAULT_MODEL_NAME
         if candidate.is_file():

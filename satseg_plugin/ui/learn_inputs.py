@@ -26,7 +26,7 @@ KEY_CLASSES = "satseg/learn_classes"
 DEFAULT_MINUTES = 15.0
 DEFAULT_CLASSES = Path("training") / "classes" / "buildings.json"
 #: Base checkpoints tried in this order under the checkout's ``models/``.
-BASE_MODELS = ("satseg-buildings.pt", "satseg-default.pt")
+BASE_MODELS = ("satseg-buildings.pt", "satseg-landcover.pt")
 OSM_FILE_FILTER = "OpenStreetMap data (*.osm.pbf *.pbf *.geojson *.json *.mbtiles);;All files (*)"
 
 
