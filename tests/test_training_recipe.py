@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from osgeo import gdal, ogr, osr
+from test_training_options import _train as train_tiny
 
 from satseg_plugin.inference.cli import run_cli
 from satseg_plugin.inference.errors import SatsegError
@@ -130,11 +131,8 @@ def test_resumed_schedule_continues_and_never_raises_the_rate() -> None:
 
 
 def _train(data: Path, out: Path, *extra: str) -> list[dict[str, str]]:
-    argv = ["--data", str(data), "--out", str(out), "--width", "0.125", "--batch-size", "2"]
-    argv += ["--validation", "0.4", "--no-augment", "--seed", "1", "--optimizer", "adam", *extra]
-    assert run_cli(train.main, argv) == 0
-    with (out / "training_log.csv").open() as f:
-        return list(csv.DictReader(f))
+    """test_training_options' tiny run (width 0.125, 2 epochs unless ``extra`` says) with AdamW."""
+    return train_tiny(data, out, "--optimizer", "adam", *extra)
 
 
 def test_resume_with_more_epochs_keeps_lowering_the_rate(tmp_path: Path) -> None:
