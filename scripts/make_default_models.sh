@@ -193,7 +193,7 @@ if [[ -z "${SKIP_TRAIN:-}" ]]; then
         pids+=($!)
     fi
     if wanted landcover; then
-        train landcover dubai-train --color 0.6 --blur 0.2 --scale 0.7,1.4 --validation 0.2 &
+        train landcover dubai-train --color 0.6 --blur 0.2 --scale 0.7,1.4 --validation 0.2 --class-weights median &
         pids+=($!)
     fi
     for pid in "${pids[@]}"; do wait "$pid"; done

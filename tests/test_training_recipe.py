@@ -321,3 +321,19 @@ def test_load_dataset_groups_by_block(tmp_path: Path) -> None:
     data = make_tiny_dataset(tmp_path / "d")
     ds = load_dataset(data)
     assert ds.groups == [xyz_blocks(ds.ids)[i] for i in ds.ids]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_split_of_real_oam_tiles_by_block_takes_close_to_the_share(shared_data: Path, seed: int) -> None:
+    # The zoom-20 tiles of OpenAerialMap area1 and area2 as a dataset would list them: 2x2 blocks
+    # of zoom-19 ground, as make_default_models.sh splits them.
+    ids = []
+    for area in ("area1", "area2"):
+        for path in (shared_data / "oam-osm-buildings" / area).glob("OAM-*-20.png"):
+            x, y, z = (int(v) for v in path.stem.split("-")[1:])
+            ids.append(f"{z}-{x}-{y}")
+    groups = [f"{int(i.split('-')[1]) >> 2}-{int(i.split('-')[2]) >> 2}" for i in ids]
+    assert len(ids) == 212 and len(set(groups)) == 19
+    train_idx, val_idx = split_indices(groups, 0.2, seed)
+    assert abs(len(val_idx) / len(ids) - 0.2) < 0.01
+    assert {groups[i] for i in train_idx}.isdisjoint({groups[i] for i in val_idx})
