@@ -208,6 +208,7 @@ ship() {  # ship NAME DESCRIPTION HELDOUT_SETS...
     "$PY" -m training.export "$run/best.pt" --out "$run/satseg-$name.onnx" --int8 \
         --description "$description" 2>&1 | tee "$run/export.log"
     rm -rf "$run/heldout"
+    mkdir -p "$run/heldout"
     for set in "$@"; do
         for model in "satseg-$name.onnx" "satseg-$name.int8.onnx"; do
             "$PY" -m training.validate --data "$DATA/$set" --weights "$run/$model" --split all \
@@ -219,8 +220,8 @@ ship() {  # ship NAME DESCRIPTION HELDOUT_SETS...
     mkdir -p "$MODELS"
     cp "$run/satseg-$name.onnx" "$MODELS/satseg-$name.onnx"
     "$PY" -m scripts.model_release weights "$run/best.pt" "$MODELS/satseg-$name.pt"
-    # int8 only where it is measured faster (same run as fp32) and within 1 point of mIoU everywhere.
-    if "$PY" -m scripts.model_release int8-verdict "$run" "satseg-$name"; then
+    # int8 only where it is measured faster (interleaved with fp32) and within 1 point of mIoU everywhere.
+    if "$PY" -m scripts.model_release int8-verdict "$run" "satseg-$name" "$DATA/$1" | tee "$run/int8.log"; [[ ${PIPESTATUS[0]} == 0 ]]; then
         cp "$run/satseg-$name.int8.onnx" "$MODELS/satseg-$name-int8.onnx"
     else
         rm -f "$MODELS/satseg-$name-int8.onnx"
