@@ -337,3 +337,15 @@ def test_split_of_real_oam_tiles_by_block_takes_close_to_the_share(shared_data: 
     train_idx, val_idx = split_indices(groups, 0.2, seed)
     assert abs(len(val_idx) / len(ids) - 0.2) < 0.01
     assert {groups[i] for i in train_idx}.isdisjoint({groups[i] for i in val_idx})
+
+
+def test_fine_tuning_that_only_hurts_keeps_the_starting_weights(tmp_path: Path) -> None:
+    data = make_tiny_dataset(tmp_path / "data")
+    _train(data, tmp_path / "base", "--epochs", "3", "--lr", "0.01")
+    base = load_checkpoint(tmp_path / "base" / "best.pt")
+    # A rate of 50 wrecks the weights in the first step: no epoch beats where they started.
+    _train(data, tmp_path / "ft", "--epochs", "1", "--lr", "50", "--init", str(tmp_path / "base" / "best.pt"))
+    tuned = load_checkpoint(tmp_path / "ft" / "best.pt")
+    assert tuned["epoch"] == 0 and load_checkpoint(tmp_path / "ft" / "last.pt")["epoch"] == 1
+    for key, value in base["state_dict"].items():
+        assert torch.equal(value, tuned["state_dict"][key]), key

@@ -385,6 +385,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return budget_s is not None and train_s >= budget_s
 
     completed, done_step, done_s = start_epoch, step, train_s  # where the last whole epoch ended
+    if args.init and not args.resume and val_idx:
+        # Fine-tuning must earn its place: the starting weights are the checkpoint to beat, so a
+        # run that only makes them worse on validation leaves best.pt as they were.
+        _, cm = evaluate(net, val_loader, criterion, device, num_classes)
+        best_miou = float(scores(cm)["miou"])  # type: ignore[arg-type]
+        save_checkpoint(out / "best.pt", checkpoint(0, with_state=False))
+        print(
+            f"--init weights: validation mIoU {best_miou:.4f} (best.pt until an epoch beats it)", flush=True
+        )
     previous_term = _stop_on_sigterm()
     stopped = ""
     try:
