@@ -19,12 +19,16 @@ import contextlib
 import os
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit, urlunsplit
 
-import mercantile
-import requests
-
 from .errors import SourceError
+
+# mercantile and requests are imported where they are used: the plugin's modules import this
+# one (redact) when QGIS loads the plugin, before the dependency check can tell the user that
+# QGIS's Python lacks them (a top-level import made loading fail, tests/test_gui_segment_extent.py).
+if TYPE_CHECKING:
+    import requests
 
 DEFAULT_TOKEN_ENV = "MapboxAccessToken"
 _PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
@@ -90,6 +94,13 @@ def _origin(url: str) -> tuple[str, str]:
     return scheme, host
 
 
+def _quadkey(x: int, y: int, z: int) -> str:
+    """Bing's quadkey of tile ``(x, y, z)`` (``{q}``)."""
+    import mercantile
+
+    return mercantile.quadkey(x, y, z)
+
+
 @dataclass
 class TileTemplate:
     """A validated XYZ template and how to fill it."""
@@ -109,7 +120,7 @@ class TileTemplate:
             "x": str(x),
             "y": str((1 << z) - 1 - y if self.tms else y),
             "-y": str((1 << z) - 1 - y),
-            "q": mercantile.quadkey(x, y, z),
+            "q": _quadkey(x, y, z),
             "s": self.subdomains[(x + y) % len(self.subdomains)] if self.subdomains else "",
             "token": token,
         }
@@ -176,6 +187,8 @@ def resolve_template(
     TileJSON document puts its tiles on another host (or from https on http),
     they are asked for without it, unless ``token_any_host``.
     """
+    import requests
+
     check_template(url)
     token = os.environ.get(token_env) or None
     if "{token}" in url and not token:
