@@ -205,7 +205,10 @@ ship() {  # ship NAME DESCRIPTION HELDOUT_SETS...
     local name=$1 description=$2
     shift 2
     local run=$RUNS/$name
-    "$PY" -m training.export "$run/best.pt" --out "$run/satseg-$name.onnx" --int8 \
+    local weights
+    weights=$("$PY" -m scripts.model_release pick "$run")
+    echo "shipping $weights"
+    "$PY" -m training.export "$weights" --out "$run/satseg-$name.onnx" --int8 \
         --description "$description" 2>&1 | tee "$run/export.log"
     rm -rf "$run/heldout"
     mkdir -p "$run/heldout"
@@ -214,12 +217,12 @@ ship() {  # ship NAME DESCRIPTION HELDOUT_SETS...
             "$PY" -m training.validate --data "$DATA/$set" --weights "$run/$model" --split all \
                 --no-predictions --out "$run/heldout/$set/$model" 2>&1 | tee "$run/heldout/$set-$model.log"
         done
-        "$PY" -m scripts.model_release baseline "$run/best.pt" "$DATA/$set" --out "$run/heldout/$set/baseline"
+        "$PY" -m scripts.model_release baseline "$weights" "$DATA/$set" --out "$run/heldout/$set/baseline"
     done
     "$PY" -m scripts.heldout_table "$run/heldout" | tee "$run/heldout/tables.md"
     mkdir -p "$MODELS"
     cp "$run/satseg-$name.onnx" "$MODELS/satseg-$name.onnx"
-    "$PY" -m scripts.model_release weights "$run/best.pt" "$MODELS/satseg-$name.pt"
+    "$PY" -m scripts.model_release weights "$weights" "$MODELS/satseg-$name.pt"
     # int8 only where it is measured faster (interleaved with fp32) and within 1 point of mIoU everywhere.
     if "$PY" -m scripts.model_release int8-verdict "$run" "satseg-$name" "$DATA/$1" | tee "$run/int8.log"; [[ ${PIPESTATUS[0]} == 0 ]]; then
         cp "$run/satseg-$name.int8.onnx" "$MODELS/satseg-$name-int8.onnx"

@@ -2,14 +2,19 @@
 
     python -m scripts.model_release baseline RUN/best.pt DATASET --out DIR
     python -m scripts.model_release weights RUN/best.pt models/NAME.pt
-    python -m scripts.model_release int8-verdict RUN NAME
+    python -m scripts.model_release int8-verdict RUN NAME DATASET
+    python -m scripts.model_release pick RUN
 
 ``baseline`` scores the constant predictor that says the training tiles'
 majority class everywhere on a held-out set (``DIR/metrics.json``, as
 ``training.validate`` writes it). ``weights`` writes the weights-only
 checkpoint that ships beside the ONNX file (no optimizer state, no local
 paths), which ``training.train --init`` and ``training.learn_area --base``
-start from. ``int8-verdict`` exits 0 when the int8 model is measured faster than
+start from. ``pick`` prints the checkpoint to ship: the run's last epoch (the end of its
+annealed schedule) unless its validation mIoU is more than ``PICK_MARGIN``
+below the best epoch's, then ``best.pt``; a validation set of a few dozen tiles
+of one or two places cannot tell apart checkpoints closer than that.
+``int8-verdict`` exits 0 when the int8 model is measured faster than
 float32 on this machine (interleaved rounds of both on the same held-out
 tiles, in one process) and loses at most 1 point of mIoU on every held-out set
 of ``RUN/heldout``.
@@ -18,6 +23,7 @@ of ``RUN/heldout``.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 import sys
@@ -35,6 +41,7 @@ from training.metrics import confusion_matrix, format_report, scores_json
 #: Keys of a training checkpoint that do not ship: resume state and where it was trained.
 PRIVATE_KEYS = ("optimizer", "scheduler", "log", "data")
 MAX_INT8_MIOU_LOSS = 0.01
+PICK_MARGIN = 0.02
 
 
 def majority_class(ckpt: dict) -> int:
@@ -110,6 +117,17 @@ def int8_verdict(run: Path, name: str, data: Path) -> tuple[bool, str]:
     )
 
 
+def pick(run: Path) -> Path:
+    """``RUN/last.pt`` when its validation mIoU is within ``PICK_MARGIN`` of the best, else ``RUN/best.pt``."""
+    with (run / "training_log.csv").open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["val_mIoU"]]
+    if not rows:
+        return run / "best.pt"
+    best = max(float(r["val_mIoU"]) for r in rows)
+    last = float(rows[-1]["val_mIoU"])
+    return run / ("last.pt" if last >= best - PICK_MARGIN else "best.pt")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m scripts.model_release", description=__doc__.split("\n\n")[0]
@@ -126,8 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("run", type=Path)
     v.add_argument("name")
     v.add_argument("data", type=Path, help="a held-out dataset whose tiles time the two models")
+    k = sub.add_parser("pick", help="print the checkpoint to ship")
+    k.add_argument("run", type=Path)
     args = parser.parse_args(argv)
-    if args.verb == "baseline":
+    if args.verb == "pick":
+        print(pick(args.run))
+    elif args.verb == "baseline":
         baseline(args.weights, args.data, args.out)
     elif args.verb == "weights":
         ship_weights(args.weights, args.out)
