@@ -29,7 +29,7 @@ from qgis.core import (
 )
 from qgis.gui import QgsMessageBar
 from qgis.PyQt.QtWidgets import QMessageBox
-from ui_helpers import make_color_model, wait_for_task
+from ui_helpers import make_color_model, projects_left_in_cycles, wait_for_task
 
 from satseg_plugin.inference.errors import Cancelled, SatsegError
 from satseg_plugin.ui import learn_inputs, learn_runtime, settings
@@ -295,6 +295,19 @@ def test_dialog_defaults_and_choices(
     dialog.accept()
     assert learn_runtime.configured_runtime() == runtime_of(checkout)
     assert learn_inputs.remembered_minutes() == pytest.approx(0.2)
+
+
+def test_a_dropped_dialog_leaves_the_project_out_of_reference_cycles(
+    qgis_iface, qgis_new_project, clean_settings, checkout: Path
+) -> None:
+    QgsSettings().setValue(learn_runtime.KEY_CHECKOUT, str(checkout))
+
+    def open_and_drop() -> None:
+        dialog = LearnDialog(QgsProject.instance(), "1 x 1 in EPSG:3857")
+        dialog.osm_file.setFilePath("x.osm.pbf")  # its slots run once
+        assert dialog.osm_file_radio.isChecked()
+
+    assert projects_left_in_cycles(open_and_drop) == 0
 
 
 def test_task_shows_progress_then_the_table_lists_the_model_and_offers_to_segment(

@@ -19,7 +19,14 @@ from qgis.core import (
     QgsSingleBandPseudoColorRenderer,
 )
 from tileserver import TileServer, oam_provider
-from ui_helpers import CLASS_COLORS, CLASS_NAMES, make_color_model, tiles_rect_3857, wait_for_task
+from ui_helpers import (
+    CLASS_COLORS,
+    CLASS_NAMES,
+    make_color_model,
+    projects_left_in_cycles,
+    tiles_rect_3857,
+    wait_for_task,
+)
 
 from satseg_plugin.ui.segment_dialog import SegmentChoices
 from satseg_plugin.ui.segment_flow import SegmentController
@@ -164,3 +171,24 @@ def test_user_errors_go_to_the_message_bar_in_plain_words(
     if fault != "wrong token":  # a 401 on every tile may also end as an all-nodata run
         assert QgsProject.instance().mapLayers() == {}
     print(f"{fault}: {warnings[0]}")
+
+
+def test_ended_tasks_leave_the_project_out_of_reference_cycles(
+    qgis_iface, qgis_new_project, bar, color_model: Path, area2_server: TileServer, tmp_path: Path
+) -> None:
+    """A task that added its layers, and one cancelled mid-run, are garbage without holding the project."""
+    show_on_canvas(qgis_iface, tiles_rect_3857(619226.5, 523265.5, 619227.5, 523266.5, 20))
+    ends: list[object] = []
+
+    def run_two() -> None:
+        controller = SegmentController(qgis_iface)
+        done = controller.start(choices(color_model, area2_server.template, tmp_path / "a"), when=WHEN)
+        wait_for_task(done)
+        cancelled = controller.start(choices(color_model, area2_server.template, tmp_path / "b"), when=WHEN)
+        cancelled.cancel()
+        wait_for_task(cancelled)
+        ends.extend([done.outcome, cancelled.ended])
+        assert controller.tasks == []  # both forgotten once they ended
+
+    assert projects_left_in_cycles(run_two) == 0
+    assert ends == ["done", True]

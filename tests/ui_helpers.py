@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import mercantile
@@ -84,3 +86,28 @@ def wait_for_task(task: object, timeout: float = 120.0) -> None:
         time.sleep(0.01)
     for _ in range(5):  # finished() and the completion signals are queued on the main thread
         QgsApplication.processEvents()
+
+
+def projects_left_in_cycles(action: Callable[[], None]) -> int:
+    """How many QgsProject wrappers ``action`` leaves in reference cycles (garbage only the cyclic GC frees).
+
+    When the cyclic GC clears a QgsProject's Python wrapper, PyQt drops every Python callable
+    connected to that project's signals: other plugins' slots, and pytest-qgis's
+    ``legendLayersAdded -> processEvents``, whose disconnect then fails at the session's end.
+    So what the plugin leaves behind must not hold the project in a cycle. Automatic
+    collection is off while ``action`` runs: its garbage is all still there to be counted.
+    """
+    from qgis.core import QgsProject
+
+    gc.collect()  # earlier tests' garbage is not this action's
+    gc.disable()
+    try:
+        action()
+        gc.set_debug(gc.DEBUG_SAVEALL)  # keep the garbage in gc.garbage instead of clearing it
+        gc.collect()
+    finally:
+        gc.set_debug(0)
+        gc.enable()
+    found = sum(isinstance(obj, QgsProject) for obj in gc.garbage)
+    gc.garbage.clear()
+    return found

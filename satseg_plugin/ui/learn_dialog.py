@@ -167,12 +167,12 @@ class LearnDialog(QDialog):
         layout.addWidget(QLabel("The new model joins the Segment extent list when training is done."))
         layout.addWidget(self.buttons)
 
-        self.layer_combo.layerChanged.connect(lambda lyr: self.url_edit.setEnabled(lyr is None))
+        # Bound methods (PyQt holds them weakly), not lambdas holding the dialog: a dropped dialog
+        # must not be a reference cycle holding the project (see SegmentTask.finished).
+        self.layer_combo.layerChanged.connect(self._layer_changed)
         self.polygon_combo.layerChanged.connect(self._polygons_changed)
-        self.osm_file.fileChanged.connect(lambda _p: self.osm_file_radio.setChecked(True))
-        self.osm_layer.layerChanged.connect(
-            lambda lyr: lyr is not None and self.osm_layer_radio.setChecked(True)
-        )
+        self.osm_file.fileChanged.connect(self._osm_file_changed)
+        self.osm_layer.layerChanged.connect(self._osm_layer_changed)
 
         self.checkout_widget.fileChanged.connect(self._checkout_changed)
         self.checkout_widget.setFilePath(runtime.checkout)
@@ -206,6 +206,16 @@ class LearnDialog(QDialog):
         self.osm_layer.setLayer(vectors[0] if vectors else None)
         (self.osm_layer_radio if vectors else self.osm_file_radio).setChecked(True)
         self._polygons_changed(self.polygon_combo.currentLayer())
+
+    def _layer_changed(self, layer: object) -> None:
+        self.url_edit.setEnabled(layer is None)
+
+    def _osm_file_changed(self, _path: str) -> None:
+        self.osm_file_radio.setChecked(True)
+
+    def _osm_layer_changed(self, layer: object) -> None:
+        if layer is not None:
+            self.osm_layer_radio.setChecked(True)
 
     def _polygons_changed(self, layer: object) -> None:
         has = isinstance(layer, QgsVectorLayer) and layer.geometryType() == QgsWkbTypes.PolygonGeometry

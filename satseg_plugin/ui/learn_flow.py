@@ -135,8 +135,9 @@ class LearnController:
             cleanup=temp,
         )
         self.tasks.append(task)
-        task.taskCompleted.connect(lambda: self._forget(task))
-        task.taskTerminated.connect(lambda: self._forget(task))
+        # A bound method, not a lambda holding the task: an ended task is no reference cycle.
+        task.taskCompleted.connect(self._forget_ended)
+        task.taskTerminated.connect(self._forget_ended)
         QgsApplication.taskManager().addTask(task)
         return task
 
@@ -153,6 +154,6 @@ class LearnController:
                 pass
         return dialog
 
-    def _forget(self, task: LearnTask) -> None:
-        if task in self.tasks:
-            self.tasks.remove(task)
+    def _forget_ended(self) -> None:
+        """Let go of the tasks that have ended (their ``finished`` has run)."""
+        self.tasks[:] = [t for t in self.tasks if not t.ended]

@@ -160,9 +160,11 @@ class SegmentController:
         )
         task.area_folder = area.folder  # type: ignore[attr-defined]
         self.tasks.append(task)
-        # QGIS owns the C++ task, but Python must keep its wrapper until the task ends
-        task.taskCompleted.connect(lambda: self._forget(task))
-        task.taskTerminated.connect(lambda: self._forget(task))
+        # QGIS owns the C++ task, but Python must keep its wrapper until the task ends. A bound
+        # method (PyQt holds it weakly), not a lambda holding the task: an ended task must not
+        # be a reference cycle (see SegmentTask.finished).
+        task.taskCompleted.connect(self._forget_ended)
+        task.taskTerminated.connect(self._forget_ended)
         QgsApplication.taskManager().addTask(task)
         return task
 
@@ -176,9 +178,10 @@ class SegmentController:
         canvas = self.iface.mapCanvas()
         return ProcessingArea(canvas.extent(), canvas.mapSettings().destinationCrs())
 
-    def _forget(self, task: SegmentTask) -> None:
-        folder = getattr(task, "area_folder", None)
-        if folder:  # the polygons written for the run
-            shutil.rmtree(folder, ignore_errors=True)
-        if task in self.tasks:
+    def _forget_ended(self) -> None:
+        """Let go of the tasks that have ended (their ``finished`` has run)."""
+        for task in [t for t in self.tasks if t.ended]:
+            folder = getattr(task, "area_folder", None)
+            if folder:  # the polygons written for the run
+                shutil.rmtree(folder, ignore_errors=True)
             self.tasks.remove(task)

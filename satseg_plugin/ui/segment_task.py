@@ -79,7 +79,7 @@ class SegmentTask(QgsTask):
         self.out_dir = Path(out_dir)
         self.staging = self.out_dir.parent / f".{self.out_dir.name}.part"
         self.group_name = group_name
-        self.project = project
+        self.project: QgsProject | None = project  # None once the task has ended
         self.message_bar = message_bar
         self.result: SegmentResult | None = None
         self.group: QgsLayerTreeGroup | None = None
@@ -135,10 +135,15 @@ class SegmentTask(QgsTask):
             self._report(ok)
         finally:
             self.ended = True
+            # An ended task is often left in a reference cycle (a traceback's frames, a slot). If
+            # it held the project, the cyclic GC would clear the project's Python wrapper, and
+            # PyQt then drops every Python callable connected to that project's signals, other
+            # plugins' (and pytest-qgis's legendLayersAdded -> processEvents) included.
+            self.project = None
 
     def _report(self, ok: bool) -> None:
         bar = self.message_bar
-        if ok and self.result is not None:
+        if ok and self.result is not None and self.project is not None:
             res = self.result
             try:
                 self.group = add_result_layers(
