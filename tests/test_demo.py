@@ -75,7 +75,7 @@ def test_demo_segments_the_sample_and_prints_the_table(demo_out: tuple[Path, str
     found = classes == names.index("building")
     precision, recall = (found & truth).sum() / found.sum(), (found & truth).sum() / truth.sum()
     assert 0.10 < truth.mean() < 0.16
-    assert precision > 0.7 and recall > 0.35, (precision, recall)
+    assert precision > 0.72 and recall > 0.45, (precision, recall)  # measured 0.79 / 0.55
 
 
 def osm_buildings_on(ds: gdal.Dataset, geojson: Path) -> np.ndarray:
