@@ -37,6 +37,7 @@ from satseg_plugin.inference.model import SegModel
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import load_dataset, read_tiles, split_indices
 from training.metrics import confusion_matrix, format_report, scores_json
+from training.train import class_pixel_stats
 
 #: Keys of a training checkpoint that do not ship: resume state and where it was trained.
 PRIVATE_KEYS = ("optimizer", "scheduler", "log", "data")
@@ -48,10 +49,8 @@ def majority_class(ckpt: dict) -> int:
     """The most frequent label among the training tiles of ``ckpt``'s own split."""
     train = load_dataset(ckpt["data"])
     idx, _ = split_indices(train.groups, float(ckpt["val_fraction"]), int(ckpt["seed"]))
-    counts = np.zeros(256, np.int64)
-    for s in range(0, len(idx), 64):
-        counts += np.bincount(read_tiles(train.cache, idx[s : s + 64])[1].ravel(), minlength=256)
-    return int(np.argmax(counts[: len(train.class_names)]))
+    label_counts, _ = class_pixel_stats(train, idx, len(train.class_names))
+    return int(np.argmax(label_counts))
 
 
 def baseline(weights: Path, data: Path, out: Path) -> dict:

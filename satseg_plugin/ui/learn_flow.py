@@ -15,6 +15,7 @@ from .learn_inputs import crs_text, layer_to_geojson, polygons_extent
 from .learn_process import LearnRequest
 from .learn_runtime import check_runtime, offer_training_python
 from .learn_task import MESSAGE_SECONDS, LearnTask
+from .segment_flow import canvas_extent_text
 
 
 def run_folder(out_parent: str | Path, when: datetime) -> Path:
@@ -84,10 +85,7 @@ class LearnController:
         self.iface.messageBar().pushMessage("satseg", text, Qgis.Warning, MESSAGE_SECONDS)
 
     def open_dialog(self) -> LearnDialog:
-        canvas = self.iface.mapCanvas()
-        crs = canvas.mapSettings().destinationCrs()
-        ext = canvas.extent()
-        text = f"{ext.width():.6g} x {ext.height():.6g} in {crs.authid() or crs.description() or 'the project CRS'}"
+        text = canvas_extent_text(self.iface.mapCanvas())
         self.dialog = LearnDialog(QgsProject.instance(), text, self.iface.mainWindow())
         self.dialog.run_requested.connect(self._dialog_run)
         self.dialog.show()

@@ -70,6 +70,15 @@ def confirm_large_run(parent: QWidget | None, tiles: int) -> bool:
     return answer == QMessageBox.Yes
 
 
+def canvas_extent_text(canvas: Any) -> str:
+    """``"W x H in EPSG:n"``: the size of the canvas's visible extent, for a dialog to show."""
+    crs = canvas.mapSettings().destinationCrs()
+    ext = canvas.extent()
+    return (
+        f"{ext.width():.6g} x {ext.height():.6g} in {crs.authid() or crs.description() or 'the project CRS'}"
+    )
+
+
 class SegmentController:
     """Opens the dialog and starts ``SegmentTask``s; keeps the running tasks alive.
 
@@ -95,13 +104,7 @@ class SegmentController:
         if problems:
             offer_install(self.iface, problems)
             return None
-        canvas = self.iface.mapCanvas()
-        crs = canvas.mapSettings().destinationCrs()
-        ext = canvas.extent()
-        text = (
-            f"the map's visible extent, {ext.width():.6g} x {ext.height():.6g} in "
-            f"{crs.authid() or crs.description() or 'the project CRS'}"
-        )
+        text = f"the map's visible extent, {canvas_extent_text(self.iface.mapCanvas())}"
         self.dialog = SegmentDialog(QgsProject.instance(), text, self.iface.mainWindow(), model_path)
         self.dialog.run_requested.connect(self._dialog_run)
         self.dialog.show()
