@@ -156,3 +156,33 @@ def test_cli_help_and_errors(tmp_path: Path, shared_data: Path) -> None:
     failed = cli(shared_data / "dubai-aerial", "--colors", tmp_path / "none.json", "--out", tmp_path / "o")
     assert failed.returncode == 2
     assert failed.stderr.strip().splitlines()[-1].startswith("error: colour map not found")
+
+
+def test_resample_keeps_label_values_and_interpolates_images() -> None:
+    labels = np.array([[1, 2], [3, 255]], np.uint8)
+    up = import_masks.resample(labels, 2.0, labels=True)
+    assert up.shape == (4, 4) and (up == np.kron(labels, np.ones((2, 2), np.uint8))).all()
+    down = import_masks.resample(np.kron(labels, np.ones((2, 2), np.uint8)), 0.5, labels=True)
+    assert (down == labels).all()
+    image = np.zeros((2, 2, 3), np.uint8)
+    image[:, 1] = 200
+    big = import_masks.resample(image, 4.0, labels=False)
+    assert big.shape == (8, 8, 3) and 0 < int(big[0, 3, 0]) < 200  # a ramp, not blocks
+
+
+def test_scaled_building_import_of_real_masks(shared_data: Path, tmp_path: Path, dubai: Path) -> None:
+    colors = ROOT / "training" / "classes" / "dubai-buildings.json"
+    out = tmp_path / "b"
+    argv = [shared_data / "dubai-aerial", "--colors", colors, "--out", out, "--scenes", "tile2"]
+    assert run_import(*argv, "--scale", "2", "--resolution-cm", "100") == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [c["name"] for c in manifest["classes"]] == ["background", "building"]
+    assert manifest["resolution_cm"] == 50 and manifest["scale"] == 2
+    # The building share of the labelled pixels is that of the five-class import of the same masks.
+    plain = json.loads((dubai / "manifest.json").read_text())["pixels_per_class"]
+    share = plain["building"] / sum(plain.values())
+    counts = manifest["pixels_per_class"]
+    assert counts["building"] / (counts["building"] + counts["background"]) == pytest.approx(share, abs=0.005)
+    assert manifest["tiles"] == 9 * 4 * 5  # parts of about 1020x1088 px after scaling
+    with pytest.raises(import_masks.SatsegError, match="--scale"):
+        run_import(*argv, "--scale", "0")

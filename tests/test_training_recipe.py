@@ -24,6 +24,7 @@ from training.data import load_dataset, split_indices
 from training.dataset.__main__ import main as dataset_main
 from training.dataset.osm_source import repair_area
 from training.dataset.tiles import pixel_size, xyz_blocks
+from training.ema import WeightEMA, ema_decay
 from training.losses import SegmentationLoss, soft_dice_loss
 from training.schedule import LRSchedule
 
@@ -243,6 +244,36 @@ def test_training_with_the_recipe_runs_and_the_cli_refuses_bad_values(tmp_path: 
     for bad in (["--scale", "2,1"], ["--scale", "x"], ["--blur", "2"], ["--max-minutes", "0"]):
         with pytest.raises(SatsegError):
             train.main(["--data", str(data), "--out", str(tmp_path / "bad"), *bad])
+
+
+def test_weight_average_values() -> None:
+    assert ema_decay(0.995, 0) == pytest.approx(0.1) and ema_decay(0.995, 10_000) == 0.995
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.BatchNorm2d(1))
+    ema = WeightEMA(net, 0.9)
+    start = net[0].weight.detach().clone()
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    net[1].num_batches_tracked += 7
+    ema.update(net, 1000)  # d = 0.9
+    assert torch.allclose(ema.model[0].weight, start + 0.1)
+    assert int(ema.model[1].num_batches_tracked) == 7 and not ema.model.training
+    with pytest.raises(ValueError):
+        WeightEMA(net, 1.0)
+
+
+def test_ema_run_ships_the_average_and_resumes_the_raw_weights(tmp_path: Path) -> None:
+    data = make_tiny_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    _train(data, run, "--epochs", "2", "--lr", "0.01", "--ema", "0.9")
+    last = load_checkpoint(run / "last.pt")
+    assert last["ema"] == 0.9 and set(last["train_state_dict"]) == set(last["state_dict"])
+    key = "classifier.weight"
+    assert not torch.equal(last["train_state_dict"][key], last["state_dict"][key])
+    assert "train_state_dict" not in load_checkpoint(run / "best.pt")
+    rows = _train(data, run, "--epochs", "3", "--lr", "0.01", "--ema", "0.9", "--resume")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    with pytest.raises(SatsegError):
+        train.main(["--data", str(data), "--out", str(tmp_path / "bad"), "--ema", "1.5"])
 
 
 # --- labels -----------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ and schedule state, for ``--resume``) and, when the validation mIoU improves,
 ``--init`` fine-tunes from another checkpoint (a new classifier when its classes
 differ); ``--max-minutes`` and ``--patience`` end training by time or when
 validation stops improving; ``--loss``, ``--color``, ``--blur`` and ``--scale``
-choose the loss and the augmentations (``training.losses``, ``training.augment``).
+choose the loss and the augmentations (``training.losses``, ``training.augment``);
+``--ema`` validates, checkpoints and ships a moving average of the weights
+(``training.ema``).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from .data import (
     read_tiles,
     split_indices,
 )
+from .ema import WeightEMA
 from .losses import LOSSES, SegmentationLoss
 from .metrics import confusion_matrix, scores
 from .model import SegNet
@@ -114,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--init", type=Path, default=None, metavar="PT",
         help="start from these weights (a satseg .pt); a new classifier when its classes differ",
+    )  # fmt: skip
+    p.add_argument(
+        "--ema", type=float, default=None, metavar="DECAY",
+        help="validate, checkpoint and ship an exponential moving average of the weights with this "
+        "decay per step (e.g. 0.995: about the last 200 steps); off by default",
     )  # fmt: skip
     p.add_argument(
         "--max-minutes", type=float, default=None, metavar="M",
@@ -271,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SatsegError("--lr and --width must be positive")
     if args.max_minutes is not None and args.max_minutes <= 0:
         raise SatsegError("--max-minutes must be positive")
+    if args.ema is not None and not 0 < args.ema < 1:
+        raise SatsegError(f"--ema must be between 0 and 1 (e.g. 0.995), not {args.ema}")
     if args.patience is not None and args.patience < 1:
         raise SatsegError("--patience must be at least 1")
     if not 0 <= args.blur <= 1 or not 0 <= args.color <= 2:
@@ -324,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{out / 'last.pt'} is a width {ckpt['width']} model for classes {ckpt['class_names']}; "
                 f"this run has width {width} and classes {ds.class_names}"
             )
-        net.load_state_dict(ckpt["state_dict"])
+        net.load_state_dict(ckpt.get("train_state_dict", ckpt["state_dict"]))
         if "optimizer" in ckpt:
             opt.load_state_dict(ckpt["optimizer"])
         start_epoch = int(ckpt["epoch"])
@@ -342,6 +352,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_path.unlink(missing_ok=True)  # a fresh run starts a fresh log
         log = LOG_HEADER + "\n"
 
+    # With --ema the average is the model: it is validated, checkpointed and exported; the raw
+    # weights only go on in last.pt's train_state_dict so that --resume continues them.
+    ema = WeightEMA(net, args.ema) if args.ema else None
+    if ema is not None and args.resume:
+        ema.model.load_state_dict(ckpt["state_dict"])
+    model = ema.model if ema is not None else net
+
     gen = torch.Generator().manual_seed(args.seed + start_epoch)
     aug_gen = torch.Generator().manual_seed(args.seed * 7919 + start_epoch)
     train_loader = DataLoader(
@@ -356,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def checkpoint(epoch: int, with_state: bool) -> dict[str, Any]:
         ckpt: dict[str, Any] = {
-            "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "class_names": ds.class_names,
             "class_colors": ds.class_colors,
             "width": float(width),
@@ -375,6 +392,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "train_seconds": done_s,
             "step": done_step,
         }
+        if ema is not None:
+            ckpt["ema"] = ema.decay
+            if with_state:
+                ckpt["train_state_dict"] = {k: v.detach().cpu() for k, v in net.state_dict().items()}
         if with_state:
             ckpt["optimizer"] = opt.state_dict()
             ckpt["scheduler"] = schedule.state_dict()
@@ -388,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.init and not args.resume and val_idx:
         # Fine-tuning must earn its place: the starting weights are the checkpoint to beat, so a
         # run that only makes them worse on validation leaves best.pt as they were.
-        _, cm = evaluate(net, val_loader, criterion, device, num_classes)
+        _, cm = evaluate(model, val_loader, criterion, device, num_classes)
         best_miou = float(scores(cm)["miou"])  # type: ignore[arg-type]
         save_checkpoint(out / "best.pt", checkpoint(0, with_state=False))
         print(
@@ -420,6 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if torch.isfinite(loss):  # skip an all-ignore batch
                         loss.backward()
                         opt.step()
+                        if ema is not None:
+                            ema.update(net, step)
                         total += float(loss.detach()) * len(x)
                         n += len(x)
                     step += 1
@@ -434,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             train_loss = total / n if n else float("nan")
             train_acc = correct / counted if counted else float("nan")
             if val_idx:
-                val_loss, cm = evaluate(net, val_loader, criterion, device, num_classes)
+                val_loss, cm = evaluate(model, val_loader, criterion, device, num_classes)
                 s = scores(cm)
                 val_acc, val_miou = float(s["accuracy"]), float(s["miou"])  # type: ignore[arg-type]
             else:

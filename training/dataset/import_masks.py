@@ -32,6 +32,12 @@ Output (the dataset layout of docs/design.md): ``images/<id>.png``,
 ``sample.txt``, ``sample-filtered.txt`` (tiles with at least ``--min-labelled``
 labelled pixels), ``scenes.csv``, ``skipped.csv`` and ``manifest.json``
 (``kind`` "masks"). Tile ids are ``<scene>-<part>-<row>-<col>``.
+
+``--scale F`` resamples each image (bilinear, or average when shrinking) and its
+labels (nearest, or mode when shrinking) by ``F`` before cutting, so that masks
+at one ground resolution can train a model for another (Dubai's 1 m/px with
+``--scale 3`` for a zoom-19 model); the manifest's ``resolution_cm`` is divided
+by ``F``.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from osgeo import gdal, gdal_array
 
 from satseg_plugin.inference.atomic import write_text_atomic
 from satseg_plugin.inference.errors import ConfigError, SatsegError
@@ -157,6 +164,25 @@ def mask_to_labels(mask_rgb: np.ndarray, cmap: ColorMap) -> tuple[np.ndarray, Co
     return mapped[inverse].reshape(packed.shape), unknown
 
 
+def resample(pixels: np.ndarray, factor: float, labels: bool) -> np.ndarray:
+    """``pixels`` (H x W or H x W x C, uint8) resampled by ``factor`` with GDAL.
+
+    Images are interpolated (bilinear up, average down); labels keep their
+    values (nearest up, mode down), so the ignore label stays 255.
+    """
+    if factor == 1.0:
+        return pixels
+    h, w = pixels.shape[:2]
+    out_w, out_h = max(1, round(w * factor)), max(1, round(h * factor))
+    bands = pixels[None] if pixels.ndim == 2 else np.moveaxis(pixels, 2, 0)
+    src = gdal_array.OpenArray(np.ascontiguousarray(bands))
+    alg = ("nearest" if factor > 1 else "mode") if labels else ("bilinear" if factor > 1 else "average")
+    dst = gdal.Translate("", src, format="MEM", width=out_w, height=out_h, resampleAlg=alg)
+    out = dst.ReadAsArray()
+    src = dst = None  # release the MEM datasets now
+    return out if pixels.ndim == 2 else np.ascontiguousarray(np.moveaxis(out, 0, 2))
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_") or "x"
 
@@ -210,7 +236,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--resolution-cm", type=float, default=None,
-        help="ground resolution in cm/px, recorded in the manifest (default: unknown)",
+        help="ground resolution in cm/px of the source images, recorded in the manifest (divided by "
+        "--scale) (default: unknown)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--scale", type=float, default=1.0, metavar="F",
+        help="resample images and masks by F before cutting (e.g. 3 turns 1 m/px into 0.33 m/px) "
+        "(default: 1)",
     )  # fmt: skip
 
 
@@ -223,6 +255,8 @@ def run(args: argparse.Namespace) -> int:
         raise SatsegError(f"--tile must be at least 32 pixels, not {tile}")
     if not 0 < stride <= tile:
         raise SatsegError(f"--stride must be between 1 and --tile ({tile}), not {stride}")
+    if not 0.05 <= args.scale <= 20:
+        raise SatsegError(f"--scale must be between 0.05 and 20, not {args.scale:g}")
     if not src.is_dir():
         raise SatsegError(f"source folder not found: {src}")
     cmap = load_color_map(args.colors)
@@ -269,6 +303,7 @@ def run(args: argparse.Namespace) -> int:
                     continue
                 labels, unk = mask_to_labels(mask, cmap)
                 unknown.update(unk)
+                image, labels = resample(image, args.scale, False), resample(labels, args.scale, True)
                 h, w = labels.shape
                 for r, y in enumerate(starts_inside(h, tile, stride)):
                     for c, x in enumerate(starts_inside(w, tile, stride)):
@@ -308,7 +343,8 @@ def run(args: argparse.Namespace) -> int:
         "tile_size": tile,
         "stride": stride,
         "zoom": None,
-        "resolution_cm": args.resolution_cm,
+        "resolution_cm": args.resolution_cm / args.scale if args.resolution_cm else None,
+        "scale": args.scale,
         "source": str(src.resolve()),
         "colors_file": str(Path(args.colors).resolve()),
         "scenes": used_scenes,
