@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch spelling
 
-IGNORE_INDEX = 255
+from .dataset.manifest import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
