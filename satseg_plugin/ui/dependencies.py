@@ -41,13 +41,14 @@ class Requirement:
         return self.package + ",".join(bounds)
 
 
-REQUIREMENTS: tuple[Requirement, ...] = (
-    Requirement("numpy", "numpy", "1.20", "2"),
-    Requirement("osgeo.gdal", "GDAL", "3.0", pip_installable=False),
-    Requirement("onnxruntime", "onnxruntime", "1.14"),
-    Requirement("requests", "requests", "2.20"),
-    Requirement("mercantile", "mercantile", "1.2"),
-)
+#: The requirements QGIS's Python and the training Python share (``learn_runtime`` lists these too).
+NUMPY = Requirement("numpy", "numpy", "1.20", "2")
+GDAL = Requirement("osgeo.gdal", "GDAL", "3.0", pip_installable=False)
+ONNXRUNTIME = Requirement("onnxruntime", "onnxruntime", "1.14")
+REQUESTS = Requirement("requests", "requests", "2.20")
+MERCANTILE = Requirement("mercantile", "mercantile", "1.2")
+
+REQUIREMENTS: tuple[Requirement, ...] = (NUMPY, GDAL, ONNXRUNTIME, REQUESTS, MERCANTILE)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .dependencies import Problem, Requirement, constraints_text, pip_command, python_executable, run_command
+from .dependencies import (
+    GDAL,
+    MERCANTILE,
+    NUMPY,
+    ONNXRUNTIME,
+    REQUESTS,
+    Problem,
+    Requirement,
+    constraints_text,
+    pip_command,
+    python_executable,
+    run_command,
+)
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1]
 KEY_CHECKOUT = "satseg/training_checkout"
@@ -37,14 +49,14 @@ PROBE_TIMEOUT = 180.0  # importing torch on a busy 2-core laptop takes a while
 
 #: What ``python -m training.learn_area`` imports (GDAL comes from the system, as for QGIS).
 TRAINING_REQUIREMENTS: tuple[Requirement, ...] = (
-    Requirement("numpy", "numpy", "1.20", "2"),
-    Requirement("osgeo.gdal", "GDAL", "3.0", pip_installable=False),
+    NUMPY,
+    GDAL,
     Requirement("torch", "torch", "2.0"),
     Requirement("onnx", "onnx", "1.14"),
     Requirement("onnxscript", "onnxscript"),
-    Requirement("onnxruntime", "onnxruntime", "1.14"),
-    Requirement("mercantile", "mercantile", "1.2"),
-    Requirement("requests", "requests", "2.20"),
+    ONNXRUNTIME,
+    MERCANTILE,
+    REQUESTS,
     Requirement("h5py", "h5py", "3.0"),
 )
 
