@@ -7,14 +7,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from qgis.core import Qgis, QgsApplication, QgsCoordinateReferenceSystem, QgsProject, QgsRectangle
+from qgis.core import QgsCoordinateReferenceSystem, QgsProject, QgsRectangle
 
 from ..inference.errors import SatsegError
+from .controller import TaskController
 from .learn_dialog import LearnChoices, LearnDialog
 from .learn_inputs import crs_text, layer_to_geojson, polygons_extent
 from .learn_process import LearnRequest
 from .learn_runtime import check_runtime, offer_training_python
-from .learn_task import MESSAGE_SECONDS, LearnTask
+from .learn_task import LearnTask
 from .segment_flow import canvas_extent_text
 
 
@@ -68,21 +69,19 @@ def make_request(
     return request
 
 
-class LearnController:
+class LearnController(TaskController):
     """Opens the dialog and starts ``LearnTask``s (kept alive until they end).
 
     ``segment_controller`` (the plugin's ``SegmentController``) opens Segment
     extent with the new model when the user clicks "Segment with it".
     """
 
-    def __init__(self, iface: Any, segment_controller: Any = None) -> None:
-        self.iface = iface
-        self.segment_controller = segment_controller
-        self.tasks: list[LearnTask] = []
-        self.dialog: LearnDialog | None = None
+    tasks: list[LearnTask]
+    dialog: LearnDialog | None
 
-    def _warn(self, text: str) -> None:
-        self.iface.messageBar().pushMessage("satseg", text, Qgis.Warning, MESSAGE_SECONDS)
+    def __init__(self, iface: Any, segment_controller: Any = None) -> None:
+        super().__init__(iface)
+        self.segment_controller = segment_controller
 
     def open_dialog(self) -> LearnDialog:
         text = canvas_extent_text(self.iface.mapCanvas())
@@ -90,14 +89,6 @@ class LearnController:
         self.dialog.run_requested.connect(self._dialog_run)
         self.dialog.show()
         return self.dialog
-
-    def _dialog_run(self, dialog: LearnDialog) -> None:
-        try:
-            choices = dialog.choices()
-        except SatsegError as exc:
-            self._warn(str(exc))
-            return
-        self.start(choices)
 
     def start(self, choices: LearnChoices, when: datetime | None = None) -> LearnTask | None:
         """Check the training Python, write the OSM layer if one was chosen, start the task."""
@@ -132,11 +123,7 @@ class LearnController:
             parent_widget=self.iface.mainWindow(),
             cleanup=temp,
         )
-        self.tasks.append(task)
-        # A bound method, not a lambda holding the task: an ended task is no reference cycle.
-        task.taskCompleted.connect(self._forget_ended)
-        task.taskTerminated.connect(self._forget_ended)
-        QgsApplication.taskManager().addTask(task)
+        self._keep(task)
         return task
 
     def segment_with(self, model: str, layer: Any = None) -> Any:
@@ -151,7 +138,3 @@ class LearnController:
             except RuntimeError:  # the layer was removed and deleted meanwhile
                 pass
         return dialog
-
-    def _forget_ended(self) -> None:
-        """Let go of the tasks that have ended (their ``finished`` has run)."""
-        self.tasks[:] = [t for t in self.tasks if not t.ended]

@@ -16,9 +16,8 @@ from ..inference.errors import Cancelled, SatsegError
 from . import settings
 from .learn_process import LearnCrashError, LearnProgress, LearnRequest, LearnResult, run_learn
 from .learn_runtime import TrainingRuntime
+from .messages import LOG_TAG, MESSAGE_SECONDS, push_unfinished
 
-LOG_TAG = "satseg"
-MESSAGE_SECONDS = 10
 TITLE = "satseg: train on this area"
 LOG_LINES = 200
 DONE_MESSAGE_DELAY_MS = 300
@@ -133,18 +132,12 @@ class LearnTask(QgsTask):
                 bar.pushMessage(
                     "satseg", f"the new model is {self.result.model}", Qgis.Success, MESSAGE_SECONDS
                 )
-        elif self.outcome == "cancelled" or self.isCanceled():
-            bar.pushMessage(
-                "satseg", "Train on this area was cancelled; nothing was added", Qgis.Info, MESSAGE_SECONDS
-            )
-        elif self.error is not None:
-            bar.pushMessage("satseg", f"cannot train: {self.error}", Qgis.Warning, 0)
         else:
-            QgsMessageLog.logMessage(self.bug or "", LOG_TAG, Qgis.Critical)
-            bar.pushMessage(
-                "satseg",
-                "Train on this area failed unexpectedly; the details are in the satseg tab of the Log "
-                "Messages panel (please report them)",
-                Qgis.Critical,
-                0,
+            push_unfinished(
+                bar,
+                "Train on this area",
+                cancelled=self.outcome == "cancelled" or self.isCanceled(),
+                error=None if self.error is None else f"cannot train: {self.error}",
+                bug=self.bug,
+                seconds=0,  # a failed training run (minutes of work) stays until read
             )

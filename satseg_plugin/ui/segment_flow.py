@@ -8,14 +8,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from qgis.core import Qgis, QgsApplication, QgsCoordinateReferenceSystem, QgsProject, QgsRectangle
+from qgis.core import QgsCoordinateReferenceSystem, QgsProject, QgsRectangle
 from qgis.PyQt.QtWidgets import QMessageBox, QWidget
 
 from ..inference.errors import SatsegError
 from .area import ProcessingArea, area_of_layer
+from .controller import TaskController
 from .dependencies import check_requirements, offer_install
 from .segment_dialog import SegmentChoices, SegmentDialog
-from .segment_task import MESSAGE_SECONDS, SegmentTask, run_name
+from .segment_task import SegmentTask, run_name
 
 #: Above this many tiles, the user is told the count and asked to confirm.
 LARGE_RUN_TILES = 200
@@ -79,21 +80,19 @@ def canvas_extent_text(canvas: Any) -> str:
     )
 
 
-class SegmentController:
+class SegmentController(TaskController):
     """Opens the dialog and starts ``SegmentTask``s; keeps the running tasks alive.
 
     ``confirm(parent, tiles) -> bool`` is asked before runs above
     ``LARGE_RUN_TILES`` tiles (tests replace it). User errors go to the message bar.
     """
 
-    def __init__(self, iface: Any) -> None:
-        self.iface = iface
-        self.confirm: Callable[[QWidget | None, int], bool] = confirm_large_run
-        self.tasks: list[SegmentTask] = []
-        self.dialog: SegmentDialog | None = None
+    tasks: list[SegmentTask]
+    dialog: SegmentDialog | None
 
-    def _warn(self, text: str) -> None:
-        self.iface.messageBar().pushMessage("satseg", text, Qgis.Warning, MESSAGE_SECONDS)
+    def __init__(self, iface: Any) -> None:
+        super().__init__(iface)
+        self.confirm: Callable[[QWidget | None, int], bool] = confirm_large_run
 
     def open_dialog(self, model_path: str | None = None) -> SegmentDialog | None:
         """Show the dialog (after checking that the Python packages satseg needs are there).
@@ -109,14 +108,6 @@ class SegmentController:
         self.dialog.run_requested.connect(self._dialog_run)
         self.dialog.show()
         return self.dialog
-
-    def _dialog_run(self, dialog: SegmentDialog) -> None:
-        try:
-            choices = dialog.choices()
-        except SatsegError as exc:
-            self._warn(str(exc))
-            return
-        self.start(choices)
 
     def start(self, choices: SegmentChoices, when: datetime | None = None) -> SegmentTask | None:
         """Start segmenting the canvas's visible extent; return the task, or None if not started."""
@@ -162,13 +153,7 @@ class SegmentController:
             self.iface.messageBar(),
         )
         task.area_folder = area.folder  # type: ignore[attr-defined]
-        self.tasks.append(task)
-        # QGIS owns the C++ task, but Python must keep its wrapper until the task ends. A bound
-        # method (PyQt holds it weakly), not a lambda holding the task: an ended task must not
-        # be a reference cycle (see SegmentTask.finished).
-        task.taskCompleted.connect(self._forget_ended)
-        task.taskTerminated.connect(self._forget_ended)
-        QgsApplication.taskManager().addTask(task)
+        self._keep(task)
         return task
 
     def _area(self, choices: SegmentChoices) -> ProcessingArea:
@@ -181,10 +166,7 @@ class SegmentController:
         canvas = self.iface.mapCanvas()
         return ProcessingArea(canvas.extent(), canvas.mapSettings().destinationCrs())
 
-    def _forget_ended(self) -> None:
-        """Let go of the tasks that have ended (their ``finished`` has run)."""
-        for task in [t for t in self.tasks if t.ended]:
-            folder = getattr(task, "area_folder", None)
-            if folder:  # the polygons written for the run
-                shutil.rmtree(folder, ignore_errors=True)
-            self.tasks.remove(task)
+    def _release(self, task: SegmentTask) -> None:
+        folder = getattr(task, "area_folder", None)
+        if folder:  # the polygons written for the run
+            shutil.rmtree(folder, ignore_errors=True)

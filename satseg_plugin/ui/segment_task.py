@@ -13,17 +13,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qgis.core import Qgis, QgsLayerTreeGroup, QgsMessageLog, QgsProject, QgsTask
+from qgis.core import Qgis, QgsLayerTreeGroup, QgsProject, QgsTask
 
 from ..inference.errors import Cancelled, SatsegError
 from ..inference.tileurl import redact
 from .layers import add_result_layers
+from .messages import MESSAGE_SECONDS, push_unfinished
 
 if TYPE_CHECKING:
     from ..inference.segment import SegmentRequest, SegmentResult
-
-LOG_TAG = "satseg"
-MESSAGE_SECONDS = 10
 
 
 def run_name(model_path: str | os.PathLike[str], when: datetime) -> tuple[str, str]:
@@ -165,18 +163,11 @@ class SegmentTask(QgsTask):
                 bar.pushMessage("satseg", text, Qgis.Warning, MESSAGE_SECONDS)
             else:
                 bar.pushMessage("satseg", text, Qgis.Success, MESSAGE_SECONDS)
-        elif self.outcome == "cancelled" or self.isCanceled():
-            bar.pushMessage(
-                "satseg", "Segment extent was cancelled; nothing was added", Qgis.Info, MESSAGE_SECONDS
-            )
-        elif self.error is not None:
-            bar.pushMessage("satseg", self.error, Qgis.Warning, MESSAGE_SECONDS)
         else:
-            QgsMessageLog.logMessage(self.bug or "", LOG_TAG, Qgis.Critical)
-            bar.pushMessage(
-                "satseg",
-                "Segment extent failed unexpectedly; the details are in the satseg tab of the Log Messages "
-                "panel (please report them)",
-                Qgis.Critical,
-                MESSAGE_SECONDS,
+            push_unfinished(
+                bar,
+                "Segment extent",
+                cancelled=self.outcome == "cancelled" or self.isCanceled(),
+                error=self.error,
+                bug=self.bug,
             )
