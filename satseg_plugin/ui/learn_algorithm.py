@@ -20,20 +20,16 @@ from qgis.core import (
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
-    QgsProcessingParameterRasterLayer,
-    QgsProcessingParameterString,
     QgsRectangle,
 )
 
-from ..inference.errors import Cancelled, SatsegError
+from ..inference.errors import SatsegError
 from . import learn_inputs, learn_runtime, settings
+from .algorithm_parts import add_imagery_parameters, given, imagery_source, processing_errors
 from .learn_process import LearnCrashError, LearnProgress, LearnRequest, run_learn
-from .sources import ImagerySource, source_of_layer, source_of_url
 
 EXTENT = "EXTENT"
 POLYGONS = "POLYGONS"
-SOURCE_LAYER = "SOURCE_LAYER"
-SOURCE_URL = "SOURCE_URL"
 OSM_FILE = "OSM_FILE"
 OSM_LAYER = "OSM_LAYER"
 CLASSES = "CLASSES"
@@ -45,10 +41,6 @@ OUTPUT_FOLDER = "OUTPUT_FOLDER"
 OUT_MODEL = "MODEL"
 OUT_REPORT = "REPORT"
 OUT_CARD = "CARD"
-
-
-def _given(parameters: dict[str, Any], name: str) -> bool:
-    return parameters.get(name) not in (None, "", QgsProcessing.TEMPORARY_OUTPUT)
 
 
 class LearnAreaAlgorithm(QgsProcessingAlgorithm):
@@ -88,14 +80,7 @@ class LearnAreaAlgorithm(QgsProcessingAlgorithm):
                 optional=True,
             )
         )
-        self.addParameter(
-            QgsProcessingParameterRasterLayer(SOURCE_LAYER, "Imagery layer (XYZ or raster)", optional=True)
-        )
-        self.addParameter(
-            QgsProcessingParameterString(
-                SOURCE_URL, "or tile URL (used when no layer is given)", optional=True
-            )
-        )
+        add_imagery_parameters(self)
         self.addParameter(
             QgsProcessingParameterFile(
                 OSM_FILE, "OpenStreetMap file (.osm.pbf, .geojson, .mbtiles)", optional=True
@@ -155,8 +140,8 @@ class LearnAreaAlgorithm(QgsProcessingAlgorithm):
     ) -> learn_runtime.TrainingRuntime:
         """The training Python: the parameters, else the plugin's settings and their defaults."""
         configured = learn_runtime.configured_runtime()
-        checkout = self.parameterAsFile(parameters, CHECKOUT, context) if _given(parameters, CHECKOUT) else ""
-        python = self.parameterAsFile(parameters, PYTHON, context) if _given(parameters, PYTHON) else ""
+        checkout = self.parameterAsFile(parameters, CHECKOUT, context) if given(parameters, CHECKOUT) else ""
+        python = self.parameterAsFile(parameters, PYTHON, context) if given(parameters, PYTHON) else ""
         checkout = checkout or configured.checkout
         if not python:
             python = (
@@ -166,23 +151,17 @@ class LearnAreaAlgorithm(QgsProcessingAlgorithm):
             )
         return learn_runtime.TrainingRuntime(checkout, python)
 
-    def _source(self, parameters: dict[str, Any], context: QgsProcessingContext) -> ImagerySource:
-        layer = self.parameterAsRasterLayer(parameters, SOURCE_LAYER, context)
-        if layer is not None:
-            return source_of_layer(layer)
-        return source_of_url(self.parameterAsString(parameters, SOURCE_URL, context))
-
     def _extent(
         self, parameters: dict[str, Any], context: QgsProcessingContext
     ) -> tuple[QgsRectangle, QgsCoordinateReferenceSystem]:
-        if _given(parameters, EXTENT):
+        if given(parameters, EXTENT):
             extent = self.parameterAsExtent(parameters, EXTENT, context)
             crs = self.parameterAsExtentCrs(parameters, EXTENT, context)
             if not crs.isValid() and context.project() is not None:
                 crs = context.project().crs()
             return extent, crs
         polygons = (
-            self.parameterAsSource(parameters, POLYGONS, context) if _given(parameters, POLYGONS) else None
+            self.parameterAsSource(parameters, POLYGONS, context) if given(parameters, POLYGONS) else None
         )
         if polygons is None:
             raise SatsegError("give the extent, or polygons whose bounding box to train on")
@@ -199,26 +178,26 @@ class LearnAreaAlgorithm(QgsProcessingAlgorithm):
         self, parameters: dict[str, Any], context: QgsProcessingContext, temp: list[str], checkout: str = ""
     ) -> LearnRequest:
         """Return the CLI request of the parameters; an OSM layer is written to a temporary GeoJSON (in ``temp``)."""
-        source = self._source(parameters, context)
+        source = imagery_source(self, parameters, context)
         extent, crs = self._extent(parameters, context)
         if not crs.isValid():
             crs = QgsCoordinateReferenceSystem("EPSG:3857")
-        if _given(parameters, OSM_FILE):
+        if given(parameters, OSM_FILE):
             osm = self.parameterAsFile(parameters, OSM_FILE, context)
             if not Path(osm).is_file():
                 raise SatsegError(f"the OpenStreetMap file {osm} does not exist")
-        elif _given(parameters, OSM_LAYER):
+        elif given(parameters, OSM_LAYER):
             layer = self.parameterAsSource(parameters, OSM_LAYER, context)
             path = learn_inputs.layer_to_geojson(layer, context=context.transformContext())
             temp.append(str(path.parent))
             osm = str(path)
         else:
             raise SatsegError("give the OpenStreetMap data: a file or a vector layer")
-        classes = self.parameterAsFile(parameters, CLASSES, context) if _given(parameters, CLASSES) else ""
+        classes = self.parameterAsFile(parameters, CLASSES, context) if given(parameters, CLASSES) else ""
         classes = classes or learn_inputs.checkout_classes(checkout)
         if not classes or not Path(classes).is_file():
             raise SatsegError(f"the class config {classes or '(none)'} does not exist")
-        base = self.parameterAsFile(parameters, BASE, context) if _given(parameters, BASE) else ""
+        base = self.parameterAsFile(parameters, BASE, context) if given(parameters, BASE) else ""
         if base and not Path(base).is_file():
             raise SatsegError(f"the base model {base} does not exist (leave it empty to train from scratch)")
         request = LearnRequest(
@@ -240,35 +219,30 @@ class LearnAreaAlgorithm(QgsProcessingAlgorithm):
     ) -> dict[str, Any]:
         temp: list[str] = []
         try:
-            runtime = self.runtime(parameters, context)
-            check = learn_runtime.check_runtime(runtime)
-            if not check.ok:
-                raise SatsegError(
-                    f"cannot train: {check.message} (Plugins > satseg > Train on this area… offers to "
-                    "create a training Python)"
+            with processing_errors("cancelled; the training run removed what it had half-written"):
+                runtime = self.runtime(parameters, context)
+                check = learn_runtime.check_runtime(runtime)
+                if not check.ok:
+                    raise SatsegError(
+                        f"cannot train: {check.message} (Plugins > satseg > Train on this area… offers to "
+                        "create a training Python)"
+                    )
+                request = self.request(parameters, context, temp, runtime.checkout)
+                feedback.pushInfo(
+                    f"training in {runtime.python} from {runtime.checkout}; output {request.out_dir}"
                 )
-            request = self.request(parameters, context, temp, runtime.checkout)
-            feedback.pushInfo(
-                f"training in {runtime.python} from {runtime.checkout}; output {request.out_dir}"
-            )
 
-            def progress(step: LearnProgress) -> None:
-                feedback.setProgress(100.0 * step.fraction)
-                feedback.setProgressText(step.describe())
+                def progress(step: LearnProgress) -> None:
+                    feedback.setProgress(100.0 * step.fraction)
+                    feedback.setProgressText(step.describe())
 
-            result = run_learn(
-                runtime,
-                request,
-                progress=progress,
-                is_cancelled=feedback.isCanceled,
-                log=feedback.pushConsoleInfo,
-            )
-        except Cancelled:
-            raise QgsProcessingException(
-                "cancelled; the training run removed what it had half-written"
-            ) from None
-        except SatsegError as exc:
-            raise QgsProcessingException(str(exc)) from None
+                result = run_learn(
+                    runtime,
+                    request,
+                    progress=progress,
+                    is_cancelled=feedback.isCanceled,
+                    log=feedback.pushConsoleInfo,
+                )
         except LearnCrashError as exc:
             raise QgsProcessingException(f"{exc}:\n{exc.details}") from None
         finally:

@@ -10,7 +10,6 @@ from qgis.core import (
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
-    QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputFile,
@@ -24,21 +23,19 @@ from qgis.core import (
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
-    QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
     QgsRasterLayer,
     QgsRectangle,
     QgsVectorLayer,
 )
 
-from ..inference.errors import Cancelled, SatsegError
+from ..inference.errors import SatsegError
 from ..inference.tileurl import redact
+from .algorithm_parts import add_imagery_parameters, given, imagery_source, processing_errors
 from .layers import style_class_layer, style_polygon_layer
-from .sources import ImagerySource, parse_bands, source_of_layer, source_of_url
+from .sources import parse_bands
 
 MODEL = "MODEL"
-SOURCE_LAYER = "SOURCE_LAYER"
-SOURCE_URL = "SOURCE_URL"
 EXTENT = "EXTENT"
 MASK = "MASK"
 BANDS = "BANDS"
@@ -113,14 +110,7 @@ class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
                 MODEL, "Model (ONNX)", behavior=QgsProcessingParameterFile.File, extension="onnx"
             )
         )
-        self.addParameter(
-            QgsProcessingParameterRasterLayer(SOURCE_LAYER, "Imagery layer (XYZ or raster)", optional=True)
-        )
-        self.addParameter(
-            QgsProcessingParameterString(
-                SOURCE_URL, "or tile URL (used when no layer is given)", optional=True
-            )
-        )
+        add_imagery_parameters(self)
         self.addParameter(
             QgsProcessingParameterExtent(EXTENT, "Extent (empty: the processing area's)", optional=True)
         )
@@ -177,22 +167,16 @@ class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(OUT_TILES, "Tiles segmented"))
         self.addOutput(QgsProcessingOutputNumber(OUT_TILES_FAILED, "Tiles that could not be had"))
 
-    def _source(self, parameters: dict[str, Any], context: QgsProcessingContext) -> ImagerySource:
-        layer = self.parameterAsRasterLayer(parameters, SOURCE_LAYER, context)
-        if layer is not None:
-            return source_of_layer(layer)
-        return source_of_url(self.parameterAsString(parameters, SOURCE_URL, context))
-
     def processAlgorithm(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         from .segment_flow import crs_for_gdal
 
-        try:
+        with processing_errors("cancelled; no file was written"):
             from ..inference.mask import mask_bounds
             from ..inference.segment import SegmentRequest, run_segment
 
-            source = self._source(parameters, context)
+            source = imagery_source(self, parameters, context)
             mask_path = None
             if parameters.get(MASK) not in (None, ""):
                 # A file of just the polygons asked for (selected ones only, when so chosen).
@@ -210,7 +194,7 @@ class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
                 crs = context.project().crs() if context.project() else QgsCoordinateReferenceSystem()
             if not crs.isValid():
                 crs = QgsCoordinateReferenceSystem("EPSG:3857")
-            zoom_given = parameters.get(ZOOM) not in (None, "", QgsProcessing.TEMPORARY_OUTPUT)
+            zoom_given = given(parameters, ZOOM)
             out_dir = self.parameterAsString(parameters, OUTPUT_FOLDER, context)
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             request = SegmentRequest(
@@ -238,10 +222,6 @@ class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
                     feedback.setProgressText(message)
 
             result = run_segment(request, progress=progress, is_cancelled=feedback.isCanceled)
-        except Cancelled:
-            raise QgsProcessingException("cancelled; no file was written") from None
-        except SatsegError as exc:
-            raise QgsProcessingException(str(exc)) from None
         # When run from the toolbox, the class raster and the polygons open styled.
         _POST_PROCESSORS.clear()
         for path, name, output in (
