@@ -11,6 +11,7 @@ from osgeo import gdal, osr
 
 from satseg_plugin.inference.imageio import encode_png
 from satseg_plugin.inference.metadata import MEAN, STD, ModelMetadata, build_metadata
+from satseg_plugin.inference.outputs import HEATMAP_NODATA, HEATMAP_SCALE, HEATMAP_STEPS
 
 NAMES = ["background", "red", "green", "blue"]
 COLORS = ["#000000", "#ff0000", "#00ff00", "#0000ff"]
@@ -119,6 +120,24 @@ def mosaic(x0: int, y0: int, x1: int, y1: int, z: int) -> np.ndarray:
         np.concatenate([pattern_tile(x, y, z) for x in range(x0, x1 + 1)], axis=1) for y in range(y0, y1 + 1)
     ]
     return np.concatenate(rows, axis=0)
+
+
+#: Half a step of the 8-bit heatmaps: how far their probabilities may lie from the floats.
+HEATMAP_ROUNDING = 0.5 / HEATMAP_STEPS + 1e-6
+
+
+def heatmap_probabilities(path: str | Path) -> np.ndarray:
+    """A heatmap's probabilities as float64 (nodata: NaN), after checking how it stores them:
+    bytes 0..254 with scale 1/254 and offset 0 (what GDAL and QGIS apply), nodata 255."""
+    ds = gdal.Open(str(path))
+    band = ds.GetRasterBand(1)
+    assert band.DataType == gdal.GDT_Byte
+    assert band.GetScale() == HEATMAP_SCALE and band.GetOffset() == 0
+    assert band.GetNoDataValue() == HEATMAP_NODATA
+    raw = band.ReadAsArray()
+    ds = None
+    assert raw[raw != HEATMAP_NODATA].max(initial=0) <= HEATMAP_STEPS
+    return np.where(raw == HEATMAP_NODATA, np.nan, raw * HEATMAP_SCALE)
 
 
 def write_geotiff(path: Path, rgb: np.ndarray, geotransform: tuple, epsg: int = 3857) -> Path:

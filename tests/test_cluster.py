@@ -21,7 +21,7 @@ import mercantile
 import numpy as np
 import pytest
 from conftest import ROOT
-from inference_helpers import NAMES, make_rgb_model, pattern_provider
+from inference_helpers import NAMES, heatmap_probabilities, make_rgb_model, pattern_provider
 from osgeo import gdal
 from tileserver import TileServer
 
@@ -105,6 +105,7 @@ def assert_same_as_single(result: object, single: SegmentResult) -> None:
     np.testing.assert_array_equal(array(result.classes_path), array(single.classes_path))
     for name in NAMES:
         np.testing.assert_array_equal(array(result.heatmap_paths[name]), array(single.heatmap_paths[name]))
+        heatmap_probabilities(result.heatmap_paths[name])  # the mosaic reads as 0..1, like the blocks
     assert result.counts == single.counts  # pixels and ground areas, to the last bit
     assert Path(result.counts_csv).read_text() == Path(single.counts_csv).read_text()
 
@@ -231,7 +232,7 @@ def test_failed_block_is_reported_and_nodata(
     assert (tmp_path / FAILED_BLOCKS_NAME).read_text().startswith("block,reason\nr0000_c0001,")
     classes, ref = array(result.classes_path), array(single.classes_path)
     assert (classes[:BLOCK, BLOCK : 2 * BLOCK] == 255).all()  # its area: nodata, not a hole
-    assert (array(result.heatmap_paths["red"])[:BLOCK, BLOCK : 2 * BLOCK] == -1).all()
+    assert (array(result.heatmap_paths["red"])[:BLOCK, BLOCK : 2 * BLOCK] == 255).all()
     keep = np.ones(ref.shape, bool)
     keep[:BLOCK, BLOCK : 2 * BLOCK] = False
     np.testing.assert_array_equal(classes[keep], ref[keep])

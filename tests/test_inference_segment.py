@@ -17,7 +17,15 @@ import mercantile
 import numpy as np
 import pytest
 from conftest import ROOT
-from inference_helpers import NAMES, expected_probabilities, make_rgb_model, mosaic, pattern_provider
+from inference_helpers import (
+    HEATMAP_ROUNDING,
+    NAMES,
+    expected_probabilities,
+    heatmap_probabilities,
+    make_rgb_model,
+    mosaic,
+    pattern_provider,
+)
 from osgeo import gdal, osr
 from tileserver import TileServer, oam_provider
 
@@ -107,13 +115,20 @@ def test_classes_georeferencing_counts_and_areas(model: Path, server: TileServer
     np.testing.assert_array_equal(classes, probs.argmax(axis=0))
     assert len(np.unique(classes)) == 4  # every class occurs: the test would see a swapped class
     for i, name in enumerate(NAMES):
-        heat, hgt, _ = read(result.heatmap_paths[name])
+        _, hgt, _ = read(result.heatmap_paths[name])
         assert hgt == gt
-        np.testing.assert_allclose(heat, probs[i], atol=1e-5)
+        # 8-bit probabilities (scale 1/254): each the float one rounded to the nearest step.
+        np.testing.assert_allclose(
+            heatmap_probabilities(result.heatmap_paths[name]), probs[i], atol=HEATMAP_ROUNDING
+        )
     ds = gdal.Open(result.heatmap_paths["red"])
     assert ds.GetMetadata("IMAGE_STRUCTURE")["COMPRESSION"] == "DEFLATE"
-    assert ds.GetRasterBand(1).DataType == gdal.GDT_Float32 and ds.GetRasterBand(1).GetNoDataValue() == -1
-    ds = None
+    assert ds.GetRasterBand(1).GetOverviewCount() >= 1
+    # What GDAL hands a reader that applies the scale (QGIS does): 0..1.
+    unscaled = gdal.Translate("/vsimem/unscaled.tif", ds, unscale=True, outputType=gdal.GDT_Float32)
+    np.testing.assert_allclose(unscaled.ReadAsArray(), probs[1], atol=HEATMAP_ROUNDING)
+    unscaled = ds = None
+    gdal.Unlink("/vsimem/unscaled.tif")
     # Counts: every pixel once, areas measured on the ellipsoid.
     pixels = [c.pixels for c in result.counts]
     assert sum(pixels) == w * h
@@ -191,7 +206,8 @@ def test_overlap_blending_leaves_no_seams(tmp_path: Path, server: TileServer) ->
     for overlap, stripe in ((0, 4096), (25, 4096), (25, 256)):
         m = make_rgb_model(tmp_path / f"blur{overlap}.onnx", overlap=overlap, blur=True)
         result = run(m, server.template, tmp_path / f"o{overlap}-{stripe}", bbox=bbox, stripe_width=stripe)
-        heat, gt, _ = read(result.heatmap_paths["red"])
+        _, gt, _ = read(result.heatmap_paths["red"])
+        heat = heatmap_probabilities(result.heatmap_paths["red"])
         probs = expected_for(gt, heat.shape[1], heat.shape[0], blur=True)
         inner = (slice(3, -3), slice(3, -3))  # the extent's own edge has no neighbour to blend with
         diffs[overlap, stripe] = np.abs(heat - probs[1])[inner]
@@ -201,7 +217,7 @@ def test_overlap_blending_leaves_no_seams(tmp_path: Path, server: TileServer) ->
     # With 25 % overlap and blending, the result matches a whole-image run everywhere.
     assert diffs[25, 4096].max() < 0.01, diffs[25, 4096].max()
     # Cutting the extent into stripes of 256 columns (to bound memory) changes nothing.
-    np.testing.assert_allclose(heats[25, 256], heats[25, 4096], atol=1e-6)
+    np.testing.assert_array_equal(heats[25, 256], heats[25, 4096])
 
 
 def test_tile_faults_become_nodata_and_are_listed(model: Path, tmp_path: Path) -> None:
@@ -225,7 +241,7 @@ def test_tile_faults_become_nodata_and_are_listed(model: Path, tmp_path: Path) -
     assert "Timeout" in failed[f"{Z}/{T0.x}/{T0.y + 1}"]
     classes, gt, _ = read(result.classes_path)
     heat, _, _ = read(result.heatmap_paths["red"])
-    assert (classes[:256] == 255).all() and (heat[:256] == -1).all()  # the whole first row of tiles
+    assert (classes[:256] == 255).all() and (heat[:256] == 255).all()  # the whole first row of tiles
     assert (classes[256:, :256] == 255).all()
     good = classes[256:, 256:]
     np.testing.assert_array_equal(good, expected_for(gt, 768, 512).argmax(axis=0)[256:, 256:])

@@ -10,7 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from inference_helpers import COLORS, NAMES, make_rgb_model, mosaic, write_geotiff
+from inference_helpers import (
+    COLORS,
+    HEATMAP_ROUNDING,
+    NAMES,
+    heatmap_probabilities,
+    make_rgb_model,
+    mosaic,
+    write_geotiff,
+)
 from osgeo import gdal
 
 from satseg_plugin.inference.cli import run_cli
@@ -36,13 +44,13 @@ def test_feed_forward_and_the_inference_core_agree(tmp_path: Path) -> None:
         )
     )  # fmt: skip
     assert (result.grid.width, result.grid.height) == (W, H)
-    core = np.stack([gdal.Open(result.heatmap_paths[n]).ReadAsArray() for n in result.class_names])
+    core = np.stack([heatmap_probabilities(result.heatmap_paths[n]) for n in result.class_names])
 
     # feed_forward's path: the predictor it loads and the blend it calls, with other batches.
     pred = load_predictor(model)
     ours = predict_image(image, pred.predict, pred.num_classes, pred.tile_size, pred.tiles_overlap, 3)
     assert ours.shape == core.shape
-    np.testing.assert_allclose(ours, core, atol=1e-5)
+    np.testing.assert_allclose(ours, core, atol=HEATMAP_ROUNDING)  # the heatmaps are 8-bit
 
     # And the command itself: the same class of every pixel as classes.tif.
     write_png(tmp_path / "image.png", image)
@@ -63,7 +71,7 @@ def test_feed_forward_standardises_as_the_model_says(tmp_path: Path) -> None:
             out_dir=tmp_path / "core",
         )
     )  # fmt: skip
-    core = np.stack([gdal.Open(result.heatmap_paths[n]).ReadAsArray() for n in result.class_names])
+    core = np.stack([heatmap_probabilities(result.heatmap_paths[n]) for n in result.class_names])
     pred = load_predictor(model)
     ours = predict_image(image, pred.predict, pred.num_classes, pred.tile_size, pred.tiles_overlap)
-    np.testing.assert_allclose(ours, core, atol=1e-5)
+    np.testing.assert_allclose(ours, core, atol=HEATMAP_ROUNDING)

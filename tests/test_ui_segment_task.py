@@ -14,6 +14,7 @@ from qgis.core import (
     Qgis,
     QgsCoordinateReferenceSystem,
     QgsPalettedRasterRenderer,
+    QgsPointXY,
     QgsProject,
     QgsRectangle,
     QgsSingleBandPseudoColorRenderer,
@@ -114,6 +115,17 @@ def test_task_adds_a_group_with_paletted_classes_heatmaps_and_the_table(
         items = r.shader().rasterShaderFunction().colorRampItemList()
         assert items[0].value == pytest.approx(0.0) and items[-1].value == pytest.approx(1.0)
         assert not group.findLayer(heat.id()).isVisible()  # off at first: the classes are on top
+        # The file holds bytes with a scale of 1/254; QGIS reads probabilities 0..1 from it.
+        provider = heat.dataProvider()
+        assert provider.dataType(1) == Qgis.Float32
+        raw = gdal.Open(heat.source()).ReadAsArray()
+        row, col = np.argwhere((raw > 0) & (raw < 255))[0]
+        gt = gdal.Open(heat.source()).GetGeoTransform()
+        point = QgsPointXY(gt[0] + (col + 0.5) * gt[1], gt[3] + (row + 0.5) * gt[5])
+        value, ok = provider.sample(point, 1)
+        assert ok and value == pytest.approx(raw[row, col] / 254)
+        stats = provider.bandStatistics(1)
+        assert 0.0 <= stats.minimumValue and stats.maximumValue <= 1.0
 
     table = layers["pixel counts"]
     assert table.isValid() and not table.isSpatial()

@@ -57,9 +57,9 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
         help="segment an extent of XYZ tiles or a raster into classes",
         description=(
             "Segment the extent --bbox into the model's classes. Writes OUT/classes.tif (class per pixel, "
-            "colour table, class names; 255 = nodata), OUT/heatmap_<class>.tif (probability 0..1; -1 = "
-            "nodata) and OUT/pixel_counts.csv (class, pixels, share, area_m2, area_ha; areas measured "
-            "on the ground), and prints the table. Tiles that cannot be had are left as nodata and listed."
+            "colour table, class names; 255 = nodata), OUT/heatmap_<class>.tif (probability 0..1 "
+            "in 8 bits: bytes 0..254 with scale 1/254; 255 = nodata) and OUT/pixel_counts.csv (class, "
+            "pixels, share, area_m2, area_ha; areas measured on the ground), and prints the table. Tiles that cannot be had are left as nodata and listed."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

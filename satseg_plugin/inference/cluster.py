@@ -52,7 +52,7 @@ from .blocks import (
 from .counts import COUNTS_NAME, ClassCount, CountAccumulator, write_counts_csv
 from .errors import Cancelled, ParameterError, SatsegError, SourceError
 from .metadata import parse_hex_color
-from .outputs import CLASS_NODATA, CLASSES_NAME, HEATMAP_NODATA, heatmap_names
+from .outputs import CLASS_NODATA, CLASSES_NAME, HEATMAP_NODATA, HEATMAP_SCALE, heatmap_names
 from .segment import ProgressFn, RunPlan, SegmentRequest, plan_run, single_process_options
 from .sources import tile_name
 from .tileplan import Grid, plan_blocks
@@ -395,6 +395,8 @@ def run_segment_cluster(
 
             def setup(band: Any, name: str = name) -> None:
                 band.SetDescription(f"probability of {name}")
+                band.SetScale(HEATMAP_SCALE)  # the blocks' bytes read as 0..1, like theirs
+                band.SetOffset(0.0)
 
             heatmaps[name] = _build_vrt(
                 out_dir / file.replace(".tif", ".vrt"), sources, grid, HEATMAP_NODATA, setup

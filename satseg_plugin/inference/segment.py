@@ -398,7 +398,7 @@ def run_segment(
     ``progress(fraction, message)`` is called after every batch; ``is_cancelled()``
     is checked between batches and, when true, the run stops with ``Cancelled``
     and removes every file it had started. Tiles that cannot be had become
-    nodata (255 in the class raster, -1 in heatmaps) and are listed in the
+    nodata (255 in the class raster and in the heatmaps) and are listed in the
     result; a refused token stops the run with ``SourceError``.
     """
     if req.batch_size < 1:
