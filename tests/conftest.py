@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to the repo, ../shared data and test artefacts.
+"""Shared fixtures: paths to the repo, ../shared data and test artefacts; served tiles, test models.
 
 QGIS runs offscreen in the tests (pytest-qgis makes the QgsApplication); the
 GUI tests start the real ``qgis`` binary under Xvfb (tests/qgis_gui.py).
@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tileserver import TileServer
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # without a display Qt aborts
 
@@ -36,3 +41,34 @@ def artifacts_dir() -> Path:
     """Where tests leave files for people to look at (screenshots, previews)."""
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+# --- served imagery and test models, shared by the inference and the QGIS-side tests ------------
+# (imported inside the fixtures: conftest stays light for the tests that need none of them)
+
+
+@pytest.fixture(scope="module")
+def pattern_server() -> Iterator[TileServer]:
+    """The pattern tiles of ``inference_helpers.pattern_tile`` on 127.0.0.1, one server a test module."""
+    from inference_helpers import pattern_provider
+    from tileserver import TileServer
+
+    with TileServer(pattern_provider) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def area2_server(shared_data: Path) -> Iterator[TileServer]:
+    """OpenAerialMap area2 (Kampala; zoom-20 tiles ``ui_helpers.AREA2_Z20``) on 127.0.0.1."""
+    from tileserver import TileServer, oam_provider
+
+    with TileServer(oam_provider(shared_data / "oam-osm-buildings" / "area2")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def color_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``ui_helpers.make_color_model``: its class per pixel is the dominant normalised RGB channel."""
+    from ui_helpers import make_color_model
+
+    return make_color_model(tmp_path_factory.mktemp("models") / "colors.onnx")

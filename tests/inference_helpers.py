@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
+from conftest import ROOT
 from onnx import TensorProto, helper, numpy_helper
 from osgeo import gdal, osr
 
 from satseg_plugin.inference.imageio import encode_png
 from satseg_plugin.inference.metadata import MEAN, STD, ModelMetadata, build_metadata
 from satseg_plugin.inference.outputs import HEATMAP_NODATA, HEATMAP_SCALE, HEATMAP_STEPS
+from satseg_plugin.inference.segment import SegmentRequest, SegmentResult, run_segment
 
 NAMES = ["background", "red", "green", "blue"]
 COLORS = ["#000000", "#ff0000", "#00ff00", "#0000ff"]
@@ -151,3 +156,18 @@ def write_geotiff(path: Path, rgb: np.ndarray, geotransform: tuple, epsg: int = 
         ds.GetRasterBand(i + 1).WriteArray(rgb[..., i])
     ds = None
     return path
+
+
+def segment(
+    model: Path, url: str, out: Path, bbox: tuple[float, ...], crs: str = "EPSG:3857", **kw: Any
+) -> SegmentResult:
+    """``run_segment`` of the tiles at ``url`` over ``bbox`` (in ``crs``) into ``out``; ``kw``: more request fields."""
+    return run_segment(SegmentRequest(model=model, bbox=bbox, bbox_crs=crs, tiles_url=url, out_dir=out, **kw))
+
+
+def cli(*args: object) -> subprocess.CompletedProcess:
+    """Run ``python -m satseg_plugin.inference <args>`` from the checkout; its output is captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "satseg_plugin.inference", *map(str, args)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip

@@ -8,14 +8,11 @@ raster's bands alone.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
-from inference_helpers import make_rgb_model, pattern_tile, save_model
+from inference_helpers import cli, make_rgb_model, pattern_tile, save_model
 from onnx import helper, numpy_helper
 from osgeo import gdal, osr
 
@@ -171,12 +168,6 @@ def test_cli_bands(tmp_path: Path) -> None:
     raster = write_raster(tmp_path / "rgbn.tif", data)
     model = make_4band_model(tmp_path / "m4.onnx")
     bbox = ",".join(str(v) for v in BBOX)
-
-    def cli(*args: object) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "satseg_plugin.inference", *map(str, args)],
-            cwd=ROOT, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
 
     done = cli("segment", "--model", model, "--raster", raster, "--bbox", bbox, "--bbox-crs", "EPSG:32632",
                "--bands", "4,1,2,3", "--out", tmp_path / "o", "--quiet")  # fmt: skip

@@ -8,23 +8,21 @@ from __future__ import annotations
 
 import csv
 import math
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import mercantile
 import numpy as np
 import pytest
-from conftest import ROOT
 from inference_helpers import (
     HEATMAP_ROUNDING,
     NAMES,
+    cli,
     expected_probabilities,
     heatmap_probabilities,
     make_rgb_model,
     mosaic,
     pattern_provider,
+    segment,
 )
 from osgeo import gdal, osr
 from tileserver import TileServer, oam_provider
@@ -38,12 +36,6 @@ T0 = mercantile.tile(
     10.0, 45.0, Z
 )  # a tile at 45° N, where a pixel covers half the area it does at the equator
 RES = xyz_resolution(Z)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[TileServer]:
-    with TileServer(pattern_provider) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +90,15 @@ def ground_area(gt: tuple, height: int) -> np.ndarray:
 
 
 def run(model: Path, url: str, out: Path, bbox=None, crs: str = "EPSG:3857", **kw) -> SegmentResult:
-    bbox = bbox or tile_rect(T0.x + 0.3, T0.y + 0.4, T0.x + 2.7, T0.y + 1.9)
-    return run_segment(SegmentRequest(model=model, bbox=bbox, bbox_crs=crs, tiles_url=url, out_dir=out, **kw))
+    return segment(
+        model, url, out, bbox or tile_rect(T0.x + 0.3, T0.y + 0.4, T0.x + 2.7, T0.y + 1.9), crs, **kw
+    )
 
 
-def test_classes_georeferencing_counts_and_areas(model: Path, server: TileServer, tmp_path: Path) -> None:
-    result = run(model, server.template, tmp_path)
+def test_classes_georeferencing_counts_and_areas(
+    model: Path, pattern_server: TileServer, tmp_path: Path
+) -> None:
+    result = run(model, pattern_server.template, tmp_path)
     classes, gt, wkt = read(result.classes_path)
     srs = osr.SpatialReference(wkt=wkt)
     assert srs.GetAuthorityCode(None) == "3857"
@@ -156,10 +151,10 @@ def test_classes_georeferencing_counts_and_areas(model: Path, server: TileServer
 
 
 def test_class_raster_is_styled_tiled_compressed_with_overviews(
-    model: Path, server: TileServer, tmp_path: Path
+    model: Path, pattern_server: TileServer, tmp_path: Path
 ) -> None:
     bbox = tile_rect(T0.x, T0.y, T0.x + 3, T0.y + 2)
-    result = run(model, server.template, tmp_path, bbox=bbox, write_heatmaps=False)
+    result = run(model, pattern_server.template, tmp_path, bbox=bbox, write_heatmaps=False)
     ds = gdal.Open(result.classes_path)
     band = ds.GetRasterBand(1)
     assert band.DataType == gdal.GDT_Byte and band.GetNoDataValue() == 255
@@ -180,7 +175,7 @@ def test_class_raster_is_styled_tiled_compressed_with_overviews(
 
 @pytest.mark.parametrize("crs", ["EPSG:4326", "EPSG:3857", "EPSG:32632"])
 def test_extent_in_any_crs_lands_on_the_xyz_grid(
-    crs: str, model: Path, server: TileServer, tmp_path: Path
+    crs: str, model: Path, pattern_server: TileServer, tmp_path: Path
 ) -> None:
     merc = tile_rect(T0.x + 0.5, T0.y + 0.5, T0.x + 1.5, T0.y + 1.25)
     src, dst = osr.SpatialReference(), osr.SpatialReference()
@@ -189,7 +184,7 @@ def test_extent_in_any_crs_lands_on_the_xyz_grid(
     for s in (src, dst):
         s.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     bbox = osr.CoordinateTransformation(src, dst).TransformBounds(*merc, 21)
-    result = run(model, server.template, tmp_path, bbox=bbox, crs=crs, write_heatmaps=False)
+    result = run(model, pattern_server.template, tmp_path, bbox=bbox, crs=crs, write_heatmaps=False)
     classes, gt, _ = read(result.classes_path)
     px, py = global_origin(gt)
     h, w = classes.shape
@@ -200,12 +195,14 @@ def test_extent_in_any_crs_lands_on_the_xyz_grid(
     np.testing.assert_array_equal(classes, expected_for(gt, w, h).argmax(axis=0))
 
 
-def test_overlap_blending_leaves_no_seams(tmp_path: Path, server: TileServer) -> None:
+def test_overlap_blending_leaves_no_seams(tmp_path: Path, pattern_server: TileServer) -> None:
     bbox = tile_rect(T0.x + 0.5, T0.y + 0.5, T0.x + 2.5, T0.y + 2.5)
     diffs, heats = {}, {}
     for overlap, stripe in ((0, 4096), (25, 4096), (25, 256)):
         m = make_rgb_model(tmp_path / f"blur{overlap}.onnx", overlap=overlap, blur=True)
-        result = run(m, server.template, tmp_path / f"o{overlap}-{stripe}", bbox=bbox, stripe_width=stripe)
+        result = run(
+            m, pattern_server.template, tmp_path / f"o{overlap}-{stripe}", bbox=bbox, stripe_width=stripe
+        )
         _, gt, _ = read(result.heatmap_paths["red"])
         heat = heatmap_probabilities(result.heatmap_paths["red"])
         probs = expected_for(gt, heat.shape[1], heat.shape[0], blur=True)
@@ -247,6 +244,8 @@ def test_tile_faults_become_nodata_and_are_listed(model: Path, tmp_path: Path) -
     np.testing.assert_array_equal(good, expected_for(gt, 768, 512).argmax(axis=0)[256:, 256:])
     assert sum(c.pixels for c in result.counts) == 2 * 256 * 256
     assert result.tiles_total == 6
+    # One window per tile (no overlap): the four without imagery never reached the model.
+    assert (result.windows, result.windows_run) == (6, 2)
 
 
 def test_token_refused_stops_and_stays_secret(
@@ -264,19 +263,21 @@ def test_token_refused_stops_and_stays_secret(
         assert tilejson.counts == result.counts
 
 
-def test_bad_url_and_extent_fail_before_any_work(model: Path, server: TileServer, tmp_path: Path) -> None:
+def test_bad_url_and_extent_fail_before_any_work(
+    model: Path, pattern_server: TileServer, tmp_path: Path
+) -> None:
     def req(**kw: object) -> SegmentRequest:
         values = {
             "model": model,
             "bbox": (10.0, 45.0, 10.01, 45.01),
-            "tiles_url": server.template,
+            "tiles_url": pattern_server.template,
             "out_dir": tmp_path,
         }
         values.update(kw)
         return SegmentRequest(**values)  # type: ignore[arg-type]
 
     with pytest.raises(SourceError, match=r"lacks \{y\}"):
-        count_tiles(req(tiles_url=server.url + "/{z}/{x}.png"))
+        count_tiles(req(tiles_url=pattern_server.url + "/{z}/{x}.png"))
     with pytest.raises(SourceError, match="http"):
         count_tiles(req(tiles_url="ftp://example.com/{z}/{x}/{y}.png"))
     with pytest.raises(SourceError, match="exactly one"):
@@ -408,15 +409,9 @@ def test_real_imagery_from_openaerialmap(shared_data: Path, model: Path, tmp_pat
     assert abs(gt[1]) == pytest.approx(xyz_resolution(19))
 
 
-def test_cli_segment_info_and_errors(model: Path, server: TileServer, tmp_path: Path) -> None:
-    def cli(*args: object) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "satseg_plugin.inference", *map(str, args)],
-            cwd=ROOT, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-
+def test_cli_segment_info_and_errors(model: Path, pattern_server: TileServer, tmp_path: Path) -> None:
     bbox = ",".join(f"{v:.3f}" for v in tile_rect(T0.x + 0.2, T0.y + 0.2, T0.x + 1.2, T0.y + 1.2))
-    done = cli("segment", "--model", model, "--bbox", bbox, "--bbox-crs", "EPSG:3857", "--tiles", server.template,
+    done = cli("segment", "--model", model, "--bbox", bbox, "--bbox-crs", "EPSG:3857", "--tiles", pattern_server.template,
                "--out", tmp_path / "out", "--quiet")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "blue" in done.stdout and "total" in done.stdout
@@ -434,12 +429,20 @@ def test_cli_segment_info_and_errors(model: Path, server: TileServer, tmp_path: 
         "--bbox",
         bbox,
         "--tiles",
-        server.template,
+        pattern_server.template,
         "--out",
         tmp_path / "x",
     )
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: the model file")
     bad_bbox = cli(
-        "segment", "--model", model, "--bbox", "1,2,3", "--tiles", server.template, "--out", tmp_path / "x"
+        "segment",
+        "--model",
+        model,
+        "--bbox",
+        "1,2,3",
+        "--tiles",
+        pattern_server.template,
+        "--out",
+        tmp_path / "x",
     )
     assert bad_bbox.returncode == 2 and "MINX,MINY,MAXX,MAXY" in bad_bbox.stderr

@@ -7,21 +7,17 @@ inside is computed here from the polygons' own equations, not by GDAL.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
-from inference_helpers import make_rgb_model, pattern_provider
+from inference_helpers import cli, make_rgb_model, segment
 from osgeo import gdal, ogr, osr
 from test_inference_segment import RES, T0, tile_rect
 from tileserver import TileServer
 
 from satseg_plugin.inference.errors import ExtentError, SourceError
-from satseg_plugin.inference.segment import SegmentRequest, SegmentResult, run_segment
+from satseg_plugin.inference.segment import SegmentResult
 
 BBOX = tile_rect(T0.x, T0.y, T0.x + 10, T0.y + 2)  # ten tiles wide
 #: A rectangle over the first 1.5 tiles and a triangle in the ninth tile (EPSG:3857).
@@ -65,21 +61,13 @@ def inside(gt: tuple, shape: tuple[int, int]) -> np.ndarray:
     return rect | tri
 
 
-@pytest.fixture()
-def server() -> Iterator[TileServer]:
-    with TileServer(pattern_provider) as s:
-        yield s
-
-
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_rgb_model(tmp_path_factory.mktemp("m") / "rgb.onnx", overlap=25, blur=True)
 
 
 def run(model: Path, url: str, out: Path, **kw: object) -> SegmentResult:
-    return run_segment(
-        SegmentRequest(model=model, bbox=BBOX, bbox_crs="EPSG:3857", tiles_url=url, out_dir=out, **kw)
-    )
+    return segment(model, url, out, BBOX, **kw)
 
 
 def read(path: str) -> tuple[np.ndarray, tuple]:
@@ -90,14 +78,15 @@ def read(path: str) -> tuple[np.ndarray, tuple]:
 
 
 def test_masked_run_is_the_full_run_inside_and_nodata_outside(
-    model: Path, server: TileServer, tmp_path: Path
+    model: Path, pattern_server: TileServer, tmp_path: Path
 ) -> None:
-    full = run(model, server.template, tmp_path / "full", write_vectors=True)
-    full_tiles = sum(server.requests.values())
-    server.requests.clear()
+    pattern_server.requests.clear()  # the server serves the whole module: count this test's requests
+    full = run(model, pattern_server.template, tmp_path / "full", write_vectors=True)
+    full_tiles = sum(pattern_server.requests.values())
+    pattern_server.requests.clear()
     mask = write_mask(tmp_path / "area.gpkg")
-    masked = run(model, server.template, tmp_path / "masked", mask_path=str(mask), write_vectors=True)
-    masked_tiles = sum(server.requests.values())
+    masked = run(model, pattern_server.template, tmp_path / "masked", mask_path=str(mask), write_vectors=True)
+    masked_tiles = sum(pattern_server.requests.values())
     a, gt = read(full.classes_path)
     b, gt_b = read(masked.classes_path)
     assert gt == gt_b and a.shape == b.shape
@@ -126,12 +115,12 @@ def test_masked_run_is_the_full_run_inside_and_nodata_outside(
     ds = None
 
 
-def test_mask_in_another_crs_and_file_format(model: Path, server: TileServer, tmp_path: Path) -> None:
+def test_mask_in_another_crs_and_file_format(model: Path, pattern_server: TileServer, tmp_path: Path) -> None:
     mask = write_mask(tmp_path / "area3857.gpkg")
     geojson = tmp_path / "area.geojson"
     gdal.VectorTranslate(str(geojson), str(mask), format="GeoJSON", dstSRS="EPSG:4326")
-    a = run(model, server.template, tmp_path / "a", mask_path=str(mask))
-    b = run(model, server.template, tmp_path / "b", mask_path=str(geojson))
+    a = run(model, pattern_server.template, tmp_path / "a", mask_path=str(mask))
+    b = run(model, pattern_server.template, tmp_path / "b", mask_path=str(geojson))
     ca, gt = read(a.classes_path)
     cb, _ = read(b.classes_path)
     differ = (ca != cb).mean()
@@ -139,9 +128,9 @@ def test_mask_in_another_crs_and_file_format(model: Path, server: TileServer, tm
     assert abs(int((cb != 255).sum()) - int(inside(gt, ca.shape).sum())) < 0.01 * inside(gt, ca.shape).sum()
 
 
-def test_bad_masks_are_explained(model: Path, server: TileServer, tmp_path: Path) -> None:
+def test_bad_masks_are_explained(model: Path, pattern_server: TileServer, tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="does not exist"):
-        run(model, server.template, tmp_path / "x", mask_path=str(tmp_path / "none.gpkg"))
+        run(model, pattern_server.template, tmp_path / "x", mask_path=str(tmp_path / "none.gpkg"))
     points = tmp_path / "points.geojson"
     points.write_text(
         json.dumps(
@@ -151,7 +140,7 @@ def test_bad_masks_are_explained(model: Path, server: TileServer, tmp_path: Path
         )
     )  # fmt: skip
     with pytest.raises(SourceError, match="has no polygons"):
-        run(model, server.template, tmp_path / "x", mask_path=str(points))
+        run(model, pattern_server.template, tmp_path / "x", mask_path=str(points))
     far = tmp_path / "far.geojson"
     far.write_text(
         json.dumps(
@@ -160,19 +149,13 @@ def test_bad_masks_are_explained(model: Path, server: TileServer, tmp_path: Path
         )
     )  # fmt: skip
     with pytest.raises(ExtentError, match="lies in the extent"):
-        run(model, server.template, tmp_path / "x", mask_path=str(far))
+        run(model, pattern_server.template, tmp_path / "x", mask_path=str(far))
     assert not (tmp_path / "x").exists() or not list((tmp_path / "x").iterdir())
 
 
-def test_cli_mask_gives_the_extent(model: Path, server: TileServer, tmp_path: Path) -> None:
-    def cli(*args: object) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "satseg_plugin.inference", *map(str, args)],
-            cwd=ROOT, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-
+def test_cli_mask_gives_the_extent(model: Path, pattern_server: TileServer, tmp_path: Path) -> None:
     mask = write_mask(tmp_path / "area.gpkg")
-    done = cli("segment", "--model", model, "--tiles", server.template, "--mask", mask, "--out", tmp_path / "o",
+    done = cli("segment", "--model", model, "--tiles", pattern_server.template, "--mask", mask, "--out", tmp_path / "o",
                "--quiet")  # fmt: skip
     assert done.returncode == 0, done.stderr
     classes, gt = read(str(tmp_path / "o" / "classes.tif"))
@@ -181,8 +164,8 @@ def test_cli_mask_gives_the_extent(model: Path, server: TileServer, tmp_path: Pa
     assert gt[0] + classes.shape[1] * RES >= TRI[2] > gt[0] + (classes.shape[1] - 1) * RES
     want = inside(gt, classes.shape)
     assert (classes[~want] == 255).all() and (classes[want] != 255).all()
-    neither = cli("segment", "--model", model, "--tiles", server.template, "--out", tmp_path / "n")
+    neither = cli("segment", "--model", model, "--tiles", pattern_server.template, "--out", tmp_path / "n")
     assert neither.returncode == 2 and "--bbox" in neither.stderr and "--mask" in neither.stderr
-    clustered = cli("segment", "--model", model, "--tiles", server.template, "--mask", mask, "--out",
+    clustered = cli("segment", "--model", model, "--tiles", pattern_server.template, "--mask", mask, "--out",
                     tmp_path / "c", "--cluster", "local:1")  # fmt: skip
     assert clustered.returncode == 2 and "--mask" in clustered.stderr and "single process" in clustered.stderr

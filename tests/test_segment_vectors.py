@@ -6,15 +6,11 @@ from the imagery; scipy (test-only) counts them independently of GDAL.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
-from inference_helpers import NAMES, make_rgb_model, pattern_provider
+from inference_helpers import NAMES, cli, make_rgb_model, segment
 from osgeo import gdal, ogr, osr
 from scipy import ndimage
 from test_inference_segment import T0, tile_rect
@@ -30,20 +26,12 @@ BBOX = tile_rect(T0.x + 0.3, T0.y + 0.4, T0.x + 2.2, T0.y + 1.9)
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[TileServer]:
-    with TileServer(pattern_provider) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_rgb_model(tmp_path_factory.mktemp("m") / "rgb.onnx", overlap=25, blur=True)
 
 
 def run(model: Path, url: str, out: Path, **kw: object) -> SegmentResult:
-    return run_segment(
-        SegmentRequest(model=model, bbox=BBOX, bbox_crs="EPSG:3857", tiles_url=url, out_dir=out, **kw)
-    )
+    return segment(model, url, out, BBOX, **kw)
 
 
 def features(path: str) -> list[tuple[int, str, float, ogr.Geometry]]:
@@ -70,11 +58,11 @@ def regions(classes: np.ndarray) -> int:
 
 
 def test_polygons_match_the_raster_and_the_table(
-    model: Path, server: TileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    model: Path, pattern_server: TileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    whole = run(model, server.template, tmp_path / "whole", write_vectors=True)
+    whole = run(model, pattern_server.template, tmp_path / "whole", write_vectors=True)
     monkeypatch.setattr(vectors, "BLOCK_PIXELS", 10_000)  # about 20 rows a block: many block edges
-    blocks = run(model, server.template, tmp_path / "blocks", write_vectors=True)
+    blocks = run(model, pattern_server.template, tmp_path / "blocks", write_vectors=True)
     classes = classes_of(blocks.classes_path)
     height, width = classes.shape
     assert 10_000 // width < height / 10  # the regions really cross block edges
@@ -115,11 +103,11 @@ def test_polygons_match_the_raster_and_the_table(
 
 
 def test_min_area_cleans_raster_polygons_and_counts_alike(
-    model: Path, server: TileServer, tmp_path: Path
+    model: Path, pattern_server: TileServer, tmp_path: Path
 ) -> None:
-    raw = run(model, server.template, tmp_path / "raw")
+    raw = run(model, pattern_server.template, tmp_path / "raw")
     min_area = 25.0
-    clean = run(model, server.template, tmp_path / "clean", write_vectors=True, min_area_m2=min_area)
+    clean = run(model, pattern_server.template, tmp_path / "clean", write_vectors=True, min_area_m2=min_area)
     before, after = classes_of(raw.classes_path), classes_of(clean.classes_path)
     pixel = row_pixel_areas(clean.grid)[clean.grid.height // 2]
     assert clean.min_area_pixels == int(np.ceil(min_area / pixel))
@@ -143,11 +131,11 @@ def test_min_area_cleans_raster_polygons_and_counts_alike(
 
 
 def test_polygons_without_a_class_raster_and_simplified(
-    model: Path, server: TileServer, tmp_path: Path
+    model: Path, pattern_server: TileServer, tmp_path: Path
 ) -> None:
-    plain = run(model, server.template, tmp_path / "plain", write_vectors=True, write_heatmaps=False)
+    plain = run(model, pattern_server.template, tmp_path / "plain", write_vectors=True, write_heatmaps=False)
     simple = run(
-        model, server.template, tmp_path / "simple", write_vectors=True, write_heatmaps=False,
+        model, pattern_server.template, tmp_path / "simple", write_vectors=True, write_heatmaps=False,
         write_classes=False, simplify_m=1.0,
     )  # fmt: skip
     assert simple.classes_path is None
@@ -160,18 +148,12 @@ def test_polygons_without_a_class_raster_and_simplified(
 
     assert vertices(fs) < vertices(fp) * 0.7
     with pytest.raises(SatsegError, match="simplification applies to the polygons"):
-        run(model, server.template, tmp_path / "x", simplify_m=1.0)
+        run(model, pattern_server.template, tmp_path / "x", simplify_m=1.0)
     with pytest.raises(SatsegError, match="0 or more"):
-        run(model, server.template, tmp_path / "y", min_area_m2=-1.0)
+        run(model, pattern_server.template, tmp_path / "y", min_area_m2=-1.0)
 
 
-def test_cli_vectors_min_area_simplify(model: Path, server: TileServer, tmp_path: Path) -> None:
-    def cli(*args: object) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "satseg_plugin.inference", *map(str, args)],
-            cwd=ROOT, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-
+def test_cli_vectors_min_area_simplify(model: Path, pattern_server: TileServer, tmp_path: Path) -> None:
     bbox = ",".join(f"{v:.3f}" for v in BBOX)
     base = [
         "segment",
@@ -182,7 +164,7 @@ def test_cli_vectors_min_area_simplify(model: Path, server: TileServer, tmp_path
         "--bbox-crs",
         "EPSG:3857",
         "--tiles",
-        server.template,
+        pattern_server.template,
     ]
     done = cli(
         *base, "--out", tmp_path / "out", "--vectors", "--min-area", "20", "--simplify", "0.5", "--quiet"
@@ -199,7 +181,7 @@ def test_cli_vectors_min_area_simplify(model: Path, server: TileServer, tmp_path
     assert not (tmp_path / "c").exists()
 
 
-def test_cancel_while_tracing_leaves_no_file(model: Path, server: TileServer, tmp_path: Path) -> None:
+def test_cancel_while_tracing_leaves_no_file(model: Path, pattern_server: TileServer, tmp_path: Path) -> None:
     from satseg_plugin.inference.errors import Cancelled
 
     tracing = False
@@ -210,7 +192,7 @@ def test_cancel_while_tracing_leaves_no_file(model: Path, server: TileServer, tm
 
     out = tmp_path / "out"
     req = SegmentRequest(
-        model=model, bbox=BBOX, bbox_crs="EPSG:3857", tiles_url=server.template, out_dir=out,
+        model=model, bbox=BBOX, bbox_crs="EPSG:3857", tiles_url=pattern_server.template, out_dir=out,
         write_vectors=True, min_area_m2=5.0,
     )  # fmt: skip
     with pytest.raises(Cancelled):
