@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -19,8 +18,8 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from test_ui_segment_task import choices
-from tileserver import TileServer, oam_provider
-from ui_helpers import make_color_model, tiles_rect_3857, wait_for_task
+from tileserver import TileServer
+from ui_helpers import tiles_rect_3857, wait_for_task
 
 from satseg_plugin.ui.processing_provider import register_provider
 from satseg_plugin.ui.segment_dialog import SegmentDialog
@@ -35,17 +34,6 @@ SQUARE = tiles_rect_3857(619227.6, 523265.5, 619228.4, 523266.3, 20)
 
 def _wkt(r: tuple[float, float, float, float]) -> str:
     return f"POLYGON (({r[0]} {r[1]}, {r[2]} {r[1]}, {r[2]} {r[3]}, {r[0]} {r[3]}, {r[0]} {r[1]}))"
-
-
-@pytest.fixture(scope="module")
-def color_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_color_model(tmp_path_factory.mktemp("models") / "colors.onnx")
-
-
-@pytest.fixture(scope="module")
-def server(shared_data: Path) -> Iterator[TileServer]:
-    with TileServer(oam_provider(shared_data / "oam-osm-buildings" / "area2")) as s:
-        yield s
 
 
 def polygons_layer() -> QgsVectorLayer:
@@ -90,14 +78,14 @@ def test_dialog_lists_polygon_and_raster_layers_as_areas(qgis_new_project, color
 
 
 def test_selected_polygons_then_all_of_them(
-    qgis_iface, qgis_new_project, color_model: Path, server: TileServer, tmp_path: Path
+    qgis_iface, qgis_new_project, color_model: Path, area2_server: TileServer, tmp_path: Path
 ) -> None:
     layer = polygons_layer()
     rect_id = next(f.id() for f in layer.getFeatures() if f["name"] == "rect")
     layer.selectByIds([rect_id])
     controller = SegmentController(qgis_iface)
     task = controller.start(
-        choices(color_model, server.template, tmp_path / "sel", area_layer_id=layer.id()), when=WHEN
+        choices(color_model, area2_server.template, tmp_path / "sel", area_layer_id=layer.id()), when=WHEN
     )
     assert task is not None
     folder = task.area_folder
@@ -116,7 +104,7 @@ def test_selected_polygons_then_all_of_them(
 
     layer.removeSelection()  # nothing selected: all polygons
     task = controller.start(
-        choices(color_model, server.template, tmp_path / "all", area_layer_id=layer.id()), when=WHEN
+        choices(color_model, area2_server.template, tmp_path / "all", area_layer_id=layer.id()), when=WHEN
     )
     wait_for_task(task)
     assert task.outcome == "done", task.error
@@ -128,7 +116,7 @@ def test_selected_polygons_then_all_of_them(
 
 
 def test_a_raster_layer_gives_its_whole_extent(
-    qgis_iface, qgis_new_project, color_model: Path, server: TileServer, tmp_path: Path
+    qgis_iface, qgis_new_project, color_model: Path, area2_server: TileServer, tmp_path: Path
 ) -> None:
     tif = tmp_path / "footprint.tif"
     ds = gdal.GetDriverByName("GTiff").Create(str(tif), 10, 10, 1, gdal.GDT_Byte)
@@ -140,7 +128,7 @@ def test_a_raster_layer_gives_its_whole_extent(
     raster = QgsRasterLayer(str(tif), "footprint")
     QgsProject.instance().addMapLayer(raster)
     task = SegmentController(qgis_iface).start(
-        choices(color_model, server.template, tmp_path / "r", area_layer_id=raster.id()), when=WHEN
+        choices(color_model, area2_server.template, tmp_path / "r", area_layer_id=raster.id()), when=WHEN
     )
     wait_for_task(task)
     assert task.outcome == "done", task.error
@@ -158,7 +146,7 @@ def make_3857(tmp_path: Path) -> Path:
 
 
 def test_processing_mask_with_selected_features_only(
-    qgis_processing, qgis_new_project, color_model: Path, server: TileServer, tmp_path: Path
+    qgis_processing, qgis_new_project, color_model: Path, area2_server: TileServer, tmp_path: Path
 ) -> None:
     register_provider()
     import processing
@@ -178,7 +166,7 @@ def test_processing_mask_with_selected_features_only(
         "satseg:segment_extent",
         {
             "MODEL": str(color_model),
-            "SOURCE_URL": server.template,
+            "SOURCE_URL": area2_server.template,
             "MASK": QgsProcessingFeatureSourceDefinition(on_disk.id(), selectedFeaturesOnly=True),
             "WRITE_HEATMAPS": False,
             "OUTPUT_FOLDER": str(out),
@@ -190,7 +178,7 @@ def test_processing_mask_with_selected_features_only(
     assert (c[want] != 255).mean() > 0.99 and (c[~want] == 255).all()
     whole = processing.run(
         "satseg:segment_extent",
-        {"MODEL": str(color_model), "SOURCE_URL": server.template, "MASK": str(gpkg), "WRITE_HEATMAPS": False,
+        {"MODEL": str(color_model), "SOURCE_URL": area2_server.template, "MASK": str(gpkg), "WRITE_HEATMAPS": False,
          "OUTPUT_FOLDER": str(tmp_path / "w")},
     )  # fmt: skip
     c, gt = classes(Path(whole["CLASSES"]))

@@ -8,31 +8,19 @@ import os
 import shutil
 import site
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import ROOT
 from osgeo import gdal
 from qgis.core import QgsProcessingException, QgsProject, QgsRasterLayer
-from tileserver import TileServer, oam_provider
-from ui_helpers import CLASS_NAMES, make_color_model, tiles_rect_3857
+from tileserver import TileServer
+from ui_helpers import CLASS_NAMES, tiles_rect_3857
 
 from satseg_plugin.ui.processing_provider import register_provider
 
 RECT = tiles_rect_3857(619225.25, 523265.25, 619226.75, 523266.75, 20)
 EXTENT = f"{RECT[0]},{RECT[2]},{RECT[1]},{RECT[3]} [EPSG:3857]"  # xmin,xmax,ymin,ymax as Processing wants
-
-
-@pytest.fixture(scope="module")
-def color_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_color_model(tmp_path_factory.mktemp("models") / "colors.onnx")
-
-
-@pytest.fixture(scope="module")
-def server(shared_data: Path) -> Iterator[TileServer]:
-    with TileServer(oam_provider(shared_data / "oam-osm-buildings" / "area2")) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +43,15 @@ def _check_outputs(outputs: dict, out: Path) -> None:
     assert int(outputs["TILES"]) >= 4 and int(outputs["TILES_FAILED"]) == 0
 
 
-def test_processing_run_with_a_url(processing, color_model: Path, server: TileServer, tmp_path: Path) -> None:
+def test_processing_run_with_a_url(
+    processing, color_model: Path, area2_server: TileServer, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     outputs = processing.run(
         "satseg:segment_extent",
         {
             "MODEL": str(color_model),
-            "SOURCE_URL": server.template,
+            "SOURCE_URL": area2_server.template,
             "EXTENT": EXTENT,
             "OUTPUT_FOLDER": str(out),
         },
@@ -70,9 +60,11 @@ def test_processing_run_with_a_url(processing, color_model: Path, server: TileSe
 
 
 def test_processing_run_with_an_xyz_layer_and_a_4326_extent(
-    processing, qgis_new_project, color_model: Path, server: TileServer, tmp_path: Path
+    processing, qgis_new_project, color_model: Path, area2_server: TileServer, tmp_path: Path
 ) -> None:
-    source = "type=xyz&url=" + server.template.replace("{", "%7B").replace("}", "%7D") + "&zmax=21&zmin=0"
+    source = (
+        "type=xyz&url=" + area2_server.template.replace("{", "%7B").replace("}", "%7D") + "&zmax=21&zmin=0"
+    )
     layer = QgsRasterLayer(source, "area2", "wms")
     assert layer.isValid()
     QgsProject.instance().addMapLayer(layer)
@@ -98,7 +90,9 @@ def _to_4326(rect: tuple[float, float, float, float]) -> tuple[tuple[float, floa
     return mercantile.lnglat(rect[0], rect[1]), mercantile.lnglat(rect[2], rect[3])
 
 
-def test_processing_reports_a_bad_model_as_an_error(processing, server: TileServer, tmp_path: Path) -> None:
+def test_processing_reports_a_bad_model_as_an_error(
+    processing, area2_server: TileServer, tmp_path: Path
+) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_text("nope")
     with pytest.raises(QgsProcessingException) as info:
@@ -106,7 +100,7 @@ def test_processing_reports_a_bad_model_as_an_error(processing, server: TileServ
             "satseg:segment_extent",
             {
                 "MODEL": str(bad),
-                "SOURCE_URL": server.template,
+                "SOURCE_URL": area2_server.template,
                 "EXTENT": EXTENT,
                 "OUTPUT_FOLDER": str(tmp_path / "o"),
             },
@@ -121,7 +115,9 @@ def qgis_process_exe() -> str | None:
 
 
 @pytest.mark.skipif(qgis_process_exe() is None, reason="qgis_process is not installed")
-def test_qgis_process_cli_runs_the_algorithm(color_model: Path, server: TileServer, tmp_path: Path) -> None:
+def test_qgis_process_cli_runs_the_algorithm(
+    color_model: Path, area2_server: TileServer, tmp_path: Path
+) -> None:
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "satseg_plugin").symlink_to(ROOT / "satseg_plugin")
@@ -145,7 +141,7 @@ def test_qgis_process_cli_runs_the_algorithm(color_model: Path, server: TileServ
         "run",
         "satseg:segment_extent",
         f"--MODEL={color_model}",
-        f"--SOURCE_URL={server.template}",
+        f"--SOURCE_URL={area2_server.template}",
         f"--EXTENT={EXTENT}",
         "--WRITE_HEATMAPS=false",
         f"--OUTPUT_FOLDER={out}",

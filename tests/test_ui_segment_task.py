@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from tileserver import TileServer, oam_provider
 from ui_helpers import (
     CLASS_COLORS,
     CLASS_NAMES,
-    make_color_model,
     projects_left_in_cycles,
     tiles_rect_3857,
     wait_for_task,
@@ -36,17 +34,6 @@ from satseg_plugin.ui.sources import ImagerySource
 WHEN = datetime(2026, 1, 2, 3, 4, 5)
 GROUP = "colors 2026-01-02 03:04:05"
 RUN_FOLDER = "colors_20260102-030405"
-
-
-@pytest.fixture(scope="session")
-def color_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_color_model(tmp_path_factory.mktemp("models") / "colors.onnx")
-
-
-@pytest.fixture(scope="session")
-def area2_server(shared_data: Path) -> Iterator[TileServer]:
-    with TileServer(oam_provider(shared_data / "oam-osm-buildings" / "area2")) as server:
-        yield server
 
 
 @pytest.fixture()
@@ -125,7 +112,7 @@ def test_task_adds_a_group_with_paletted_classes_heatmaps_and_the_table(
         value, ok = provider.sample(point, 1)
         assert ok and value == pytest.approx(raw[row, col] / 254)
         stats = provider.bandStatistics(1)
-        assert 0.0 <= stats.minimumValue and stats.maximumValue <= 1.0
+        assert stats.minimumValue >= 0.0 and stats.maximumValue <= 1.0
 
     table = layers["pixel counts"]
     assert table.isValid() and not table.isSpatial()

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 from qgis.core import QgsCategorizedSymbolRenderer, QgsProject, QgsVectorLayer
 from test_ui_segment_task import choices, show_on_canvas
-from tileserver import TileServer, oam_provider
-from ui_helpers import CLASS_COLORS, CLASS_NAMES, make_color_model, tiles_rect_3857, wait_for_task
+from tileserver import TileServer
+from ui_helpers import CLASS_COLORS, CLASS_NAMES, tiles_rect_3857, wait_for_task
 
 from satseg_plugin.ui.processing_provider import register_provider
 from satseg_plugin.ui.segment_dialog import SegmentDialog
@@ -20,17 +19,6 @@ from satseg_plugin.ui.segment_flow import SegmentController
 WHEN = datetime(2026, 1, 2, 3, 4, 5)
 RECT = tiles_rect_3857(619225.25, 523265.25, 619226.75, 523266.75, 20)
 EXTENT = f"{RECT[0]},{RECT[2]},{RECT[1]},{RECT[3]} [EPSG:3857]"
-
-
-@pytest.fixture(scope="module")
-def color_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_color_model(tmp_path_factory.mktemp("models") / "colors.onnx")
-
-
-@pytest.fixture(scope="module")
-def server(shared_data: Path) -> Iterator[TileServer]:
-    with TileServer(oam_provider(shared_data / "oam-osm-buildings" / "area2")) as s:
-        yield s
 
 
 def _areas(layer: QgsVectorLayer) -> dict[str, float]:
@@ -61,13 +49,18 @@ def test_dialog_gives_polygons_min_area_and_simplify(qgis_new_project, color_mod
 
 
 def test_task_adds_the_polygons_styled_by_class(
-    qgis_iface, qgis_new_project, color_model: Path, server: TileServer, tmp_path: Path
+    qgis_iface, qgis_new_project, color_model: Path, area2_server: TileServer, tmp_path: Path
 ) -> None:
     show_on_canvas(qgis_iface, tiles_rect_3857(619226.5, 523265.5, 619227.5, 523266.5, 20))
     controller = SegmentController(qgis_iface)
     task = controller.start(
         choices(
-            color_model, server.template, tmp_path, write_heatmaps=False, write_vectors=True, min_area_m2=2.0
+            color_model,
+            area2_server.template,
+            tmp_path,
+            write_heatmaps=False,
+            write_vectors=True,
+            min_area_m2=2.0,
         ),
         when=WHEN,
     )
@@ -92,7 +85,7 @@ def test_task_adds_the_polygons_styled_by_class(
 
 
 def test_processing_writes_polygons_and_cleans(
-    qgis_processing, server: TileServer, color_model: Path, tmp_path: Path
+    qgis_processing, area2_server: TileServer, color_model: Path, tmp_path: Path
 ) -> None:
     register_provider()
     import processing
@@ -102,7 +95,7 @@ def test_processing_writes_polygons_and_cleans(
         "satseg:segment_extent",
         {
             "MODEL": str(color_model),
-            "SOURCE_URL": server.template,
+            "SOURCE_URL": area2_server.template,
             "EXTENT": EXTENT,
             "WRITE_HEATMAPS": False,
             "WRITE_VECTORS": True,
@@ -122,7 +115,7 @@ def test_processing_writes_polygons_and_cleans(
         "satseg:segment_extent",
         {
             "MODEL": str(color_model),
-            "SOURCE_URL": server.template,
+            "SOURCE_URL": area2_server.template,
             "EXTENT": EXTENT,
             "OUTPUT_FOLDER": str(tmp_path / "p"),
         },
