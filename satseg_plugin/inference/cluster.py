@@ -30,9 +30,7 @@ import csv
 import hashlib
 import io
 import os
-import re
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +48,7 @@ from .blocks import (
     verified_result,
 )
 from .counts import COUNTS_NAME, ClassCount, CountAccumulator, write_counts_csv
+from .daskrun import CancelFlag, ClusterError, connect, new_cancel_name, parse_cluster, run_tasks
 from .errors import Cancelled, ParameterError, SatsegError, SourceError
 from .metadata import parse_hex_color
 from .outputs import CLASS_NODATA, CLASSES_NAME, HEATMAP_NODATA, HEATMAP_SCALE, heatmap_names
@@ -66,12 +65,6 @@ DEFAULT_BLOCK = 4096
 FAILED_BLOCKS_NAME = "failed_blocks.csv"
 COG_NAME = CLASSES_NAME  # the optional Cloud-Optimised GeoTIFF of the classes
 CLASSES_VRT = "classes.vrt"
-
-_LOCAL = re.compile(r"^local(?::(\d+))?$")
-
-
-class ClusterError(SatsegError):
-    """A cluster address or worker count that cannot be used."""
 
 
 @dataclass
@@ -93,22 +86,6 @@ class ClusterResult:
     grid: Grid | None = None
     block_results: list[BlockResult] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def parse_cluster(text: str | None) -> tuple[str, int | str]:
-    """``local`` / ``local:N`` -> ``("local", N)`` (N: the cores); ``tcp://HOST:PORT`` -> ``("address", it)``."""
-    value = (text or "local").strip()
-    m = _LOCAL.match(value)
-    if m:
-        n = int(m.group(1)) if m.group(1) else (os.cpu_count() or 1)
-        if n < 1:
-            raise ClusterError(f"a local cluster needs at least 1 worker, not {n}")
-        return "local", n
-    if re.match(r"^(tcp|tls|ucx|inproc)://[^\s/]+$", value):
-        return "address", value
-    raise ClusterError(
-        f"--cluster takes local, local:N or a scheduler address tcp://HOST:PORT, not {value!r}"
-    )
 
 
 def _fingerprint(path: str) -> str:
@@ -156,7 +133,7 @@ def plan_jobs(
         "heatmaps": req.write_heatmaps,
         "generic_names": req.allow_generic_names,
     }
-    cancel = f"satseg-cancel-{uuid.uuid4().hex}"
+    cancel = new_cancel_name()
     jobs: list[BlockJob] = []
     stripes = plan_blocks(grid.width, grid.height, plan.windows, block_size)
     step = stripes[0].x1 - stripes[0].x0
@@ -198,53 +175,11 @@ def plan_jobs(
 
 
 def block_task(job: BlockJob) -> BlockResult:
-    """The Dask task of one block: ``segment_block`` stopped by the run's cancel ``Event``.
-
-    The event lives on the scheduler; asking it costs a round trip, so a block
-    asks at most twice a second.
-    """
-    checked = [0.0, False]
-    event = None
-    if job.cancel_event:
-        from distributed import Event
-
-        event = Event(job.cancel_event)
-
-    def cancelled() -> bool:
-        now = time.monotonic()
-        if event is not None and now - checked[0] >= 0.5:
-            checked[0] = now
-            checked[1] = bool(event.is_set())
-        return bool(checked[1])
-
+    """The Dask task of one block: ``segment_block`` stopped by the run's cancel ``Event``."""
+    cancelled = CancelFlag(job.cancel_event)
     if cancelled():  # a block that starts after the cancel fetches nothing
         raise Cancelled("cancelled")
     return segment_block(job, cancelled)
-
-
-def _client(cluster: str | Any, threads_per_worker: int = 1) -> tuple[Any, Any, bool]:
-    """``(client, local cluster or None, ours)`` for a ``--cluster`` value or an existing ``Client``.
-
-    ``ours`` False: the caller's client, which it closes itself.
-    """
-    from distributed import Client, LocalCluster
-
-    if isinstance(cluster, Client):
-        return cluster, None, False
-    kind, value = parse_cluster(cluster)
-    if kind == "address":
-        try:
-            return Client(str(value), timeout="20s"), None, True
-        except (OSError, TimeoutError) as exc:
-            raise ClusterError(f"no Dask scheduler answers at {value}: {exc}") from None
-    local = LocalCluster(
-        n_workers=int(value),
-        threads_per_worker=threads_per_worker,
-        processes=True,
-        dashboard_address=None,
-        host="127.0.0.1",
-    )
-    return Client(local), local, True
 
 
 def _build_vrt(path: Path, sources: Sequence[str], grid: Grid, nodata: float, setup: Callable) -> str:
@@ -303,11 +238,6 @@ def _failed_csv(rows: Sequence[tuple[str, str]]) -> str:
     w.writerow(["block", "reason"])
     w.writerows(rows)
     return buf.getvalue()
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def run_segment_cluster(
@@ -443,62 +373,26 @@ def _run_blocks(
     on_block: Callable[[BlockResult | None, int, int], None] | None,
 ) -> None:
     """Submit ``todo`` and collect the blocks as they finish; stop everything on cancel or a refused token."""
-    from distributed import Event, wait
 
-    client, local, ours = _client(cluster)
-    event = Event(todo[0].cancel_event, client=client)
-    futures = {
-        client.submit(
+    def done(job: BlockJob, result: BlockResult | None, failure: str | None) -> None:
+        if failure is None:
+            results[job.name] = result
+        else:
+            failed_blocks[job.name] = failure
+        n = len(results) + len(failed_blocks)
+        report(n / total, f"{n}/{total} blocks")
+        if on_block is not None:
+            on_block(result, n, total)
+
+    with connect(cluster) as client:
+        run_tasks(
+            client,
             block_task,
-            job,
-            key=f"satseg-block-{job.name}-{job.cancel_event}",
-            retries=1,  # an exception; a worker that dies is the scheduler's to retry
-            pure=False,
-            priority=-i,  # row by row, as a single-process run goes
-        ): job
-        for i, job in enumerate(todo)
-    }
-    pending = set(futures)
-    try:
-        while pending:
-            if cancelled():
-                raise Cancelled("cancelled")
-            try:
-                done, pending_now = wait(list(pending), timeout=0.5, return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                continue
-            pending = set(pending_now)
-            for fut in done:
-                job = futures[fut]
-                result: BlockResult | None = None
-                if fut.status == "finished":
-                    result = fut.result()
-                    results[job.name] = result
-                elif fut.status == "error":
-                    exc = fut.exception()
-                    if isinstance(exc, TokenError):
-                        raise exc
-                    failed_blocks[job.name] = _reason(exc)
-                else:
-                    failed_blocks[job.name] = f"the scheduler {fut.status} it"
-                n = len(results) + len(failed_blocks)
-                report(n / total, f"{n}/{total} blocks")
-                if on_block is not None:
-                    on_block(result, n, total)
-    except BaseException:
-        # Stop scheduling: drop the queued blocks, and let the running ones see the event
-        # (between batches), stop and remove their own half-written files.
-        with contextlib.suppress(Exception):
-            event.set()
-            running = {key for keys in client.processing().values() for key in keys}
-            client.cancel([f for f in pending if f.key not in running])
-            wait([f for f in pending if f.key in running], timeout=60)
-        for job in todo:
-            if job.name not in results:
-                remove_partial(job.folder)
-        raise
-    finally:
-        if ours:
-            client.close()
-        if local is not None:
-            local.close()
+            todo,
+            key=lambda job: f"satseg-block-{job.name}-{job.cancel_event}",  # row by row, as one process goes
+            cancel_name=todo[0].cancel_event,
+            on_done=done,
+            cancelled=cancelled,
+            cleanup=lambda job: remove_partial(job.folder),
+            fatal=(TokenError,),
+        )
