@@ -16,6 +16,12 @@ the tile grid; write ``preview.png`` and ``manifest.json``.
 
 Without ``--osm`` (and with ``--imagery``) only the imagery of an existing
 dataset in ``--out`` is fetched. Re-running resumes: images on disk are kept.
+
+With ``--cluster`` the labels are burned and the imagery fetched chunk by
+chunk (``--chunk-tiles``) on Dask: a local cluster of N worker processes
+(``local:N``) or an existing scheduler (``tcp://HOST:PORT``), whose workers
+see the OSM file and ``--out`` at the same paths. The sample, labels, images,
+lists and manifest are those of a single-process build (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import sys
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +44,7 @@ from satseg_plugin.inference.atomic import write_bytes_atomic
 from satseg_plugin.inference.errors import ParameterError, SatsegError, SourceError
 from satseg_plugin.inference.progress import ProgressBar
 
-from .classes import load_classes
+from .classes import ClassConfig, load_classes
 from .imagery import (
     DEFAULT_TOKEN_ENV,
     Downloader,
@@ -53,6 +60,7 @@ from .preview import contact_sheet
 from .raster_tiles import RasterTiles
 from .render import LabelStore, encode_label_png
 from .tiles import (
+    Tile,
     bbox_tiles,
     parse_bbox,
     parse_tile_id,
@@ -190,12 +198,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=16,
         help="tiles on preview.png, 0: none (default: %(default)s)",
     )
+    parser.add_argument(
+        "--cluster",
+        nargs="?",
+        const="local",
+        metavar="local[:N] | tcp://HOST:PORT",
+        help="burn the labels and fetch the imagery chunk by chunk on Dask: a local cluster of N worker "
+        "processes (default: one per core) or an existing scheduler; the same dataset as one process "
+        "(docs/cluster.md)",
+    )
+    parser.add_argument(
+        "--chunk-tiles",
+        type=_positive(int),
+        default=256,
+        help="with --cluster: sampled tiles per chunk, one Dask task each (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--osm-read",
+        choices=("worker", "chunk"),
+        help="with --cluster: read the OSM features once per worker process (the whole bbox) or once per "
+        "chunk (its tiles only) (default: chunk for .mbtiles, whose tiles index the file; worker for "
+        ".osm.pbf and GeoJSON, which every read scans whole)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress or summary on stderr")
 
 
 def _check_args(args: argparse.Namespace) -> None:
     if args.imagery and args.raster:
         raise SatsegError("give --imagery or --raster, not both")
+    if args.cluster is not None:
+        from .cluster import check_cluster_args
+
+        check_cluster_args(args)
     if args.osm is None:
         if not (args.imagery or args.raster):
             raise SatsegError(
@@ -210,30 +244,75 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ParameterError(f"--zoom must be between 0 and 24, not {args.zoom}")
 
 
-def build_labels(args: argparse.Namespace, log: _Log) -> dict:
-    """Read OSM, sample, burn labels; return the manifest (without imagery fields)."""
-    bbox = parse_bbox(args.bbox)
-    config = load_classes(args.classes)
-    source = OsmSource(args.osm)
-    layers_for = [source.layers_for(rule.source_layer) for rule in config.rules]
-    zoom = args.zoom
-    trange = bbox_tiles(bbox, zoom)
-    n_bbox = (trange[2] - trange[0] + 1) * (trange[3] - trange[1] + 1)
+@dataclass
+class LabelPlan:
+    """What the OSM read of a build found: the drawn features, the tiles they touch and the sample."""
+
+    bbox: tuple[float, float, float, float]
+    config: ClassConfig
+    source: OsmSource
+    zoom: int
+    trange: tuple[int, int, int, int]
+    n_bbox: int  # tiles in the bbox
+    extent: tuple[float, float, float, float]  # EPSG:3857: read and clipped to (label_extent)
+    store: LabelStore
+    touching: list[Tile]
+    sample: list[Tile]
+    ids: list[str]
+
+
+def label_extent(config: ClassConfig, zoom: int, trange: tuple[int, int, int, int]) -> tuple:
+    """EPSG:3857 extent the features are read from: the tiles' plus the widest stroke's half and a pixel."""
     margin = (max(r.stroke_width for r in config.rules) / 2 + 1) * pixel_size(zoom, TILE_SIZE)
     minx, miny, maxx, maxy = tiles_extent(trange, zoom)
-    extent = (minx - margin, miny - margin, maxx + margin, maxy + margin)
+    return minx - margin, miny - margin, maxx + margin, maxy + margin
+
+
+def draw_features(
+    source: OsmSource,
+    config: ClassConfig,
+    zoom: int,
+    trange: tuple[int, int, int, int],
+    extent: tuple,
+    within: tuple | None = None,
+    find_tiles: bool = True,
+) -> tuple[LabelStore, int, int]:
+    """``(store, features read, features matched)``: the features of ``extent`` a class selects, drawn.
+
+    ``within`` reads only the features meeting that part of the extent, drawn
+    exactly as a read of the whole extent draws them (``OsmSource.features``).
+    """
+    layers_for = [source.layers_for(rule.source_layer) for rule in config.rules]
     store = LabelStore(config, zoom, trange, TILE_SIZE)
     with _quiet_gdal():
         read = 0
 
         def counted():
             nonlocal read
-            for f in source.features(extent):
+            for f in source.features(extent, within):
                 read += 1
                 yield f
 
         matched = store.add(counted(), layers_for)
-        store.finish()
+        store.finish(find_tiles)
+    return store, read, matched
+
+
+def class_counts(labels: np.ndarray, n: int) -> np.ndarray:
+    """Pixels per class index ``0..n-1`` of one label tile (the ignore index is not counted)."""
+    return np.bincount(labels.ravel(), minlength=n)[:n]
+
+
+def read_labels(args: argparse.Namespace, log: _Log) -> LabelPlan:
+    """Read the OSM features of ``--bbox``, find the labelled tiles and sample them (``--size``, ``--seed``)."""
+    bbox = parse_bbox(args.bbox)
+    config = load_classes(args.classes)
+    source = OsmSource(args.osm)
+    zoom = args.zoom
+    trange = bbox_tiles(bbox, zoom)
+    n_bbox = (trange[2] - trange[0] + 1) * (trange[3] - trange[1] + 1)
+    extent = label_extent(config, zoom, trange)
+    store, read, matched = draw_features(source, config, zoom, trange, extent)
     touching = [(x, y, zoom) for x, y in store.labelled_tiles()]
     log(
         f"{args.osm.name}: {read} line/area features in the bbox, {matched} match a class; "
@@ -249,12 +328,17 @@ def build_labels(args: argparse.Namespace, log: _Log) -> dict:
             f"{args.osm.name}); check the bbox (minlon,minlat,maxlon,maxlat), the file and the filters"
         )
     sample = sample_tiles(touching, args.size, args.seed)
-    out: Path = args.out
-    labels_dir = out / "labels" / "color"
-    labels_dir.mkdir(parents=True, exist_ok=True)
-    ids = [tile_id(t) for t in sample]
-    write_ids(out / "sample.txt", ids)
-    n = config.num_classes
+    return LabelPlan(
+        bbox, config, source, zoom, trange, n_bbox, extent, store, touching, sample,
+        [tile_id(t) for t in sample],
+    )  # fmt: skip
+
+
+def burn_labels(
+    plan: LabelPlan, labels_dir: Path, min_labelled: int, log: _Log
+) -> tuple[np.ndarray, list[str]]:
+    """Write every sampled tile's label PNG; ``(pixels per class over the filtered tiles, filtered ids)``."""
+    n = plan.config.num_classes
     pixels = np.zeros(n, np.int64)
     filtered: list[str] = []
     stream = _Discard() if log.quiet else None
@@ -262,12 +346,12 @@ def build_labels(args: argparse.Namespace, log: _Log) -> dict:
     writers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="satseg-labels")
     pending: deque[Future] = deque()
     try:
-        with ProgressBar(len(sample), "labels", stream=stream) as bar:
-            for (x, y, _z), tid in zip(sample, ids, strict=True):
-                labels = store.render(x, y)
-                counts = np.bincount(labels.ravel(), minlength=n)[:n]
+        with ProgressBar(len(plan.sample), "labels", stream=stream) as bar:
+            for (x, y, _z), tid in zip(plan.sample, plan.ids, strict=True):
+                labels = plan.store.render(x, y)
+                counts = class_counts(labels, n)
                 pending.append(writers.submit(_write_label, labels_dir / f"{tid}.png", labels))
-                if int(counts[1:].sum()) >= args.min_labelled:
+                if int(counts[1:].sum()) >= min_labelled:
                     filtered.append(tid)
                     pixels += counts
                 while len(pending) > 16 or (pending and pending[0].done()):
@@ -282,11 +366,15 @@ def build_labels(args: argparse.Namespace, log: _Log) -> dict:
         )  # running writes finish or clean up: no partial files
         raise
     writers.shutdown(wait=True)
-    write_ids(out / "sample-filtered.txt", filtered)
-    log(
-        f"labels: {len(ids)} tiles sampled, {len(filtered)} with at least {args.min_labelled} labelled pixels"
-    )
-    lat = (bbox[1] + bbox[3]) / 2
+    return pixels, filtered
+
+
+def labels_manifest(
+    args: argparse.Namespace, plan: LabelPlan, pixels: np.ndarray, filtered: list[str]
+) -> dict:
+    """The manifest of a labelled dataset (without imagery fields)."""
+    config = plan.config
+    lat = (plan.bbox[1] + plan.bbox[3]) / 2
     return {
         "kind": "osm",
         "classes": [
@@ -294,26 +382,43 @@ def build_labels(args: argparse.Namespace, log: _Log) -> dict:
         ],
         "ignore_index": IGNORE_INDEX,
         "tile_size": TILE_SIZE,
-        "zoom": zoom,
-        "bbox": list(bbox),
-        "resolution_cm": round(resolution_cm(lat, zoom, TILE_SIZE), 3),
+        "zoom": plan.zoom,
+        "bbox": list(plan.bbox),
+        "resolution_cm": round(resolution_cm(lat, plan.zoom, TILE_SIZE), 3),
         "source": None,
-        "osm": {"file": str(args.osm), "driver": source.driver, "layers": source.layer_names},
+        "osm": {"file": str(args.osm), "driver": plan.source.driver, "layers": plan.source.layer_names},
         "class_config": {"path": str(args.classes), "classes": config.raw},
         "seed": args.seed,
         "size": args.size,
         "min_labelled": args.min_labelled,
         "counts": {
-            "tiles_in_bbox": n_bbox,
-            "tiles_touching": len(touching),
-            "features_per_class": dict(zip(config.names, store.features_per_class, strict=True)),
-            "sampled": len(ids),
+            "tiles_in_bbox": plan.n_bbox,
+            "tiles_touching": len(plan.touching),
+            "features_per_class": dict(zip(config.names, plan.store.features_per_class, strict=True)),
+            "sampled": len(plan.ids),
             "filtered": len(filtered),
         },
         "pixels_per_class": {nm: int(v) for nm, v in zip(config.names, pixels, strict=True)},
         "pixels_counted_over": "sample-filtered.txt",
         "skipped": [],
     }
+
+
+def log_labels(log: _Log, sampled: int, filtered: int, min_labelled: int) -> None:
+    log(f"labels: {sampled} tiles sampled, {filtered} with at least {min_labelled} labelled pixels")
+
+
+def build_labels(args: argparse.Namespace, log: _Log) -> dict:
+    """Read OSM, sample, burn labels; return the manifest (without imagery fields)."""
+    plan = read_labels(args, log)
+    out: Path = args.out
+    labels_dir = out / "labels" / "color"
+    labels_dir.mkdir(parents=True, exist_ok=True)
+    write_ids(out / "sample.txt", plan.ids)
+    pixels, filtered = burn_labels(plan, labels_dir, args.min_labelled, log)
+    write_ids(out / "sample-filtered.txt", filtered)
+    log_labels(log, len(plan.ids), len(filtered), args.min_labelled)
+    return labels_manifest(args, plan, pixels, filtered)
 
 
 def _imagery_tiles(out: Path) -> list:
@@ -353,6 +458,11 @@ def fetch_imagery(args: argparse.Namespace, manifest: dict, template: TileTempla
     stream = _Discard() if log.quiet else None
     with ProgressBar(len(tiles), "imagery", stream=stream) as bar:
         report = downloader.fetch(tiles, bar.update)
+    return record_download(out, manifest, report, log)
+
+
+def record_download(out: Path, manifest: dict, report: DownloadReport, log: _Log) -> dict:
+    """Put a download's counts and skipped tiles into ``manifest`` and ``skipped.csv``; say what it did."""
     manifest.setdefault("counts", {})["images_damaged"] = len(report.damaged)
     if report.damaged:
         log(f"imagery: {len(report.damaged)} images on disk were damaged: removed and fetched again")
@@ -376,6 +486,19 @@ def cut_raster_imagery(args: argparse.Namespace, manifest: dict, log: _Log) -> d
     return _record_imagery(out, manifest, report, log)
 
 
+def _resolve(args: argparse.Namespace) -> TileTemplate:
+    """The imagery template of ``--imagery`` (a TileJSON document read), with its token."""
+    with requests.Session() as session:  # closed: the TileJSON request leaves no open socket
+        return resolve_template(
+            args.imagery,
+            args.token_env,
+            args.subdomains,
+            session=session,
+            timeout=args.timeout,
+            token_any_host=args.token_any_host,
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``build`` with parsed ``args``; raises ``SatsegError`` for user errors."""
     _check_args(args)
@@ -384,22 +507,22 @@ def run(args: argparse.Namespace) -> int:
     if args.imagery:
         check_template(args.imagery)  # a bad URL fails before any long work
     out: Path = args.out
-    if args.osm is not None:
+    on_cluster = args.cluster is not None
+    if on_cluster:  # labels and imagery together, chunk by chunk on Dask (cluster.py)
+        from .cluster import build_on_cluster
+
+        if args.imagery:  # the chunks need the resolved template, token and all
+            template = _resolve(args)
+            log.token = template.token
+        manifest = build_on_cluster(args, log, template)
+    elif args.osm is not None:
         manifest = build_labels(args, log)
     else:
         manifest = read_manifest(
             out, kind="osm", hint="build the labels first (give --osm, --bbox and --classes)"
         )
-    if args.imagery:
-        with requests.Session() as session:  # closed: the TileJSON request leaves no open socket
-            template = resolve_template(
-                args.imagery,
-                args.token_env,
-                args.subdomains,
-                session=session,
-                timeout=args.timeout,
-                token_any_host=args.token_any_host,
-            )
+    if args.imagery and not on_cluster:
+        template = _resolve(args)
         log.token = template.token
         manifest = fetch_imagery(args, manifest, template, log)
     elif args.raster:

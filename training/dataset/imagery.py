@@ -128,7 +128,18 @@ class Downloader:
             return False
         return True
 
-    def fetch(self, tiles: Iterable[Tile], progress: Callable[[int], None] | None = None) -> DownloadReport:
+    def fetch(
+        self,
+        tiles: Iterable[Tile],
+        progress: Callable[[int], None] | None = None,
+        require_any: bool = True,
+    ) -> DownloadReport:
+        """Fetch ``tiles``; ``progress(n)`` after each (an exception it raises stops the download).
+
+        ``require_any`` raises ``SourceError`` when not one tile could be had for
+        a fault of the service (``check_any_fetched``); a chunk of a cluster
+        build leaves that to the client, which sees every chunk.
+        """
         report = DownloadReport()
         todo: list[Tile] = []
         for tile in tiles:
@@ -174,14 +185,22 @@ class Downloader:
             raise
         pool.shutdown(wait=True)
         self._http.close()
-        if todo and not report.fetched and len(report.skipped) == len(todo):
-            reasons = {r for _, r in report.skipped}
-            content = ("not found", "not a readable", "damaged image", "image ", "response larger", "empty")
-            if all(not r.startswith(content) for r in reasons):
-                raise SourceError(
-                    f"no tile could be fetched from {self.template.public}: {sorted(reasons)[0]}"
-                )
+        if require_any:
+            check_any_fetched(self.template, len(todo), report)
         return report
+
+
+def check_any_fetched(template: TileTemplate, asked: int, report: DownloadReport) -> None:
+    """``SourceError`` when none of the ``asked`` tiles came, each for a fault of the service.
+
+    Tiles missing or damaged at the source (404, undecodable, empty) are the
+    imagery's gaps, not a dead service: they never raise.
+    """
+    if asked and not report.fetched and len(report.skipped) == asked:
+        reasons = {r for _, r in report.skipped}
+        content = ("not found", "not a readable", "damaged image", "image ", "response larger", "empty")
+        if all(not r.startswith(content) for r in reasons):
+            raise SourceError(f"no tile could be fetched from {template.public}: {sorted(reasons)[0]}")
 
 
 __all__ = [
@@ -190,6 +209,7 @@ __all__ = [
     "Downloader",
     "TileTemplate",
     "TokenError",
+    "check_any_fetched",
     "check_template",
     "redact",
     "resolve_template",

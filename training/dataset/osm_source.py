@@ -18,6 +18,7 @@ from pathlib import Path
 from osgeo import gdal, ogr, osr
 
 from satseg_plugin.inference.errors import SourceError
+from satseg_plugin.inference.tileplan import HALF_WORLD
 
 gdal.UseExceptions()
 ogr.UseExceptions()
@@ -113,22 +114,54 @@ class OsmSource:
             )
         return None
 
-    def features(self, extent_3857: tuple[float, float, float, float]) -> Iterator[OsmFeature]:
-        """Yield the line and area features that meet ``extent_3857``, clipped to it."""
+    def features(
+        self,
+        extent_3857: tuple[float, float, float, float],
+        within: tuple[float, float, float, float] | None = None,
+    ) -> Iterator[OsmFeature]:
+        """Yield the line and area features that meet ``extent_3857``, clipped to it.
+
+        ``within`` (a part of the extent, EPSG:3857) yields only the features
+        that meet it, each still clipped to the whole extent: exactly the
+        geometries a read of the whole extent gives, for the features that
+        can draw there (a chunk of a cluster build).
+        """
         target = web_mercator()
         minx, miny, maxx, maxy = extent_3857
         clip = ogr.CreateGeometryFromWkt(
             f"POLYGON(({minx} {miny},{maxx} {miny},{maxx} {maxy},{minx} {maxy},{minx} {miny}))"
         )
+        keep = extent_3857 if within is None else within
+        if within is not None and self.is_vector_tiles:
+            # A feature cut into vector tiles comes once per tile, each piece reaching into its
+            # neighbours' buffers: read the tiles around too, so that no piece that draws here is missed.
+            pad = self.vector_tile_span()
+            keep = (within[0] - pad, within[1] - pad, within[2] + pad, within[3] + pad)
+        if within is not None:  # never more than the whole extent: what it leaves out stays out
+            keep = (
+                max(keep[0], minx), max(keep[1], miny), min(keep[2], maxx), min(keep[3], maxy)
+            )  # fmt: skip
         if self.driver == "OSM":
-            # The OSM driver reads the file in one pass across its layers.
-            yield from self._osm_features(target, clip, extent_3857)
+            # The OSM driver reads the file in one pass across its layers. Its spatial filter also
+            # drops the nodes outside, which changes the ways and areas it builds: filtered by the
+            # whole extent, as a whole read is, and only then by ``within``.
+            yield from self._osm_features(target, clip, extent_3857, keep)
             return
         for name in self.layer_names:
             if name in _POINT_LAYERS:
                 continue
             layer = self.ds.GetLayerByName(name)
-            yield from self._layer_features(layer, name, target, clip, extent_3857)
+            yield from self._layer_features(layer, name, target, clip, extent_3857, keep)
+
+    def vector_tile_span(self) -> float:
+        """Width in EPSG:3857 metres of one of the file's vector tiles (0 for other formats)."""
+        if not self.is_vector_tiles:
+            return 0.0
+        try:
+            zoom = int(self.ds.GetMetadataItem("ZOOM_LEVEL") or self.ds.GetMetadataItem("maxzoom") or 0)
+        except ValueError:
+            zoom = 0
+        return 2 * HALF_WORLD / (1 << zoom)
 
     def _transform_for(
         self, layer: ogr.Layer, target: osr.SpatialReference
@@ -167,19 +200,20 @@ class OsmSource:
         target: osr.SpatialReference,
         clip: ogr.Geometry,
         extent: tuple,
+        keep: tuple,
     ) -> Iterator[OsmFeature]:
         to_3857 = self._transform_for(layer, target)
-        self._set_filter(layer, to_3857, extent)
+        self._set_filter(layer, to_3857, keep)
         layer.ResetReading()
         defn = layer.GetLayerDefn()
         fields = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
         for feat in layer:
-            out = self._convert(feat, name, fields, to_3857, clip, extent)
+            out = self._convert(feat, name, fields, to_3857, clip, extent, keep)
             if out is not None:
                 yield out
 
     def _osm_features(
-        self, target: osr.SpatialReference, clip: ogr.Geometry, extent: tuple
+        self, target: osr.SpatialReference, clip: ogr.Geometry, extent: tuple, keep: tuple
     ) -> Iterator[OsmFeature]:
         transforms: dict[str, tuple[osr.CoordinateTransformation | None, list[str]]] = {}
         for name in self.layer_names:
@@ -200,7 +234,7 @@ class OsmSource:
             if name in _POINT_LAYERS:
                 continue
             to_3857, fields = transforms[name]
-            out = self._convert(feat, name, fields, to_3857, clip, extent)
+            out = self._convert(feat, name, fields, to_3857, clip, extent, keep)
             if out is not None:
                 yield out
 
@@ -212,6 +246,7 @@ class OsmSource:
         to_3857: osr.CoordinateTransformation | None,
         clip: ogr.Geometry,
         extent: tuple,
+        keep: tuple,
     ) -> OsmFeature | None:
         geom = feat.GetGeometryRef()
         if geom is None or geom.IsEmpty():
@@ -227,7 +262,7 @@ class OsmSource:
             # the filters still select exactly the features OGR's own queries select.
             geom = repair_area(geom) or geom
         minx, maxx, miny, maxy = geom.GetEnvelope()
-        if maxx < extent[0] or minx > extent[2] or maxy < extent[1] or miny > extent[3]:
+        if maxx < keep[0] or minx > keep[2] or maxy < keep[1] or miny > keep[3]:
             return None
         if minx < extent[0] or maxx > extent[2] or miny < extent[1] or maxy > extent[3]:
             clipped = _clip(geom, clip)

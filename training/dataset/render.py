@@ -118,8 +118,11 @@ class LabelStore:
             matched += hit
         return matched
 
-    def finish(self) -> None:
-        """Write the kept shapes to the layer in drawing order and find the tiles they touch."""
+    def finish(self, find_tiles: bool = True) -> None:
+        """Write the kept shapes to the layer in drawing order and (``find_tiles``) find the tiles they touch.
+
+        A worker of a cluster build, which is given its tiles, leaves ``touched`` empty.
+        """
         for rule, shapes in zip(self.config.rules, self._pending, strict=True):
             for shape in shapes:
                 f = ogr.Feature(self._defn)
@@ -128,7 +131,7 @@ class LabelStore:
                 self.layer.CreateFeature(f)
                 if rule.index:
                     self.features_per_class[rule.index] += 1
-                for xy in touching_tiles(shape, self.zoom, self.trange):
+                for xy in touching_tiles(shape, self.zoom, self.trange) if find_tiles else ():
                     self.touched.setdefault(xy, set()).add(rule.index)
         self._pending = [[] for _ in self.config.rules]
 
