@@ -12,6 +12,7 @@ from inference_helpers import NAMES, make_rgb_model, save_model
 from onnx import TensorProto, helper, numpy_helper
 
 from satseg_plugin.inference.errors import ModelError
+from satseg_plugin.inference.metadata import ModelMetadata, build_metadata
 from satseg_plugin.inference.model import SegModel
 
 
@@ -123,3 +124,24 @@ def test_fixed_input_size_sets_the_window(tmp_path: Path) -> None:
     assert model.window_size == 128 and model.fixed_batch == 1
     out = model.run(np.zeros((3, 3, 128, 128), np.float32))  # split into batches of one
     assert out.shape == (3, 2, 128, 128)
+
+
+@pytest.mark.parametrize(("mean", "std"), [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.5,), (0.25,))])
+def test_normalize_by_table_is_the_arithmetic_bit_for_bit(
+    tmp_path: Path, mean: tuple[float, ...], std: tuple[float, ...]
+) -> None:
+    meta = ModelMetadata(NAMES, ["#000000"] * 4, 256, 25, None, mean=mean, std=std)
+    model = SegModel.load(make_rgb_model(tmp_path / "m.onnx", props=build_metadata(meta)))
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 64, 80, 3), dtype=np.uint8)
+    pixels[0, 0, :3] = [[0, 0, 0], [255, 255, 255], [1, 128, 254]]  # both ends of the table
+    table = model.normalize(pixels)
+    assert table.dtype == np.float32 and table.shape == (3, 3, 64, 80)
+    np.testing.assert_array_equal(table, model.normalize_arithmetic(pixels))
+
+
+def test_the_model_counts_the_windows_it_runs(tmp_path: Path) -> None:
+    model = SegModel.load(make_rgb_model(tmp_path / "m.onnx"))
+    assert model.windows_run == 0
+    for n in (2, 3):
+        model.run(model.normalize(np.zeros((n, 256, 256, 3), np.uint8)))
+    assert model.windows_run == 5

@@ -143,6 +143,7 @@ class SegmentResult:
     vectors_path: str | None = None  # classes.gpkg, when asked for
     polygons: int = 0  # its features
     min_area_pixels: int = 0  # the sieve threshold used (0: no sieve)
+    windows_run: int = 0  # windows the model ran: those with imagery under them
 
 
 @dataclass
@@ -343,19 +344,23 @@ def segment_stripes(
                         rgb[:, x - w.x0 : x - w.x0 + width] = part_rgb
                         valid[:, x - w.x0 : x - w.x0 + width] = part_valid
                     valid &= inside
+                # A window with no imagery under it (tiles the service lacks, beyond a raster's
+                # edge) is neither run nor blended: a pixel's validity is the same in every window
+                # that reads it, so every pixel such a window covers is nodata anyway.
+                with_imagery = [(x, y) for x, y in positions if valid[:, x - w.x0 : x - w.x0 + w.size].any()]
+                if len(with_imagery) < len(positions):
+                    if cancelled():
+                        raise Cancelled("cancelled")
+                    on_batch(len(positions) - len(with_imagery))  # skipped windows count as done
+                    positions = with_imagery
                 for b in range(0, len(positions), batch_size):
                     if cancelled():
                         raise Cancelled("cancelled")
                     batch = positions[b : b + batch_size]
                     cols = [x - w.x0 for x, _ in batch]
-                    masks = [valid[:, c : c + w.size] for c in cols]
-                    if any(m.any() for m in masks):
-                        images = np.stack([rgb[:, c : c + w.size] for c in cols])
-                        probs = model.run(model.normalize(images))
-                    else:  # no imagery at all under these windows: nodata, no model call
-                        probs = np.zeros((len(batch), classes, w.size, w.size), np.float32)
-                    for (x, y), p, m in zip(batch, probs, masks, strict=True):
-                        blender.add(p, m, x, y)
+                    probs = model.run(model.normalize(np.stack([rgb[:, c : c + w.size] for c in cols])))
+                    for (x, y), p, c in zip(batch, probs, cols, strict=True):
+                        blender.add(p, valid[:, c : c + w.size], x, y)
                     on_batch(len(batch))
                 # Rows above the next strip's top get no more windows: they are final.
                 final_until = strip_y + w.stride if j + 1 < w.ny else strip_y + w.size
@@ -497,6 +502,7 @@ def run_segment(
             tiles_failed=[(tile_name(t), r) for t, r in failed],
             grid=grid,
             windows=total,
+            windows_run=model.windows_run,
             vectors_path=vectors_path,
             polygons=polygons,
             min_area_pixels=sieve_px,
