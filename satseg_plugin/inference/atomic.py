@@ -15,13 +15,16 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
 
     The temporary file lives in the same folder (so the rename is atomic on
     POSIX and Windows) and keeps the final extension (so GDAL picks the right
-    driver from the name). On any exception, KeyboardInterrupt included, the
+    driver from the name); its name carries the pid (``.<stem>.<pid>.<random>.part<ext>``) so
+    that a later run can tell the leftovers of a killed process (``runfolder.remove_stale_parts``)
+    from a live one's. On any exception, KeyboardInterrupt included, the
     temporary file is removed and ``path`` is left as it was.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     ext = suffix if suffix is not None else final.suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".part{ext}", dir=final.parent)
+    prefix = f".{final.stem}.{os.getpid()}."
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=f".part{ext}", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.unlink()  # writers (GDAL) want to create the file themselves

@@ -1,15 +1,20 @@
-"""What every satseg command-line tool does the same way: errors and Ctrl-C."""
+"""What every satseg command-line tool does the same way: errors, Ctrl-C and SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from .errors import Cancelled, SatsegError
+from .runfolder import disk_fault
 
-#: A value such as ``-9.49,38.82,-9.40,38.89`` (a bbox west of Greenwich): argparse takes it for an option.
-_NEGATIVE_LIST = re.compile(r"^-\d[\d.eE+-]*(,.*)?$")
+#: A value such as ``-9.49,38.82,-9.40,38.89`` or ``-.5,...`` (west of Greenwich): argparse takes it for an option.
+_NEGATIVE_LIST = re.compile(r"^-\.?\d[\d.eE+-]*(,.*)?$")
 
 
 def join_negative_values(argv: list[str], options: tuple[str, ...] = ("--bbox",)) -> list[str]:
@@ -17,7 +22,7 @@ def join_negative_values(argv: list[str], options: tuple[str, ...] = ("--bbox",)
     out: list[str] = []
     i = 0
     while i < len(argv):
-        if argv[i] in options and i + 1 < len(argv) and _NEGATIVE_LIST.match(argv[i + 1]):
+        if argv[i] in options and i + 1 < len(argv) and _NEGATIVE_LIST.match(argv[i + 1].strip()):
             out.append(f"{argv[i]}={argv[i + 1]}")
             i += 2
         else:
@@ -26,19 +31,53 @@ def join_negative_values(argv: list[str], options: tuple[str, ...] = ("--bbox",)
     return out
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a task manager's or a scheduler's stop): ends a run the way Ctrl-C does."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM raises ``Terminated`` in the main thread, as Ctrl-C raises
+    ``KeyboardInterrupt``: the same clean-up (temporary files removed, locks released) runs."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        yield
+        return
+
+    def handler(_signum: int, _frame: Any) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Run ``main(argv)``; print user errors as one line and return an exit status.
 
-    ``SatsegError`` -> ``error: ...`` on stderr, status 2; Ctrl-C or
-    ``Cancelled`` -> status 130. Other exceptions are bugs and keep their
-    traceback.
+    ``SatsegError`` -> ``error: ...`` on stderr, status 2; so is an ``OSError``
+    or ``RuntimeError`` that says the disk is full or read-only (``runfolder.disk_fault``)
+    wherever it comes from. Ctrl-C, SIGTERM or ``Cancelled`` -> status 130. Other
+    exceptions are bugs and keep their traceback.
     """
     try:
-        return int(main(argv) or 0)
+        with sigterm_as_interrupt():
+            return int(main(argv) or 0)
     except (KeyboardInterrupt, Cancelled) as exc:
-        msg = str(exc) if isinstance(exc, Cancelled) and str(exc) else "interrupted"
+        if isinstance(exc, Terminated):
+            msg = "terminated (SIGTERM)"
+        else:
+            msg = str(exc) if isinstance(exc, Cancelled) and str(exc) else "interrupted"
         print(f"\n{msg}", file=sys.stderr)
         return 130
     except SatsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError) as exc:
+        reason = disk_fault(exc)
+        if reason is None:
+            raise
+        where = getattr(exc, "filename", None)
+        print(f"error: cannot write{f' {where}' if where else ''}: {reason}", file=sys.stderr)
         return 2
