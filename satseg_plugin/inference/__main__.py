@@ -17,6 +17,7 @@ from .errors import ExtentError, ModelError, SatsegError
 from .mask import mask_bounds
 from .model import DEFAULT_MODEL_NAME, SegModel, default_model_path
 from .progress import ProgressBar
+from .runfolder import output_folder
 from .segment import SegmentRequest, describe_plan, run_segment, single_process_options
 from .tileurl import DEFAULT_TOKEN_ENV, redact
 
@@ -250,7 +251,8 @@ def _segment_cluster(args: argparse.Namespace, req: SegmentRequest) -> int:
             bar.update(done - bar.done)
 
     try:
-        result = run_segment_cluster(req, args.cluster, args.block_size, args.cog, on_block=on_block)
+        with output_folder(args.out):  # one run at a time; a full or read-only disk in one line
+            result = run_segment_cluster(req, args.cluster, args.block_size, args.cog, on_block=on_block)
     finally:
         if bar is not None:
             bar.close()

@@ -11,6 +11,7 @@ extent's width.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import uuid
 from collections.abc import Callable, Sequence
@@ -28,7 +29,9 @@ from .errors import Cancelled, ExtentError, SatsegError, SourceError
 from .mask import AreaMask
 from .model import SegModel
 from .outputs import RunOutputs
+from .runfolder import output_folder
 from .sources import RasterSource, XyzSource, tile_name
+from .staging import publish, staging_folder
 from .tileplan import (
     Grid,
     Stripe,
@@ -405,7 +408,35 @@ def run_segment(
     and removes every file it had started. Tiles that cannot be had become
     nodata (255 in the class raster and in the heatmaps) and are listed in the
     result; a refused token stops the run with ``SourceError``.
+
+    The folder is one run's at a time (``runfolder.output_folder``: a second run
+    into it gets ``FolderBusy``, what killed runs left is removed, a full or
+    read-only disk is a ``SatsegError``), and its files are one run's: they are
+    written into a staging folder and moved into place together, replacing the
+    earlier run's (``staging``).
     """
+    with output_folder(req.out_dir) as folder, staging_folder(folder) as staging:
+        result = _run_segment(dataclasses.replace(req, out_dir=staging), progress, is_cancelled)
+        moved = publish(staging, folder)
+
+        def final(path: str | None) -> str | None:
+            return None if path is None else moved.get(str(path), str(folder / Path(path).name))
+
+        return dataclasses.replace(
+            result,
+            classes_path=final(result.classes_path),
+            heatmap_paths={k: final(v) for k, v in result.heatmap_paths.items()},
+            counts_csv=final(result.counts_csv),
+            vectors_path=final(result.vectors_path),
+        )
+
+
+def _run_segment(
+    req: SegmentRequest,
+    progress: ProgressFn | None = None,
+    is_cancelled: Callable[[], bool] | None = None,
+) -> SegmentResult:
+    """``run_segment`` into the (staging) folder ``req.out_dir``, which exists."""
     if req.batch_size < 1:
         raise SourceError(f"batch size must be at least 1, not {req.batch_size}")
     plan = plan_run(req, open_source=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from qgis.core import (
@@ -195,8 +194,9 @@ class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
             if not crs.isValid():
                 crs = QgsCoordinateReferenceSystem("EPSG:3857")
             zoom_given = given(parameters, ZOOM)
+            # run_segment makes and locks the folder and stages the outputs, as the dialog's task
+            # does: they appear together, replacing an earlier run's, or not at all.
             out_dir = self.parameterAsString(parameters, OUTPUT_FOLDER, context)
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
             request = SegmentRequest(
                 model=self.parameterAsFile(parameters, MODEL, context),
                 bbox=(extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()),
