@@ -11,8 +11,10 @@ DEFLATE-compressed and carry overviews so QGIS draws them fast at any scale.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
+import sys
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +24,7 @@ import numpy as np
 from osgeo import gdal
 
 from .metadata import parse_hex_color
+from .runfolder import probe_write
 from .tileplan import Grid
 
 gdal.UseExceptions()
@@ -42,13 +45,24 @@ _HEATMAP_OPTIONS = ["ZLEVEL=1"]
 _CREATE = ["TILED=YES", f"BLOCKXSIZE={BLOCK}", f"BLOCKYSIZE={BLOCK}", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER"]
 
 
+#: The longest class part of a heatmap's file name, in UTF-8 bytes.
+MAX_NAME_BYTES = 80
+
+
 def heatmap_name(class_name: str) -> str:
     """``heatmap_<class>.tif`` with the class name made safe for any file system.
 
     >>> heatmap_name("blue roof")
     'heatmap_blue_roof.tif'
+
+    A name longer than ``MAX_NAME_BYTES`` (in UTF-8; file systems allow 255 bytes, and the
+    temporary name adds some) is cut and given 8 hex digits of its SHA-1, so that two long names
+    that start alike still get two files.
     """
     safe = re.sub(r"[^\w.-]+", "_", class_name, flags=re.UNICODE).strip("_") or "class"
+    if len(safe.encode("utf-8")) > MAX_NAME_BYTES:
+        cut = safe.encode("utf-8")[: MAX_NAME_BYTES - 9].decode("utf-8", "ignore")
+        safe = f"{cut}_{hashlib.sha1(class_name.encode('utf-8')).hexdigest()[:8]}"
     return f"heatmap_{safe}.tif"
 
 
@@ -124,7 +138,7 @@ class _Raster:
             data = np.concatenate(pending[1]) if len(pending[1]) > 1 else pending[1][0]
             k = cut - pending[0]
             self.band.WriteArray(data[:k], x, pending[0])
-            self.ds.FlushCache()
+            self._flush_cache()
             pending[1] = [data[k:]] if k < data.shape[0] else []
             pending[0] = cut
 
@@ -137,8 +151,17 @@ class _Raster:
     def flush(self) -> gdal.Band:
         """Write every row taken so far and return the band (still open, writable)."""
         self._drain()
-        self.ds.FlushCache()
+        self._flush_cache()
         return self.band
+
+    def _flush_cache(self) -> None:
+        """``FlushCache``: a write error raises, and so does a side file GDAL could not save
+        (the class names' ``.aux.xml``: a mere warning in GDAL), with the disk's reason."""
+        with _gdal_warnings() as warnings:
+            self.ds.FlushCache()
+        lost = [w for w in warnings if "Unable to save auxiliary information" in w]
+        if lost:
+            raise probe_write(self.tmp.parent) or RuntimeError(lost[0])
 
     def finish(self, resampling: str) -> None:
         """Build overviews and close; the file stays under its temporary name.
@@ -149,12 +172,16 @@ class _Raster:
         factors = overview_factors(self.ds.RasterXSize, self.ds.RasterYSize)
         if factors:
             self.ds.BuildOverviews(resampling, factors)
+        # A write error (a full disk) raises here; at closing GDAL could only print it, and the
+        # damaged file would be published.
+        self._flush_cache()
         self.band = None
-        self.ds = None  # closing flushes the blocks
+        self.ds = None
 
     def discard(self) -> None:
         self.band = None
-        self.ds = None
+        with _closing_quietly():  # after a full disk the close fails too: the file goes anyway
+            self.ds = None
         for leftover in (self.tmp, Path(f"{self.tmp}.aux.xml"), Path(f"{self.tmp}.ovr")):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
@@ -164,6 +191,38 @@ class _Raster:
         if aux.exists():  # GTiff keeps category names in the PAM side file
             os.replace(aux, f"{self.final}.aux.xml")
         os.replace(self.tmp, self.final)
+
+
+@contextlib.contextmanager
+def _gdal_warnings():
+    """Collect the GDAL warnings of the block (this thread's) instead of printing them."""
+    seen: list[str] = []
+
+    def handler(level: int, _code: int, message: str) -> None:
+        if level == gdal.CE_Warning:
+            seen.append(message)
+
+    gdal.PushErrorHandler(handler)
+    try:
+        yield seen
+    finally:
+        gdal.PopErrorHandler()
+
+
+@contextlib.contextmanager
+def _closing_quietly():
+    """Close datasets whose files are removed next without GDAL's messages about what it could
+    not write, printed as warnings and as "Exception ignored" tracebacks from the destructor."""
+    hook = sys.unraisablehook
+    sys.unraisablehook = (
+        lambda unraisable: None if isinstance(unraisable.exc_value, RuntimeError) else hook(unraisable)
+    )
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        yield
+    finally:
+        gdal.PopErrorHandler()
+        sys.unraisablehook = hook
 
 
 @contextlib.contextmanager
