@@ -8,7 +8,7 @@ printed at start.
 Serves ``/{z}/{x}/{y}.png`` (and ``/tiles.json``, a TileJSON document) from a
 ``provider(z, x, y) -> bytes | None`` function, with faults that can be set
 per tile: an HTTP status, a corrupt body, a delay, a body cut short of its
-Content-Length, an endless body. It can require an access token
+Content-Length, an endless body, a body sent a byte a second. It can require an access token
 (``?access_token=`` or another parameter), and it counts every request (and
 keeps every request line) so tests can check that a resumed download fetches
 only what is missing and where a token went.
@@ -78,7 +78,9 @@ class TileServer:
     is not an image), a float (seconds to wait before answering), ``"short"``
     (the tile's Content-Length, half its bytes, then the connection closes: a
     dropped connection), ``"endless"`` (zeros until the client hangs up, no
-    Content-Length) or ``"huge"`` (the same, declaring 400 MB); or a list of
+    Content-Length), ``"huge"`` (the same, declaring 400 MB) or ``"trickle"``
+    (the tile's Content-Length, then one byte every ``trickle_seconds``, counted in
+    ``trickled``: each read in time, the whole never); or a list of
     those, one per request in turn (``None``: the tile as it is), the last one
     staying. ``token``, when set, must be given as ``?<token_param>=``
     (``access_token`` by default); otherwise 401. ``tilejson_tiles`` replaces
@@ -101,6 +103,8 @@ class TileServer:
         self.requests: Counter[TileKey] = Counter()
         self.lines: list[str] = []  # every request's path and query, as received
         self.tilejson_tiles: str | None = None
+        self.trickle_seconds = 1.0
+        self.trickled: Counter[TileKey] = Counter()  # bytes of "trickle" tiles sent before the client hung up
         self.port = port
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -185,6 +189,20 @@ class TileServer:
                 body = server.provider(*key)
                 if body is None:
                     self._send(404, b"no such tile")
+                    return
+                if fault == "trickle":  # the whole length promised, one byte a second: never a read timeout
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/png")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.close_connection = True
+                    with contextlib.suppress(OSError):  # the client hangs up at its deadline
+                        for i in range(len(body)):
+                            self.wfile.write(body[i : i + 1])
+                            self.wfile.flush()
+                            with server._lock:
+                                server.trickled[key] += 1
+                            time.sleep(server.trickle_seconds)
                     return
                 if fault == "short":  # a dropped connection: the full length promised, half sent
                     self.send_response(200)

@@ -13,6 +13,8 @@ not help.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 
@@ -41,14 +43,27 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n} bytes"
 
 
+def _socket_of(resp: requests.Response) -> socket.socket | None:
+    """The socket a streamed response reads from (urllib3 1.26 and 2 keep it in different places)."""
+    sock = getattr(getattr(resp.raw, "_connection", None), "sock", None)
+    if sock is None:  # http.client's response -> its buffered socket file -> the socket
+        fp = getattr(getattr(resp.raw, "_fp", None), "fp", None)
+        sock = getattr(getattr(fp, "raw", None), "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
 def get_body(
     session: requests.Session, url: str, timeout: float, max_bytes: int = MAX_BODY_BYTES
 ) -> tuple[int, bytes]:
     """``(status, body)`` of ``GET url``; the body only for status 200, else ``b""``.
 
     Network errors raise ``requests.RequestException`` (the caller redacts and
-    retries them); a short or oversized body raises ``TileFailure``.
+    retries them); a short or oversized body raises ``TileFailure``. The whole
+    request must end within ``timeout`` seconds: requests' own timeout is per read,
+    so a server that trickles a byte a second would hold the worker for ever; at
+    the deadline the connection is shut (``TileFailure``, worth asking again).
     """
+    deadline = time.monotonic() + timeout
     with session.get(url, timeout=timeout, stream=True) as resp:
         if resp.status_code != 200:
             return resp.status_code, b""
@@ -58,6 +73,22 @@ def get_body(
             raise TileFailure(f"response larger than {_mib(max_bytes)} ({expected} bytes declared)", False)
         chunks: list[bytes] = []
         total = 0
+        late = threading.Event()
+
+        def too_slow() -> TileFailure:
+            what = f" of {expected}" if expected is not None else ""
+            return TileFailure(f"too slow: {total}{what} bytes in the {timeout:g} s allowed", True)
+
+        def cut_off() -> None:  # a blocked read returns (or fails) once its socket is shut
+            late.set()
+            sock = _socket_of(resp)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), cut_off)
+        watchdog.daemon = True
+        watchdog.start()
         try:
             for chunk in resp.iter_content(64 * 1024):
                 total += len(chunk)
@@ -65,12 +96,22 @@ def get_body(
                     raise TileFailure(f"response larger than {_mib(max_bytes)}", False)
                 chunks.append(chunk)
         except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError):
+            if late.is_set():
+                raise too_slow() from None
             # urllib3 2 raises on a short body itself; urllib3 1.26 returns what came (checked below).
             what = f" of {expected}" if expected is not None else ""
             raise TileFailure(f"truncated response ({total}{what} bytes, connection broken)", True) from None
+        except (requests.RequestException, OSError):
+            if late.is_set():
+                raise too_slow() from None
+            raise
+        finally:
+            watchdog.cancel()
         # Bytes off the wire (still compressed under Content-Encoding), as Content-Length counts them.
         tell = getattr(resp.raw, "tell", None)
         wire = tell() if callable(tell) else total
+        if late.is_set() and (expected is None or wire < expected):  # cut off, not just complete in time
+            raise too_slow()
         if expected is not None and wire < expected:
             raise TileFailure(f"truncated response ({wire} of {expected} bytes)", True)
         return 200, b"".join(chunks)
