@@ -19,6 +19,7 @@ gives for the same image. Output in OUTDIR:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import re
 import sys
 from collections.abc import Sequence
@@ -28,9 +29,10 @@ import numpy as np
 
 from satseg_plugin.inference.atomic import write_text_atomic
 from satseg_plugin.inference.cli import run_cli
-from satseg_plugin.inference.errors import ParameterError
+from satseg_plugin.inference.errors import ModelError, ParameterError
 from satseg_plugin.inference.imageio import read_image, to_rgb, write_png
 from satseg_plugin.inference.metadata import parse_hex_color
+from satseg_plugin.inference.runfolder import output_folder
 
 from .predictor import load_predictor
 from .tiled import predict_image
@@ -67,8 +69,12 @@ def overlay(image: np.ndarray, classes: np.ndarray, colors: list[str], alpha: fl
 
 
 def file_name(class_name: str) -> str:
-    """``heatmap_<class>``'s class part: lower case, other runs than a-z0-9 turned into ``_``."""
-    return re.sub(r"[^a-z0-9]+", "_", class_name.lower()).strip("_") or "class"
+    """``heatmap_<class>``'s class part: lower case, other runs than a-z0-9 turned into ``_``;
+    past 80 characters cut, with 8 hex digits of the name's SHA-1 (file names end at 255 bytes)."""
+    safe = re.sub(r"[^a-z0-9]+", "_", class_name.lower()).strip("_") or "class"
+    if len(safe) > 80:
+        safe = f"{safe[:71]}_{hashlib.sha1(class_name.encode('utf-8')).hexdigest()[:8]}"
+    return safe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # One run per folder at a time, .part files of a killed one removed, a full disk in one line.
+    with output_folder(args.outdir):
+        return _segment_image(args)
+
+
+def _segment_image(args: argparse.Namespace) -> int:
+    """``main`` with parsed ``args``, in the locked output folder ``args.outdir``."""
     if args.batch_size < 1:
         raise ParameterError("--batch-size must be at least 1")
     if not 0 <= args.alpha <= 1:
@@ -108,6 +121,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.image}: {w}x{h} px, {pred.kind} model {args.weights.name}, tiles {pred.tile_size}, overlap {overlap}%"
     )
     probs = predict_image(image, pred.predict, pred.num_classes, pred.tile_size, overlap, args.batch_size)
+    lo, hi = float(probs.min()), float(probs.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-3 or hi > 1 + 1e-3:  # never pictures of NaN
+        got = f"values from {lo:.4g} to {hi:.4g}" if np.isfinite(lo + hi) else "NaN or infinite values"
+        raise ModelError(
+            f"{args.weights.name} gave {got} where probabilities (0..1) belong: the model (or its "
+            "weights) is broken"
+        )
     classes = probs.argmax(0).astype(np.uint8)
     counts = np.bincount(classes.ravel(), minlength=pred.num_classes)
     assert counts.sum() == h * w  # every pixel has exactly one class

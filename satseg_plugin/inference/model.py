@@ -37,7 +37,11 @@ class SegModel:
     """An onnxruntime session of a segmentation model plus its metadata.
 
     ``run`` takes normalised float32 ``[N, 3, H, W]`` batches and returns
-    ``[N, C, H, W]`` class probabilities.
+    ``[N, C, H, W]`` class probabilities. A model whose first batch is not
+    probabilities (values outside 0..1, or not summing to 1) outputs logits and
+    gets a softmax; NaN or infinite values, or values outside 0..1 from a model
+    whose first batch was probabilities, are a ``ModelError``: never heatmaps
+    or classes made of them.
     """
 
     path: Path
@@ -193,9 +197,21 @@ class SegModel:
                 f"{self.path.name} outputs {out.shape[2]}x{out.shape[3]} pixels for {batch.shape[2]}x"
                 f"{batch.shape[3]} input; satseg needs one class per input pixel"
             )
+        lo, hi = float(out.min()), float(out.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)):  # NaN wins min and max: one pass each finds it
+            bad = int((~np.isfinite(out)).sum())
+            raise ModelError(
+                f"{self.path.name} output {bad:,} NaN or infinite values on a batch of {batch.shape[0]} "
+                "windows: the model is broken (or its weights are), its output cannot be used"
+            )
         if self._softmax is None:  # Deepness-style models may output logits rather than probabilities
             sums = out.sum(axis=1)
-            self._softmax = bool(out.min() < -1e-4 or out.max() > 1 + 1e-4 or np.abs(sums - 1).max() > 1e-3)
+            self._softmax = bool(lo < -1e-4 or hi > 1 + 1e-4 or np.abs(sums - 1).max() > 1e-3)
+        elif not self._softmax and (lo < -1e-3 or hi > 1 + 1e-3):
+            raise ModelError(
+                f"{self.path.name} output values from {lo:.4g} to {hi:.4g}, outside 0..1, after its first "
+                "windows gave probabilities: it is neither a probability nor a logit model"
+            )
         if self._softmax:
             out = out - out.max(axis=1, keepdims=True)
             np.exp(out, out=out)
