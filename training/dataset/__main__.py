@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from satseg_plugin.inference.cli import join_negative_values, run_cli
+from satseg_plugin.inference.runfolder import output_folder
 
 #: subcommand -> (module under training.dataset, one-line help). Modules load only when chosen.
 COMMANDS = {
@@ -33,7 +34,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             modules[name] = importlib.import_module(f"training.dataset.{module}")
             modules[name].add_arguments(p)
     args = parser.parse_args(argv)
-    return int(modules[args.command].run(args) or 0)
+    # One command at a time per dataset folder; what killed runs left in it (``.part`` files) goes,
+    # and a full or read-only disk is one line.
+    with output_folder(args.out, "dataset folder", recursive=True):
+        return int(modules[args.command].run(args) or 0)
 
 
 if __name__ == "__main__":

@@ -528,6 +528,14 @@ def run(args: argparse.Namespace) -> int:
     elif args.raster:
         manifest = cut_raster_imagery(args, manifest, log)
     write_manifest(out, manifest)
+    counts = manifest.get("counts", {})
+    if args.imagery and counts.get("images_skipped") and not counts.get("images"):
+        # Labels without a single image are no dataset: say so with the exit status, as segment does.
+        reasons = sorted({s["reason"] for s in manifest["skipped"]})
+        raise SourceError(
+            f"no imagery tile could be had ({counts['images_skipped']} tiles failed: {'; '.join(reasons[:3])}); "
+            f"every reason is in {out / 'skipped.csv'}"
+        )
     if args.preview_tiles:
         listed = out / "sample-filtered.txt"
         ids = read_ids(listed) if listed.is_file() else []
