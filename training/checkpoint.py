@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -25,10 +25,38 @@ from .model import SegNet
 REQUIRED_KEYS = ("state_dict", "class_names", "class_colors", "width")
 
 
+class _Recording:
+    """A file's ``write`` that keeps the ``OSError`` it raised: torch turns it into a
+    ``RuntimeError`` ("unexpected pos ...") that no longer says the disk is full."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 def save_checkpoint(path: str | os.PathLike[str], checkpoint: dict[str, Any]) -> None:
-    """Write ``checkpoint`` to ``path`` atomically (a temporary file, then a rename)."""
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    """Write ``checkpoint`` to ``path`` atomically (a temporary file, then a rename).
+
+    A full or read-only disk raises the ``OSError`` that says so (``ENOSPC``...).
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        sink = _Recording(file)
+        try:
+            torch.save(checkpoint, sink)
+        except RuntimeError:
+            if sink.error is not None:
+                raise sink.error from None
+            raise
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from satseg_plugin.inference.cli import run_cli
 from satseg_plugin.inference.errors import SatsegError
 from satseg_plugin.inference.metadata import DEFAULT_OVERLAP_PERCENT, MEAN, STD
 from satseg_plugin.inference.progress import ProgressBar
+from satseg_plugin.inference.runfolder import output_folder
 
 from .augment import AugmentConfig, augment_batch
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -191,7 +192,7 @@ def _fmt(v: float) -> str:
 
 @contextlib.contextmanager
 def interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) until the block is done, then raise ``KeyboardInterrupt``.
+    """Hold Ctrl-C (SIGINT) and SIGTERM until the block is done, then raise ``KeyboardInterrupt``.
 
     Outside the main thread Python delivers no signals, and the block runs as it is.
     """
@@ -199,11 +200,13 @@ def interrupts_deferred() -> Iterator[None]:
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, _frame: caught.append(signum)) for s in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if caught:
         raise KeyboardInterrupt
 
@@ -272,6 +275,13 @@ def _stop_on_sigterm() -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # One training per run folder; what a killed one left (.part files) goes; a full disk is one line.
+    with output_folder(args.out, "run folder"):
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    """``main`` with parsed ``args``, in the locked run folder ``args.out``."""
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise SatsegError(f"--{name.replace('_', '-')} must be at least 1")
