@@ -7,7 +7,9 @@ exist) and caches the tiles in ``data/training.hdf5``:
 * ``images`` uint8 ``[N, S, S, 3]`` (RGB), ``labels`` uint8 ``[N, S, S]`` (class
   index, 255 = ignore), one chunk per tile, gzip-compressed;
 * ``ids`` (the tile ids) and the attribute ``sample_hash``: a SHA-256 of the id
-  list and tile size. A changed sample list rebuilds the cache.
+  list, the tile size and each image's and label's size and modification time.
+  A changed sample list, or an image or label replaced under the same id (a
+  re-import, a resumed build that fetched a damaged tile again), rebuilds the cache.
 
 ``split_indices`` makes the seeded validation split, keeping the scenes of
 ``scenes.csv`` apart (XYZ ids without scenes are grouped by spatial block,
@@ -32,6 +34,7 @@ from satseg_plugin.inference.errors import SatsegError
 from satseg_plugin.inference.imageio import read_image, to_rgb
 from satseg_plugin.inference.metadata import MEAN, STD
 from satseg_plugin.inference.progress import ProgressBar
+from satseg_plugin.inference.runfolder import remove_stale_parts
 
 # IGNORE_INDEX and DatasetError are the dataset folder's (train.py and the tests import them from here).
 from .dataset.manifest import IGNORE_INDEX as IGNORE_INDEX
@@ -76,11 +79,17 @@ def _groups(data_dir: Path, ids: list[str]) -> list[str]:
     return [scenes.get(i) or blocks.get(i) or i for i in ids]
 
 
-def sample_hash(ids: list[str], tile_size: int) -> str:
-    """The cache key: SHA-256 of the tile size and the id list."""
+def sample_hash(ids: list[str], tile_size: int, data_dir: Path | None = None) -> str:
+    """The cache key: SHA-256 of the tile size, the id list and (with ``data_dir``) the size
+    and modification time (ns) of every tile's image and label: two ``stat`` calls a tile, so
+    that a file replaced under the same id is noticed without reading the pixels."""
     h = hashlib.sha256(f"{tile_size}\n".encode())
     for i in ids:
         h.update(i.encode() + b"\n")
+        if data_dir is not None:
+            for path in (data_dir / "images" / f"{i}.png", data_dir / "labels" / "color" / f"{i}.png"):
+                st = path.stat()
+                h.update(f"{st.st_size} {st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
@@ -125,7 +134,8 @@ def load_dataset(data_dir: str | Path, rebuild: bool = False) -> TileDataset:
     names = [str(c["name"]) for c in manifest["classes"]]
     colors = [str(c.get("color", "#000000")) for c in manifest["classes"]]
     cache = root / CACHE_NAME
-    key = sample_hash(ids, size)
+    remove_stale_parts(root, locked=False)  # a cache build that was killed (its pid is gone)
+    key = sample_hash(ids, size, root)
     fresh = False
     if cache.is_file() and not rebuild:
         try:
