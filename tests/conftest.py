@@ -72,3 +72,11 @@ def color_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from ui_helpers import make_color_model
 
     return make_color_model(tmp_path_factory.mktemp("models") / "colors.onnx")
+
+
+@pytest.fixture(scope="session")
+def plugin_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The plugin zip exactly as scripts/build_plugin.py makes it for users (the GUI tests install it)."""
+    from qgis_gui import build_plugin_zip
+
+    return build_plugin_zip(tmp_path_factory.mktemp("dist"))

@@ -8,16 +8,13 @@ plugin writes it out as GeoJSON). Screenshots: artifacts/gui_learn_area*.png.
 
 from __future__ import annotations
 
-import site
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import ROOT
-from qgis_gui import make_profile, run_qgis, xvfb
+from qgis_gui import run_plugin
 from tileserver import TileServer, oam_provider
-from ui_helpers import tiles_rect_3857
+from ui_helpers import tiles_rect_3857, xyz_source
 
 pytestmark = [
     pytest.mark.gui,
@@ -33,18 +30,10 @@ RECT = tiles_rect_3857(319293.2, 270960.4, 319298.2, 270963.6, 19)
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 
 
-@pytest.fixture(scope="module")
-def plugin_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_plugin.py"), "--out", str(out)], check=True)
-    return next(out.glob("satseg_plugin-*.zip"))
-
-
 def test_train_on_this_area_then_segment_with_it(
     plugin_zip: Path, shared_data: Path, tmp_path: Path, artifacts_dir: Path
 ) -> None:
     area1 = shared_data / "oam-osm-buildings" / "area1"
-    profiles = make_profile(tmp_path, plugin_zip)
     learn_parent = tmp_path / "learn"
     segment_parent = tmp_path / "segment"
     shots = {
@@ -57,46 +46,16 @@ def test_train_on_this_area_then_segment_with_it(
         )
     }
     with TileServer(oam_provider(area1)) as server:
-        source = "type=xyz&url=" + server.template.replace("{", "%7B").replace("}", "%7D") + "&zmax=21&zmin=0"
         body = f"""
         import os
-        import time
-        from qgis.core import (QgsCoordinateReferenceSystem, QgsProject, QgsRasterLayer, QgsRectangle,
-                               QgsSettings, QgsVectorLayer)
-        from qgis.PyQt.QtWidgets import QApplication, QDialogButtonBox, QDockWidget
+        from qgis.core import QgsRasterLayer, QgsVectorLayer
 
-        def spin(seconds, until=lambda: False):
-            end = time.monotonic() + seconds
-            while time.monotonic() < end and not until():
-                QApplication.processEvents()
-                time.sleep(0.02)
-
-        def visible(name):
-            found = [w for w in QApplication.topLevelWidgets() if w.objectName() == name and w.isVisible()]
-            return found[0] if found else None
-
-        def shot(key, path):
-            spin(0.5)
-            result[key] = win.screen().grabWindow(0).save(path)
-
-        win = iface.mainWindow()
-        win.move(0, 0)  # Xvfb has no window manager to maximise it
-        win.resize(1600, 1000)
-        for dock in win.findChildren(QDockWidget):
-            if dock.objectName() == "Browser":
-                dock.hide()
-        project = QgsProject.instance()
-        project.setCrs(QgsCoordinateReferenceSystem("EPSG:3857"))
-        imagery = QgsRasterLayer({source!r}, "Zanzibar imagery", "wms")
+        win, project = prepare_window()
+        imagery = QgsRasterLayer({xyz_source(server.template)!r}, "Zanzibar imagery", "wms")
         buildings = QgsVectorLayer({str(area1 / "labels.geojson")!r}, "OSM buildings", "ogr")
         result["inputs_valid"] = [imagery.isValid(), buildings.isValid()]
         project.addMapLayers([imagery, buildings])
-        canvas = iface.mapCanvas()
-        canvas.setDestinationCrs(QgsCoordinateReferenceSystem("EPSG:3857"))
-        spin(1)
-        canvas.setExtent(QgsRectangle(*{RECT!r}))
-        canvas.refresh()
-        spin(10, lambda: not canvas.isDrawing())
+        show_extent({RECT!r})
 
         from qgis.core import Qgis, QgsApplication
         logged = result["satseg_log"] = []
@@ -105,6 +64,8 @@ def test_train_on_this_area_then_segment_with_it(
         )
         plugin = qgis.utils.plugins["satseg_plugin"]
         result["toolbar"] = [a.text() for a in plugin.toolbar.actions()]
+        started = keep_started(plugin.learn_controller)
+        segmented = keep_started(plugin.controller)
         plugin.learn_action.trigger()
         spin(0.5)
         dialog = visible("satsegLearnDialog")
@@ -119,17 +80,15 @@ def test_train_on_this_area_then_segment_with_it(
         dialog.osm_layer.setLayer(buildings)
         dialog.minutes_spin.setValue(0.2)
         dialog.out_widget.setFilePath({str(learn_parent)!r})
-        shot("shot_dialog", {str(shots["dialog"])!r})
-        dialog.buttons.button(QDialogButtonBox.Ok).click()
+        result["shot_dialog"] = screenshot({str(shots["dialog"])!r})
+        click_ok(dialog)
         spin(1)
-        tasks = list(plugin.learn_controller.tasks)
-        result["tasks"] = len(tasks)
-        task = tasks[0]
+        result["tasks"] = len(started)
+        task = started[0]
         spin(240, lambda: task.ended or any(s.phase == "train" and s.epoch for s in task.steps))
         result["description_while_training"] = [s.describe() for s in task.steps if s.phase == "train"][-1:]
-        shot("shot_running", {str(shots["running"])!r})
-        spin(300, lambda: task.ended)
-        spin(1)
+        result["shot_running"] = screenshot({str(shots["running"])!r})
+        wait_ended(task, 300, settle=1)
         result["outcome"] = task.outcome
         result["task_error"] = task.error or task.bug
         result["phases"] = sorted({{s.phase for s in task.steps}})
@@ -146,7 +105,7 @@ def test_train_on_this_area_then_segment_with_it(
         result["layers_after_training"] = sorted(lyr.name() for lyr in project.mapLayers().values())
         spin(10, lambda: task.segment_button is not None)  # the message with the button comes last
         result["bar_button_visible"] = task.segment_button is not None and task.segment_button.isVisible()
-        shot("shot_done", {str(shots["done"])!r})
+        result["shot_done"] = screenshot({str(shots["done"])!r})
         if report is not None:
             report.close()
 
@@ -160,32 +119,21 @@ def test_train_on_this_area_then_segment_with_it(
         result["segment_model"] = segment.model_widget.filePath()
         result["segment_layer"] = segment.layer_combo.currentLayer().name() if segment.layer_combo.currentLayer() else None
         segment.out_widget.setFilePath({str(segment_parent)!r})
-        segment.buttons.button(QDialogButtonBox.Ok).click()
+        click_ok(segment)
         spin(0.5)
-        seg_task = list(plugin.controller.tasks)[0]
-        spin(180, lambda: seg_task.ended)
-        spin(0.5)
+        seg_task = segmented[0]
+        wait_ended(seg_task, 180)
         result["segment_error"] = seg_task.error or seg_task.bug
         group = seg_task.group
         result["segment_children"] = [n.name() for n in group.children()] if group else []
-        canvas.refreshAllLayers()
-        spin(2)
-        spin(15, lambda: not canvas.isDrawing())
-        shot("shot_segmented", {str(shots["segmented"])!r})
+        redraw()
+        result["shot_segmented"] = screenshot({str(shots["segmented"])!r})
         result["torch_in_qgis"] = "torch" in sys.modules
         result["training_in_qgis"] = any(m == "training" or m.startswith("training.") for m in sys.modules)
         """
-        with xvfb() as display:
-            result = run_qgis(
-                body,
-                profiles,
-                display,
-                tmp_path,
-                timeout=900,
-                # QGIS's Python is the system one: onnxruntime comes from the test venv (torch is on that
-                # path too, which is what makes "QGIS never imports torch" a real check)
-                extra_env={"PYTHONPATH": ":".join(site.getsitepackages())},
-            )
+        # QGIS's Python is the system one: onnxruntime comes from the test venv (torch is on that
+        # path too, which is what makes "QGIS never imports torch" a real check)
+        result = run_plugin(body, plugin_zip, tmp_path, timeout=900)
     assert "error" not in result, result["error"]
     assert result["inputs_valid"] == [True, True]
     assert "Train on this area…" in result["toolbar"]

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import site
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
-from qgis_gui import make_profile, run_qgis, xvfb
+from qgis_gui import run_plugin
 
 pytestmark = pytest.mark.gui
-
-
-@pytest.fixture(scope="session")
-def plugin_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The zip exactly as scripts/build_plugin.py makes it for users."""
-    out = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_plugin.py"), "--out", str(out)], check=True)
-    return next(out.glob("satseg_plugin-*.zip"))
 
 
 def test_zip_installs_loads_and_segment_extent_is_clickable(
     plugin_zip: Path, tmp_path: Path, artifacts_dir: Path
 ) -> None:
-    profiles = make_profile(tmp_path, plugin_zip)
     shot = artifacts_dir / "gui_plugin_loaded.png"
     body = f"""
     from qgis.PyQt.QtWidgets import QAction, QApplication, QToolBar
@@ -46,15 +33,12 @@ def test_zip_installs_loads_and_segment_extent_is_clickable(
     QApplication.processEvents()
     result["screenshot_saved"] = win.screen().grabWindow(0).save({str(shot)!r})
     """
-    with xvfb() as display:
-        # QGIS's Python is the system one: onnxruntime comes from the test venv (without it the
-        # click offers to install it; tests/test_gui_segment_extent.py covers that)
-        result = run_qgis(
-            body, profiles, display, tmp_path, extra_env={"PYTHONPATH": ":".join(site.getsitepackages())}
-        )
+    # QGIS's Python is the system one: onnxruntime comes from the test venv (without it the
+    # click offers to install it; tests/test_gui_segment_extent.py covers that)
+    result = run_plugin(body, plugin_zip, tmp_path)
     assert "error" not in result, result["error"]
     assert result["loaded"]
-    assert result["plugin_file"].startswith(str(profiles))  # the installed zip, not the checkout
+    assert result["plugin_file"].startswith(str(tmp_path))  # the profile's copy, not the checkout
     assert result["actions"] >= 1
     assert "&satseg" in result["menu"]
     assert "Segment extent" in result["toolbar_actions"]

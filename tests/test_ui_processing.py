@@ -15,7 +15,7 @@ from conftest import ROOT
 from osgeo import gdal
 from qgis.core import QgsProcessingException, QgsProject, QgsRasterLayer
 from tileserver import TileServer
-from ui_helpers import CLASS_NAMES, tiles_rect_3857
+from ui_helpers import CLASS_NAMES, tiles_rect_3857, xyz_source
 
 from satseg_plugin.ui.processing_provider import register_provider
 
@@ -62,10 +62,7 @@ def test_processing_run_with_a_url(
 def test_processing_run_with_an_xyz_layer_and_a_4326_extent(
     processing, qgis_new_project, color_model: Path, area2_server: TileServer, tmp_path: Path
 ) -> None:
-    source = (
-        "type=xyz&url=" + area2_server.template.replace("{", "%7B").replace("}", "%7D") + "&zmax=21&zmin=0"
-    )
-    layer = QgsRasterLayer(source, "area2", "wms")
+    layer = QgsRasterLayer(xyz_source(area2_server.template), "area2", "wms")
     assert layer.isValid()
     QgsProject.instance().addMapLayer(layer)
     out = tmp_path / "out"

@@ -68,6 +68,11 @@ def tiles_rect_3857(x0: float, y0: float, x1: float, y1: float, z: int) -> tuple
     return left, top - (y1 - y0) * size, left + (x1 - x0) * size, top
 
 
+def xyz_source(template: str) -> str:
+    """The QGIS data source of an XYZ layer of the tiles at ``template`` (zoom 0 to 21)."""
+    return "type=xyz&url=" + template.replace("{", "%7B").replace("}", "%7D") + "&zmax=21&zmin=0"
+
+
 def wait_for_task(task: object, timeout: float = 120.0) -> None:
     """Spin the event loop until ``task`` completed or terminated (its finished() has run)."""
     from qgis.core import QgsApplication, QgsTask
