@@ -175,7 +175,11 @@ def test_cli_vectors_min_area_simplify(model: Path, pattern_server: TileServer, 
     helped = cli("segment", "--help")
     assert "--vectors" in helped.stdout and "--min-area" in helped.stdout and "--simplify" in helped.stdout
     bad = cli(*base, "--out", tmp_path / "x", "--simplify", "1")
-    assert bad.returncode == 2 and "add --vectors" in bad.stderr and "Traceback" not in bad.stderr
+    assert (
+        bad.returncode == 2
+        and "simplification applies to the polygons" in bad.stderr
+        and "Traceback" not in bad.stderr
+    )
     clustered = cli(*base, "--out", tmp_path / "c", "--vectors", "--cluster", "local:1")
     assert clustered.returncode == 2 and "single process only" in clustered.stderr
     assert not (tmp_path / "c").exists()

@@ -37,8 +37,9 @@ import torch
 
 from satseg_plugin.inference.atomic import atomic_path
 from satseg_plugin.inference.cli import run_cli
-from satseg_plugin.inference.errors import ModelError, ParameterError, SatsegError
+from satseg_plugin.inference.errors import ModelError, SatsegError
 from satseg_plugin.inference.metadata import DEFAULT_OVERLAP_PERCENT, ModelMetadata, build_metadata
+from satseg_plugin.inference.params import PARAMETERS
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import load_dataset, normalize, read_tiles, split_indices
@@ -49,6 +50,16 @@ from .predictor import load_predictor
 OPSET = 18
 TOLERANCE = 1e-5
 MIN_AGREEMENT = 0.999
+
+
+def export_overlap(ckpt: dict, given: float | None) -> int:
+    """The ``tiles_overlap`` to export: ``given`` (``--overlap``), else the checkpoint's, else the default.
+
+    ``ParameterError`` (the segment run's message, ``inference.params``) outside [0, 100).
+    """
+    stored = ckpt.get("tiles_overlap")
+    value = given if given is not None else (stored if stored is not None else DEFAULT_OVERLAP_PERCENT)
+    return int(PARAMETERS["overlap_percent"].check(value))
 
 
 def metadata_for(
@@ -239,7 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="dataset folder whose tiles check the export (default: the one the checkpoint was trained on)",
     )  # fmt: skip
     p.add_argument(
-        "--overlap", type=int, default=DEFAULT_OVERLAP_PERCENT, help="tiles_overlap metadata, percent"
+        "--overlap",
+        type=int,
+        default=None,
+        help="tiles_overlap metadata, percent (default: the checkpoint's tiles_overlap, which train "
+        f"stores; {DEFAULT_OVERLAP_PERCENT} for a checkpoint without one)",
     )
     p.add_argument("--check-tiles", type=int, default=4, help="validation tiles for the parity check")
     p.add_argument(
@@ -265,9 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not 0 <= args.overlap < 100:
-        raise ParameterError(f"--overlap must be a percent in [0, 100), not {args.overlap}")
     ckpt = load_checkpoint(args.weights)
+    overlap = export_overlap(ckpt, args.overlap)
     net = model_from_checkpoint(ckpt, str(args.weights))
     data = args.data or (Path(ckpt["data"]) if ckpt.get("data") else None)
     if data is None or not data.is_dir():
@@ -283,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ds.groups, float(ckpt.get("val_fraction", 0.2)), int(ckpt.get("seed", 0))
     )
     check_idx = (val_idx or train_idx)[: max(1, args.check_tiles)]
-    props = metadata_for(ckpt, args.overlap, args.description, dict(parse_meta_option(m) for m in args.meta))
+    props = metadata_for(ckpt, overlap, args.description, dict(parse_meta_option(m) for m in args.meta))
     out: Path = args.out
     if out.suffix.lower() != ".onnx":
         raise SatsegError(f"--out should end in .onnx: {out}")

@@ -16,6 +16,7 @@ from .counts import format_table
 from .errors import ExtentError, ModelError, SatsegError
 from .mask import mask_bounds
 from .model import DEFAULT_MODEL_NAME, SegModel, default_model_path
+from .params import add_cli_arguments, check_values, cli_values
 from .progress import ProgressBar
 from .runfolder import output_folder
 from .segment import SegmentRequest, describe_plan, run_segment, single_process_options
@@ -93,11 +94,8 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
         "model's order, e.g. 1,2,3,4 for RGB + near-infrared (default: the model's input_bands, else the "
         "raster's first image bands; a band is alpha only when the raster says so)",
     )
-    p.add_argument("--zoom", type=int, help="XYZ zoom (default: the model's)")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
-    p.add_argument("--overlap", type=float, help="window overlap in percent (default: the model's)")
-    p.add_argument("--batch-size", type=int, default=4, help="windows per model call")
-    p.add_argument("--workers", type=int, default=8, help="concurrent tile downloads")
+    add_cli_arguments(p)  # zoom, overlap, batch size, workers, the outputs and their cleaning (params.py)
     p.add_argument(
         "--cache", metavar="DIR", help="keep downloaded tiles in DIR and reuse them (off by default)"
     )
@@ -111,29 +109,6 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="send the token also to another host a TileJSON document puts its tiles on "
         "(default: only to the host of --tiles)",
-    )
-    p.add_argument("--no-classes", action="store_true", help="do not write classes.tif")
-    p.add_argument("--no-heatmaps", action="store_true", help="do not write the heatmaps")
-    p.add_argument("--no-counts", action="store_true", help="do not write pixel_counts.csv")
-    p.add_argument(
-        "--vectors",
-        action="store_true",
-        help="also write OUT/classes.gpkg: one polygon per region of a class, with its class and ground "
-        "area in m² (the table's measure)",
-    )
-    p.add_argument(
-        "--min-area",
-        type=float,
-        metavar="M2",
-        help="merge regions smaller than M2 square metres on the ground into their largest neighbour "
-        "(GDAL sieve), in the class raster, the polygons and the table alike (default: keep every region)",
-    )
-    p.add_argument(
-        "--simplify",
-        type=float,
-        metavar="M",
-        help="with --vectors: simplify the polygons with a tolerance of M metres on the ground "
-        "(their area_m2 stays that of their pixels; default: the exact pixel outlines)",
     )
     p.add_argument("--generic-names", action="store_true", help="accept a model without class names")
     p.add_argument("--dry-run", action="store_true", help="only say how many tiles and windows it would take")
@@ -166,32 +141,22 @@ def _segment(args: argparse.Namespace) -> int:
         if not args.mask:
             raise ExtentError("give the extent to segment: --bbox MINX,MINY,MAXX,MAXY or --mask FILE")
         bbox, bbox_crs = mask_bounds(args.mask)
+    values = check_values(cli_values(args), raster=bool(args.raster))
     req = SegmentRequest(
         model=_model_arg(args.model),
         bbox=bbox,
         bbox_crs=bbox_crs,
         tiles_url=args.tiles,
         raster_path=args.raster,
-        zoom=args.zoom,
         out_dir=args.out,
-        write_classes=not args.no_classes,
-        write_heatmaps=not args.no_heatmaps,
-        write_counts=not args.no_counts,
-        overlap_percent=args.overlap,
-        batch_size=args.batch_size,
         cache_dir=args.cache,
         token_env=args.token_env,
         token_any_host=args.token_any_host,
         allow_generic_names=args.generic_names,
-        workers=args.workers,
-        write_vectors=args.vectors,
-        min_area_m2=args.min_area,
-        simplify_m=args.simplify,
         mask_path=args.mask,
         bands=args.bands,
+        **values,
     )
-    if args.simplify is not None and not args.vectors:
-        raise SatsegError("--simplify simplifies the polygons: add --vectors")
     if args.cluster is not None and single_process_options(req):
         raise SatsegError(
             f"{', '.join(single_process_options(req))} run in a single process only: leave out --cluster"
@@ -223,7 +188,7 @@ def _segment(args: argparse.Namespace) -> int:
         print(f"warning: tile {tile} could not be had ({redact(reason)}); left as nodata", file=sys.stderr)
     if result.min_area_pixels > 1:
         print(
-            f"regions under {args.min_area:g} m² ({result.min_area_pixels} pixels) merged into their neighbours"
+            f"regions under {args.min_area_m2:g} m² ({result.min_area_pixels} pixels) merged into their neighbours"
         )
     if result.vectors_path:
         print(f"{result.polygons} polygons in {result.vectors_path}")
@@ -300,8 +265,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(join_negative_values(list(sys.argv[1:] if argv is None else argv)))
     if args.command == "segment":
-        if args.zoom is not None and not 0 <= args.zoom <= 24:
-            raise ExtentError(f"--zoom must be between 0 and 24, not {args.zoom}")
         return _segment(args)
     return _info(args)
 

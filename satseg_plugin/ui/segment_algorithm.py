@@ -17,6 +17,7 @@ from qgis.core import (
     QgsProcessingOutputRasterLayer,
     QgsProcessingOutputVectorLayer,
     QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFile,
@@ -29,6 +30,7 @@ from qgis.core import (
 )
 
 from ..inference.errors import SatsegError
+from ..inference.params import PROCESSING, check_values, offered
 from ..inference.tileurl import redact
 from .algorithm_parts import add_imagery_parameters, given, imagery_source, processing_errors
 from .layers import style_class_layer, style_polygon_layer
@@ -38,13 +40,6 @@ MODEL = "MODEL"
 EXTENT = "EXTENT"
 MASK = "MASK"
 BANDS = "BANDS"
-ZOOM = "ZOOM"
-WRITE_CLASSES = "WRITE_CLASSES"
-WRITE_HEATMAPS = "WRITE_HEATMAPS"
-WRITE_COUNTS = "WRITE_COUNTS"
-WRITE_VECTORS = "WRITE_VECTORS"
-MIN_AREA = "MIN_AREA"
-SIMPLIFY = "SIMPLIFY"
 OUTPUT_FOLDER = "OUTPUT_FOLDER"
 OUT_CLASSES = "CLASSES"
 OUT_HEATMAPS = "HEATMAPS"
@@ -52,6 +47,43 @@ OUT_COUNTS = "COUNTS"
 OUT_POLYGONS = "POLYGONS"
 OUT_TILES = "TILES"
 OUT_TILES_FAILED = "TILES_FAILED"
+
+
+def add_run_parameters(algorithm: QgsProcessingAlgorithm) -> None:
+    """Add the parameters Processing offers (``params.offered(PROCESSING)``) with their ranges and help."""
+    for p in offered(PROCESSING):
+        if p.kind is bool:
+            param: Any = QgsProcessingParameterBoolean(p.key, p.title, p.default)
+        else:
+            kind = (
+                QgsProcessingParameterNumber.Integer if p.kind is int else QgsProcessingParameterNumber.Double
+            )
+            title = f"{p.title} (empty: {p.unset})" if p.unset else p.title
+            param = QgsProcessingParameterNumber(p.key, title, kind, p.default, optional=p.optional)
+            if p.minimum is not None:
+                param.setMinimum(p.minimum)
+            if p.maximum is not None:
+                param.setMaximum(p.maximum)  # an excluded maximum is refused by checkParameterValues
+        param.setHelp(p.help)
+        if p.advanced:
+            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        algorithm.addParameter(param)
+
+
+def run_values(
+    algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any], context: QgsProcessingContext
+) -> dict[str, Any]:
+    """The values of ``add_run_parameters``' parameters (None for an empty optional one)."""
+    values: dict[str, Any] = {}
+    for p in offered(PROCESSING):
+        if p.kind is bool:
+            values[p.name] = algorithm.parameterAsBool(parameters, p.key, context)
+        elif p.optional and not given(parameters, p.key):
+            values[p.name] = None
+        else:
+            number = algorithm.parameterAsDouble(parameters, p.key, context)
+            values[p.name] = int(number) if p.kind is int and number.is_integer() else number
+    return values
 
 
 class _StyleClasses(QgsProcessingLayerPostProcessorInterface):
@@ -128,36 +160,7 @@ class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
                 optional=True,
             )
         )
-        zoom = QgsProcessingParameterNumber(
-            ZOOM, "Zoom (empty: the model's)", QgsProcessingParameterNumber.Integer, optional=True
-        )
-        zoom.setMinimum(0)
-        zoom.setMaximum(24)
-        self.addParameter(zoom)
-        self.addParameter(QgsProcessingParameterBoolean(WRITE_CLASSES, "Write the class raster", True))
-        self.addParameter(QgsProcessingParameterBoolean(WRITE_HEATMAPS, "Write one heatmap per class", True))
-        self.addParameter(QgsProcessingParameterBoolean(WRITE_COUNTS, "Write the pixel-count table", True))
-        self.addParameter(
-            QgsProcessingParameterBoolean(WRITE_VECTORS, "Write polygons per class (classes.gpkg)", False)
-        )
-        min_area = QgsProcessingParameterNumber(
-            MIN_AREA,
-            "Minimum region area in m² (0: keep every region)",
-            QgsProcessingParameterNumber.Double,
-            0.0,
-            optional=True,
-            minValue=0.0,
-        )
-        self.addParameter(min_area)
-        simplify = QgsProcessingParameterNumber(
-            SIMPLIFY,
-            "Simplify the polygons, tolerance in m (0: exact pixel outlines)",
-            QgsProcessingParameterNumber.Double,
-            0.0,
-            optional=True,
-            minValue=0.0,
-        )
-        self.addParameter(simplify)
+        add_run_parameters(self)  # zoom, overlap, outputs, cleaning...: inference/params.py
         self.addParameter(QgsProcessingParameterFolderDestination(OUTPUT_FOLDER, "Output folder"))
         self.addOutput(QgsProcessingOutputRasterLayer(OUT_CLASSES, "Class raster"))
         self.addOutput(QgsProcessingOutputFolder(OUT_HEATMAPS, "Heatmaps folder"))
@@ -165,6 +168,16 @@ class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
         self.addOutput(QgsProcessingOutputVectorLayer(OUT_POLYGONS, "Polygons per class"))
         self.addOutput(QgsProcessingOutputNumber(OUT_TILES, "Tiles segmented"))
         self.addOutput(QgsProcessingOutputNumber(OUT_TILES_FAILED, "Tiles that could not be had"))
+
+    def checkParameterValues(
+        self, parameters: dict[str, Any], context: QgsProcessingContext
+    ) -> tuple[bool, str]:
+        """Refuse a run parameter out of range with the message the CLI and the dialog give."""
+        try:
+            check_values(run_values(self, parameters, context))
+        except SatsegError as exc:
+            return False, str(exc)
+        return super().checkParameterValues(parameters, context)
 
     def processAlgorithm(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
@@ -193,7 +206,7 @@ class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
                 crs = context.project().crs() if context.project() else QgsCoordinateReferenceSystem()
             if not crs.isValid():
                 crs = QgsCoordinateReferenceSystem("EPSG:3857")
-            zoom_given = given(parameters, ZOOM)
+            values = check_values(run_values(self, parameters, context), raster=bool(source.raster_path))
             # run_segment makes and locks the folder and stages the outputs, as the dialog's task
             # does: they appear together, replacing an earlier run's, or not at all.
             out_dir = self.parameterAsString(parameters, OUTPUT_FOLDER, context)
@@ -203,16 +216,10 @@ class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
                 bbox_crs=crs_for_gdal(crs),
                 tiles_url=source.tiles_url,
                 raster_path=source.raster_path,
-                zoom=self.parameterAsInt(parameters, ZOOM, context) if zoom_given else None,
                 out_dir=out_dir,
-                write_classes=self.parameterAsBool(parameters, WRITE_CLASSES, context),
-                write_heatmaps=self.parameterAsBool(parameters, WRITE_HEATMAPS, context),
-                write_counts=self.parameterAsBool(parameters, WRITE_COUNTS, context),
-                write_vectors=self.parameterAsBool(parameters, WRITE_VECTORS, context),
-                min_area_m2=self.parameterAsDouble(parameters, MIN_AREA, context) or None,
-                simplify_m=self.parameterAsDouble(parameters, SIMPLIFY, context) or None,
                 mask_path=mask_path,
                 bands=list(parse_bands(self.parameterAsString(parameters, BANDS, context)) or []) or None,
+                **values,
             )
             feedback.pushInfo(f"imagery: {source.label}; extent {extent.toString()} in {crs.authid()}")
 

@@ -1,4 +1,9 @@
-"""The "Segment extent" dialog: which model, which imagery, which zoom, where to write."""
+"""The "Segment extent" dialog: which model, which imagery, area, run parameters and outputs, where to write.
+
+The run parameters' widgets (zoom, overlap, cleaning) are built from ``inference.params``, the
+spec the CLI and Processing derive theirs from; ``segment_flow.make_request`` checks the values
+against it.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from ..inference.params import DIALOG, PARAMETERS, RunParameter, offered
 from . import settings
 from .layers import satseg_kind
 from .model_info import describe_model, model_label
@@ -36,16 +42,51 @@ from .sources import (
     xyz_url_from_source,
 )
 
-MAX_ZOOM = 24
+
+def spin_box(param: RunParameter, suffix: str = "") -> QSpinBox | QDoubleSpinBox:
+    """A spin box over ``param``'s range; its minimum shows ``param.unset`` and stands for None."""
+    spin: QSpinBox | QDoubleSpinBox
+    if param.kind is int:
+        spin, step = QSpinBox(), 1.0
+    else:
+        spin = QDoubleSpinBox()
+        spin.setDecimals(param.decimals)
+        step = 10.0**-param.decimals
+    lo, hi = param.widget_range()
+    if param.unset and param.off is None:  # one step below the range: "the model's"
+        lo -= step
+    hi = 1e9 if hi is None else hi
+    if param.kind is int:
+        spin.setRange(int(lo), int(hi))
+    else:
+        spin.setRange(lo, hi)
+    if param.unset:
+        spin.setSpecialValueText(param.unset)
+    spin.setValue(spin.minimum())
+    spin.setSuffix(suffix)
+    spin.setToolTip(param.help[:1].upper() + param.help[1:])
+    return spin
+
+
+def spin_value(spin: QSpinBox | QDoubleSpinBox, param: RunParameter) -> float | int | None:
+    """The value of a ``spin_box``: None at the minimum when that means ``param.unset``."""
+    value = spin.value()
+    if param.unset and value == spin.minimum():
+        return None
+    return int(value) if param.kind is int else float(value)
 
 
 @dataclass(frozen=True)
 class SegmentChoices:
-    """What the user chose in the dialog (the extent comes from the canvas)."""
+    """What the user chose in the dialog (the extent: the canvas's, or the processing area layer's).
+
+    ``zoom`` and ``overlap_percent`` None: the model's. ``run_values()`` gives the run
+    parameters by ``SegmentRequest`` field, for ``params.check_values``.
+    """
 
     model_path: str
     source: ImagerySource
-    zoom: int | None
+    zoom: int | None  # None: the model's
     out_parent: str
     write_classes: bool
     write_heatmaps: bool
@@ -56,13 +97,19 @@ class SegmentChoices:
     area_layer_id: str | None = None  # processing area: None for the visible extent
     selected_only: bool = True  # of a vector area layer: its selected polygons, when any
     bands: tuple[int, ...] | None = None  # raster bands for the model's input, in its order
+    overlap_percent: float | None = None  # None: the model's
+
+    def run_values(self) -> dict[str, object]:
+        """The run parameters chosen (``inference.params``), by ``SegmentRequest`` field."""
+        return {p.name: getattr(self, p.name) for p in offered(DIALOG)}
 
 
 class SegmentDialog(QDialog):
-    """Non-modal dialog; emits ``run_requested(SegmentChoices)`` when the user clicks Run.
+    """Non-modal dialog; emits ``run_requested(dialog)`` (itself) when the user clicks Run.
 
-    Building the choices can raise ``SatsegError`` (no source, say); the slot
-    connected to ``accepted`` calls ``choices()`` and reports it.
+    The slot (``TaskController._dialog_run``) calls ``choices()``, which can raise
+    ``SatsegError`` (no source, say), and reports it in the message bar. The zoom
+    applies to tile sources only: it is disabled for a raster or WMS layer.
     """
 
     run_requested = pyqtSignal(object)
@@ -115,11 +162,10 @@ class SegmentDialog(QDialog):
             "near-infrared is 1,2,3,4. Only for raster layers: XYZ tiles are RGB"
         )
 
-        self.zoom_spin = QSpinBox()
+        self.zoom_spin = spin_box(PARAMETERS["zoom"])
         self.zoom_spin.setObjectName("satsegZoom")
-        self.zoom_spin.setRange(0, MAX_ZOOM)
-        self.zoom_spin.setSpecialValueText("the model's zoom")
-        self.zoom_spin.setToolTip("XYZ zoom level of the imagery; the model's own by default")
+        self.overlap_spin = spin_box(PARAMETERS["overlap_percent"], " %")
+        self.overlap_spin.setObjectName("satsegOverlap")
 
         self.out_widget = QgsFileWidget()
         self.out_widget.setObjectName("satsegOutDir")
@@ -140,23 +186,10 @@ class SegmentDialog(QDialog):
         for check in (self.classes_check, self.vectors_check, self.heatmaps_check, self.counts_check):
             outputs.addWidget(check)
 
-        self.min_area_spin = QDoubleSpinBox()
+        self.min_area_spin = spin_box(PARAMETERS["min_area_m2"], " m²")
         self.min_area_spin.setObjectName("satsegMinArea")
-        self.min_area_spin.setRange(0.0, 1e9)
-        self.min_area_spin.setDecimals(1)
-        self.min_area_spin.setSuffix(" m²")
-        self.min_area_spin.setSpecialValueText("keep every region")
-        self.min_area_spin.setToolTip(
-            "Regions smaller than this on the ground merge into their largest neighbour, in the class "
-            "raster, the polygons and the table alike"
-        )
-        self.simplify_spin = QDoubleSpinBox()
+        self.simplify_spin = spin_box(PARAMETERS["simplify_m"], " m")
         self.simplify_spin.setObjectName("satsegSimplify")
-        self.simplify_spin.setRange(0.0, 1e4)
-        self.simplify_spin.setDecimals(2)
-        self.simplify_spin.setSuffix(" m")
-        self.simplify_spin.setSpecialValueText("exact pixel outlines")
-        self.simplify_spin.setToolTip("Simplify the polygons with this tolerance on the ground")
         self.simplify_spin.setEnabled(False)
         self.vectors_check.toggled.connect(self.simplify_spin.setEnabled)
         clean = QHBoxLayout()
@@ -196,6 +229,7 @@ class SegmentDialog(QDialog):
         form.addRow("or tile URL", self.url_edit)
         form.addRow("Bands", self.bands_edit)
         form.addRow("Zoom", self.zoom_spin)
+        form.addRow("Window overlap", self.overlap_spin)
         form.addRow("Output folder", self.out_widget)
         form.addRow("Outputs", outputs)
         form.addRow("Clean classes", clean)
@@ -233,6 +267,11 @@ class SegmentDialog(QDialog):
     def _layer_changed(self, layer: object) -> None:
         self.url_edit.setEnabled(layer is None)
         self.bands_edit.setEnabled(isinstance(layer, QgsRasterLayer) and layer.providerType() == "gdal")
+        # A zoom is of tiles: a raster (file or WMS) is read at the model's resolution, else its own.
+        tiles = layer is None or (
+            isinstance(layer, QgsRasterLayer) and bool(xyz_url_from_source(layer.source()))
+        )
+        self.zoom_spin.setEnabled(tiles)
 
     def _known_model_picked(self, index: int) -> None:
         path = self.models_combo.itemData(index)
@@ -244,29 +283,30 @@ class SegmentDialog(QDialog):
         self.models_combo.setCurrentIndex(max(0, index))
         summary, zoom = describe_model(path)
         self.model_info.setText(summary)
-        self.zoom_spin.setSpecialValueText(
-            f"the model's ({zoom})" if zoom is not None else "the model's zoom"
-        )
+        unset = PARAMETERS["zoom"].unset
+        self.zoom_spin.setSpecialValueText(f"{unset} ({zoom})" if zoom is not None else f"{unset} zoom")
 
     def choices(self) -> SegmentChoices:
         """Return the choices; ``SatsegError`` when the source is missing or unusable."""
         layer = self.layer_combo.currentLayer()
         source = source_of_layer(layer) if layer is not None else source_of_url(self.url_edit.text())
-        zoom = self.zoom_spin.value()
         return SegmentChoices(
             model_path=self.model_widget.filePath().strip(),
             source=source,
-            zoom=zoom if zoom != self.zoom_spin.minimum() else None,
+            zoom=spin_value(self.zoom_spin, PARAMETERS["zoom"]) if self.zoom_spin.isEnabled() else None,
             out_parent=self.out_widget.filePath().strip() or settings.default_out_dir(),
             write_classes=self.classes_check.isChecked(),
             write_heatmaps=self.heatmaps_check.isChecked(),
             write_counts=self.counts_check.isChecked(),
             write_vectors=self.vectors_check.isChecked(),
-            min_area_m2=self.min_area_spin.value() or None,
-            simplify_m=(self.simplify_spin.value() or None) if self.vectors_check.isChecked() else None,
+            min_area_m2=spin_value(self.min_area_spin, PARAMETERS["min_area_m2"]),
+            simplify_m=spin_value(self.simplify_spin, PARAMETERS["simplify_m"])
+            if self.vectors_check.isChecked()
+            else None,
             area_layer_id=area.id() if (area := self.area_combo.currentLayer()) is not None else None,
             selected_only=self.selected_check.isChecked(),
             bands=parse_bands(self.bands_edit.text()) if self.bands_edit.isEnabled() else None,
+            overlap_percent=spin_value(self.overlap_spin, PARAMETERS["overlap_percent"]),
         )
 
     def accept(self) -> None:

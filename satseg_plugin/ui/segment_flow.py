@@ -12,6 +12,7 @@ from qgis.core import QgsCoordinateReferenceSystem, QgsProject, QgsRectangle
 from qgis.PyQt.QtWidgets import QMessageBox, QWidget
 
 from ..inference.errors import SatsegError
+from ..inference.params import check_values
 from .area import ProcessingArea, area_of_layer
 from .controller import TaskController
 from .dependencies import check_requirements, offer_install
@@ -36,25 +37,24 @@ def make_request(
     crs: QgsCoordinateReferenceSystem,
     mask_path: str | None = None,
 ) -> Any:
-    """Return the ``SegmentRequest`` for ``choices`` over ``extent`` (in ``crs``), within ``mask_path``'s polygons."""
+    """Return the ``SegmentRequest`` for ``choices`` over ``extent`` (in ``crs``), within ``mask_path``'s polygons.
+
+    ``ParameterError`` for a run parameter out of range (``inference.params``: the CLI's and
+    Processing's message).
+    """
     from ..inference.segment import SegmentRequest
 
+    values = check_values(choices.run_values(), raster=bool(choices.source.raster_path))
     return SegmentRequest(
         model=choices.model_path,
         bbox=(extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()),
         bbox_crs=crs_for_gdal(crs),
         tiles_url=choices.source.tiles_url,
         raster_path=choices.source.raster_path,
-        zoom=choices.zoom,
         out_dir=choices.out_parent,
-        write_classes=choices.write_classes,
-        write_heatmaps=choices.write_heatmaps,
-        write_counts=choices.write_counts,
-        write_vectors=choices.write_vectors,
-        min_area_m2=choices.min_area_m2,
-        simplify_m=choices.simplify_m,
         mask_path=mask_path,
         bands=list(choices.bands) if choices.bands else None,
+        **values,
     )
 
 
