@@ -1,6 +1,8 @@
 """Blend overlapping windows' class probabilities into seamless strips of rows.
 
-Each window's probabilities are weighted by a window function that is 1 in
+The one blender of the tree: ``segment`` (plugin, CLI, Processing, cluster) and
+``training/feed_forward`` (through ``training/tiled.py``) both use it, on windows
+``tileplan.plan_windows`` placed. Each window's probabilities are weighted by a window function that is 1 in
 the middle and falls with the square of the distance to the edge across the
 overlap, to ``EDGE_WEIGHT`` at the very edge (``window_weights``), so a pixel's
 probability comes mostly from the windows that see it far from their edges;
@@ -34,7 +36,9 @@ class BandBlender:
     The band spans columns ``x0 .. x0 + width`` of the grid and ``size`` rows
     starting at ``top``. ``add`` puts a window in; ``take(rows)`` returns the
     first ``rows`` rows (probabilities ``(C, rows, width)`` and a validity mask)
-    and moves the band down by as many rows.
+    and moves the band down by as many rows. Windows go in one row of windows
+    at a time, each at the band's top row. A pixel no window covered, or only
+    windows that had no imagery there, is invalid with probabilities 0.
     """
 
     def __init__(self, classes: int, size: int, overlap: int, x0: int, width: int, top: int) -> None:
@@ -47,7 +51,11 @@ class BandBlender:
         self.valid = np.zeros((size, width), bool)
 
     def add(self, probabilities: np.ndarray, valid: np.ndarray, x: int, y: int) -> None:
-        """Add a ``(C, size, size)`` window whose top-left is grid pixel ``(x, y)``."""
+        """Add a ``(C, size, size)`` window whose top-left is grid pixel ``(x, y)``.
+
+        ``valid`` (``(size, size)`` bool) marks its pixels that had imagery; ``ValueError``
+        when ``y`` is not the band's top row (a bug in the caller's plan).
+        """
         r = y - self.top
         c = x - self.x0
         if r != 0:

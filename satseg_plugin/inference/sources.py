@@ -1,15 +1,19 @@
-"""Imagery sources that hand out RGB pixels of an output grid, strip by strip.
+"""Imagery sources that hand out the pixels of an output grid, strip by strip.
 
 ``XyzSource`` fetches XYZ tiles over HTTP(S) with a pool of threads, with
 timeouts, retries with backoff and an optional on-disk cache (verified before
 reuse); a tile must arrive whole, be 256 x 256 and decode cleanly
 (``tilefetch``). A tile that cannot be had becomes nodata and is listed, an HTTP 401/403 stops the run
-with a message about the token. ``RasterSource`` reads any raster GDAL opens
-(GeoTIFF, VRT, a WMS/XYZ description...) warped onto the grid.
+with a message about the token; tiles are RGB. ``RasterSource`` reads any raster
+GDAL opens (GeoTIFF, VRT, a WMS/XYZ description...) warped onto the grid, the
+bands the model takes in its order (``raster_bands``: RGB, RGB + near-infrared...).
 
-Both offer ``prefetch(y, h)`` (start fetching the rows of a strip) and
-``read(y, h, x, w)`` (``(rgb, valid)`` of those rows and columns, where
-``valid`` is False for nodata and for pixels outside the source).
+Both offer ``prefetch(y, h, x, w)`` (start fetching those rows and columns) and
+``read(y, h, x, w)`` (``(pixels, valid)``: ``(h, w, channels)`` uint8 and
+``(h, w)`` bool, False for nodata and for pixels outside the source). What
+``segment`` reads fits a grid ``tileplan`` planned; ``ExtentError`` for an
+extent outside a raster, ``SourceError`` for a raster or service that cannot
+be used (a run parameter out of range is ``params``' ``ParameterError``).
 """
 
 from __future__ import annotations
@@ -140,7 +144,7 @@ class XyzSource:
     def read(
         self, y: int, h: int, x: int, w: int, keep: tuple[int, int] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``(rgb, valid)`` of grid rows ``y..y+h`` and columns ``x..x+w`` (outside the world: invalid).
+        """``(rgb, valid)`` of grid rows ``y..y+h`` and columns ``x..x+w`` (outside the world or failed: invalid).
 
         ``keep`` (grid columns ``x0, x1``; default: this read's) is the span whose tiles
         stay in memory for the next strip: a strip read in several parts keeps them all.
@@ -312,7 +316,10 @@ class RasterSource:
     def read(
         self, y: int, h: int, x: int, w: int, keep: tuple[int, int] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``(rgb, valid)`` of grid rows ``y..y+h`` and columns ``x..x+w``; outside the grid: invalid.
+        """``(pixels, valid)`` of grid rows ``y..y+h`` and columns ``x..x+w``; outside the raster: invalid.
+
+        ``pixels`` has the model's ``channels`` bands, in its order; nodata and the alpha band's
+        transparent pixels are invalid.
 
         ``keep`` is ``XyzSource.read``'s; GDAL keeps no tiles here.
         """
