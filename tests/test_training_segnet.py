@@ -150,7 +150,7 @@ def test_export_metadata_is_what_deepness_reads(exported: Path) -> None:
     assert raw["model_type"] == "Segmentor"
     assert raw["class_names"] == {str(i): n for i, n in enumerate(CLASSES)}
     assert set(raw["class_colors"]) == {str(i) for i in range(len(CLASSES))}
-    assert raw["tile_size"] == 128 and raw["tiles_overlap"] == 25
+    assert raw["tile_size"] == 128 and raw["tiles_overlap"] == 13  # the seam-free default
     assert raw["standardization_mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert raw["standardization_std"] == pytest.approx([0.229, 0.224, 0.225])
     assert "resolution" in raw and raw["zoom"] is None and raw["satseg_schema"] == 1

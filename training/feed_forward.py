@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("outdir", type=Path, metavar="OUTDIR", help="folder for the results")
     p.add_argument(
         "--overlap", type=float, default=None,
-        help="tile overlap in percent (default: the model's tiles_overlap, 25 for satseg models)",
+        help="tile overlap in percent (default: the model's tiles_overlap, 13 for satseg models)",
     )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
     p.add_argument("--alpha", type=float, default=0.5, help="opacity of the class colours in segments.png")
