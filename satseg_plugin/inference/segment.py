@@ -25,10 +25,11 @@ from osgeo import gdal
 from .blend import BandBlender
 from .clean import count_band, min_area_pixels, sieve
 from .counts import COUNTS_NAME, ClassCount, CountAccumulator, write_counts_csv
-from .errors import Cancelled, ExtentError, SatsegError, SourceError
+from .errors import Cancelled, ExtentError, ParameterError, SourceError
 from .mask import AreaMask
 from .model import SegModel
 from .outputs import RunOutputs
+from .params import check_request
 from .runfolder import output_folder
 from .sources import RasterSource, XyzSource, tile_name
 from .staging import publish, staging_folder
@@ -117,18 +118,6 @@ def single_process_options(req: SegmentRequest) -> list[str]:
     return [flag for attr, flag in SINGLE_PROCESS_OPTIONS.items() if getattr(req, attr, None)]
 
 
-def check_cleaning(req: SegmentRequest) -> None:
-    """``SatsegError`` for a negative minimum area or tolerance, or a tolerance without polygons."""
-    for value, what in (
-        (req.min_area_m2, "minimum region area (m²)"),
-        (req.simplify_m, "simplification (m)"),
-    ):
-        if value is not None and not value >= 0:
-            raise SatsegError(f"the {what} must be 0 or more, not {value}")
-    if req.simplify_m and not req.write_vectors:
-        raise SatsegError("simplification applies to the polygons: ask for the polygon layer too")
-
-
 @dataclass
 class SegmentResult:
     """What a run wrote and measured; paths are None for outputs not asked for."""
@@ -178,7 +167,7 @@ def _zoom(req: SegmentRequest, model: SegModel) -> int:
         bbox = check_bbox(req.bbox)
         lonlat = transform_bounds(bbox, srs_from_user(req.bbox_crs), srs_from_user("EPSG:4326"))
         return zoom_for_resolution(model.metadata.resolution_cm / 100, (lonlat[1] + lonlat[3]) / 2)
-    raise ExtentError(f"{model.path.name} names no zoom or resolution: choose a zoom")
+    raise ParameterError(f"{model.path.name} names no zoom or resolution: choose a zoom")
 
 
 def plan_run(
@@ -189,9 +178,12 @@ def plan_run(
     ``max_pixels`` None lifts the size limit (a cluster run cuts any extent into
     blocks); ``tile_set`` False skips the set of tiles under the grid, which a
     country-sized extent cannot afford in memory.
+
+    The parameters are checked against their spec first (``params.check_request``:
+    ``ParameterError``).
     """
     _check_source(req)
-    check_cleaning(req)
+    check_request(req)
     model = SegModel.load(req.model, allow_generic_names=req.allow_generic_names)
     check_extent(req.bbox, req.bbox_crs)  # before the network or any file
     size = model.window_size
@@ -437,8 +429,6 @@ def _run_segment(
     is_cancelled: Callable[[], bool] | None = None,
 ) -> SegmentResult:
     """``run_segment`` into the (staging) folder ``req.out_dir``, which exists."""
-    if req.batch_size < 1:
-        raise SourceError(f"batch size must be at least 1, not {req.batch_size}")
     plan = plan_run(req, open_source=True)
     model, grid, windows, source = plan.model, plan.grid, plan.windows, plan.source
     assert source is not None
