@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,20 +171,27 @@ def _zoom(req: SegmentRequest, model: SegModel) -> int:
 
 
 def plan_run(
-    req: SegmentRequest, open_source: bool, max_pixels: int | None = MAX_PIXELS, tile_set: bool = True
+    req: SegmentRequest,
+    open_source: bool,
+    max_pixels: int | None = MAX_PIXELS,
+    tile_set: bool = True,
+    model: SegModel | None = None,
+    template: TileTemplate | None = None,
 ) -> RunPlan:
     """Load the model, check the extent and source, and plan the grid and windows of ``req``.
 
-    ``max_pixels`` None lifts the size limit (a cluster run cuts any extent into
-    blocks); ``tile_set`` False skips the set of tiles under the grid, which a
-    country-sized extent cannot afford in memory.
-
     The parameters are checked against their spec first (``params.check_request``:
-    ``ParameterError``).
+    ``ParameterError``). ``max_pixels`` None lifts the size limit (a cluster run
+    cuts any extent into blocks); ``tile_set`` False skips the set of tiles under
+    the grid, which a country-sized extent cannot afford in memory. ``model`` and
+    ``template`` are those of an earlier plan of the same request (``count_tiles``
+    before ``run_segment``): neither the model is loaded nor a TileJSON document
+    fetched again.
     """
     _check_source(req)
     check_request(req)
-    model = SegModel.load(req.model, allow_generic_names=req.allow_generic_names)
+    if model is None:
+        model = SegModel.load(req.model, allow_generic_names=req.allow_generic_names)
     check_extent(req.bbox, req.bbox_crs)  # before the network or any file
     size = model.window_size
     overlap_percent = model.metadata.tiles_overlap if req.overlap_percent is None else req.overlap_percent
@@ -196,7 +203,8 @@ def plan_run(
             else "bands are chosen for raster files; XYZ tiles are RGB"
         )
     if req.tiles_url:
-        template = resolve_template(req.tiles_url, req.token_env, token_any_host=req.token_any_host)
+        if template is None:
+            template = resolve_template(req.tiles_url, req.token_env, token_any_host=req.token_any_host)
         grid = xyz_grid(req.bbox, req.bbox_crs, _zoom(req, model))
         if max_pixels is not None and grid.pixels > max_pixels:
             raise ExtentError(
@@ -254,6 +262,121 @@ AreaFn = Callable[[int, int, int, int], np.ndarray]
 RowSink = Callable[[np.ndarray, np.ndarray, int, int], None]
 
 
+def area_runs(area: AreaFn | None, y: int, w: Windows) -> list[tuple[int, int]]:
+    """Column spans ``(x, width)`` of the strip at row ``y`` to read: runs of windows in the area.
+
+    Without an area, the whole span of the windows in one.
+    """
+    if area is None:
+        return [(w.x0, w.span_width)]
+    inside = area(y, w.size, w.x0, w.span_width)
+    spans: list[tuple[int, int]] = []
+    for i in range(w.nx):
+        x = w.x0 + i * w.stride
+        if inside[:, x - w.x0 : x - w.x0 + w.size].any():
+            if spans and spans[-1][0] + spans[-1][1] >= x:  # overlaps the run so far: extend it
+                spans[-1] = (spans[-1][0], x + w.size - spans[-1][0])
+            else:
+                spans.append((x, w.size))
+    return spans
+
+
+def prefetch_strip(source: XyzSource | RasterSource, w: Windows, y: int, area: AreaFn | None = None) -> None:
+    """Start fetching the imagery of the strip of windows at row ``y`` (only its runs in ``area``)."""
+    for x, width in area_runs(area, y, w):
+        source.prefetch(y, w.size, x, width)
+
+
+def fetch_strip(
+    source: XyzSource | RasterSource, w: Windows, j: int, channels: int, area: AreaFn | None = None
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """Stage *fetch*: the pixels of strip ``j`` of ``w`` and the windows of it to run.
+
+    Returns ``(pixels (size, span_width, channels), valid (size, span_width), positions)``,
+    columns from ``w.x0``; ``positions`` are the top-left grid pixels of the windows
+    that have imagery under them (and touch ``area``). Only the runs of windows in
+    ``area`` are fetched; the rest stays nodata (invalid).
+    """
+    strip_y = w.y0 + j * w.stride
+    positions = _windows_of_strip(w, j)
+    if area is None:
+        pixels, valid = source.read(strip_y, w.size, w.x0, w.span_width)
+    else:
+        inside = area(strip_y, w.size, w.x0, w.span_width)
+        positions = [(x, y) for x, y in positions if inside[:, x - w.x0 : x - w.x0 + w.size].any()]
+        pixels = np.zeros((w.size, w.span_width, channels), np.uint8)
+        valid = np.zeros((w.size, w.span_width), bool)
+        spans = area_runs(area, strip_y, w)
+        keep = (spans[0][0], spans[-1][0] + spans[-1][1]) if spans else None
+        for x, width in spans:
+            part_pixels, part_valid = source.read(strip_y, w.size, x, width, keep)
+            pixels[:, x - w.x0 : x - w.x0 + width] = part_pixels
+            valid[:, x - w.x0 : x - w.x0 + width] = part_valid
+        valid &= inside
+    # A window with no imagery under it (tiles the service lacks, beyond a raster's edge) is
+    # neither run nor blended: a pixel's validity is the same in every window that reads it,
+    # so every pixel such a window covers is nodata anyway.
+    positions = [(x, y) for x, y in positions if valid[:, x - w.x0 : x - w.x0 + w.size].any()]
+    return pixels, valid, positions
+
+
+def infer_windows(
+    model: SegModel,
+    pixels: np.ndarray,
+    valid: np.ndarray,
+    positions: Sequence[tuple[int, int]],
+    x0: int,
+    batch_size: int,
+    cancelled: Callable[[], bool] = lambda: False,
+    on_batch: Callable[[int], None] = lambda _n: None,
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """Stage *infer*: ``(x, y, probabilities (C, size, size), valid (size, size))`` of each window.
+
+    The windows at ``positions`` (grid pixels; ``pixels`` and ``valid`` start at
+    column ``x0``) go through the model ``batch_size`` at a time; ``on_batch(n)``
+    after each batch, ``Cancelled`` when ``cancelled()`` turns true before one.
+    """
+    size = model.window_size
+    for b in range(0, len(positions), batch_size):
+        if cancelled():
+            raise Cancelled("cancelled")
+        batch = positions[b : b + batch_size]
+        cols = [x - x0 for x, _ in batch]
+        probs = model.run(model.normalize(np.stack([pixels[:, c : c + size] for c in cols])))
+        for (x, y), p, c in zip(batch, probs, cols, strict=True):
+            yield x, y, p, valid[:, c : c + size]
+        on_batch(len(batch))
+
+
+def blend_windows(blender: BandBlender, windows: Iterable[tuple[int, int, np.ndarray, np.ndarray]]) -> None:
+    """Stage *blend*: add each ``(x, y, probabilities, valid)`` window to ``blender``."""
+    for x, y, p, v in windows:
+        blender.add(p, v, x, y)
+
+
+def final_rows(
+    blender: BandBlender, stripe: Stripe, j: int, next_row: int, y_end: int
+) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """The rows strip ``j`` of ``stripe`` finished: ``(probabilities, valid, first row)``, or None.
+
+    Rows above the next strip's top get no more windows: they are final. Only
+    the stripe's own columns and its rows from ``next_row`` (the first not yet
+    handed out) to ``y_end`` are returned.
+    """
+    w = stripe.windows
+    strip_y = w.y0 + j * w.stride
+    final_until = strip_y + w.stride if j + 1 < w.ny else strip_y + w.size
+    rows = final_until - blender.top
+    probs_rows, valid_rows = blender.take(rows)
+    first = blender.top - rows
+    lo, hi = max(first, next_row), min(first + rows, y_end)
+    if hi <= lo:
+        return None
+    c0 = stripe.x0 - w.x0  # the stripe's first column inside the band
+    cols = slice(c0, c0 + stripe.x1 - stripe.x0)
+    return probs_rows[:, lo - first : hi - first, cols], valid_rows[lo - first : hi - first, cols], lo
+
+
 def segment_stripes(
     model: SegModel,
     source: XyzSource | RasterSource,
@@ -269,38 +392,20 @@ def segment_stripes(
     """Fetch, infer and blend ``stripes`` in turn and hand each one's finished rows to ``sink``.
 
     The stage every run shares, single-process (stripes over the whole height)
-    and on a cluster (one block, a stripe of a few rows, per task). Only the
-    stripe's own columns ``x0 .. x1`` and rows ``y0 .. y1`` (``y1`` None: to
-    ``height``, the grid's) reach ``sink``, in order; ``sink`` runs in a writer
-    thread, one strip in flight at most.
-    ``on_batch(n)`` is told after every model batch; ``Cancelled`` when
-    ``cancelled()`` turns true between batches.
+    and on a cluster (one block, a stripe of a few rows, per task): for each
+    strip, ``fetch_strip``, ``infer_windows``, ``blend_windows`` and
+    ``final_rows``. Only the stripe's own columns ``x0 .. x1`` and rows
+    ``y0 .. y1`` (``y1`` None: to ``height``, the grid's) reach ``sink``, in
+    order; ``sink`` (write and count) runs in a writer thread, one strip in
+    flight at most.
+    ``on_batch(n)`` is told after every model batch (and of windows skipped);
+    ``Cancelled`` when ``cancelled()`` turns true between batches.
     ``area(y, h, x, w)`` (a processing area, ``AreaMask.mask``) limits the run:
     a strip or window with no pixel in it is neither fetched nor run nor
     blended, and pixels outside it are invalid. A pixel inside gets exactly the
     value of a run without ``area`` (every window that covers it touches the area).
     """
     classes = model.metadata.num_classes
-
-    def runs(y: int, w: Windows) -> list[tuple[int, int]]:
-        """Column spans ``(x, width)`` of the strip at row ``y`` to read: runs of windows in the area."""
-        if area is None:
-            return [(w.x0, w.span_width)]
-        inside = area(y, w.size, w.x0, w.span_width)
-        spans: list[tuple[int, int]] = []
-        for i in range(w.nx):
-            x = w.x0 + i * w.stride
-            if inside[:, x - w.x0 : x - w.x0 + w.size].any():
-                if spans and spans[-1][0] + spans[-1][1] >= x:  # overlaps the run so far: extend it
-                    spans[-1] = (spans[-1][0], x + w.size - spans[-1][0])
-                else:
-                    spans.append((x, w.size))
-        return spans
-
-    def prefetch(y: int, w: Windows) -> None:
-        for x, width in runs(y, w):
-            source.prefetch(y, w.size, x, width)
-
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="satseg-writer")
     written: Future[None] | None = None  # the strip the writer is on
     try:
@@ -308,70 +413,33 @@ def segment_stripes(
             w = stripe.windows
             y_end = min(stripe.y1, height) if stripe.y1 is not None else height
             blender = BandBlender(classes, w.size, overlap, w.x0, w.span_width, w.y0)
-            prefetch(w.y0, w)
+            prefetch_strip(source, w, w.y0, area)
             next_row = stripe.y0  # first output row of this stripe not yet written
             for j in range(w.ny):
                 strip_y = w.y0 + j * w.stride
                 if j + 1 < w.ny:  # fetch the next strip while this one runs
-                    prefetch(strip_y + w.stride, w)
+                    prefetch_strip(source, w, strip_y + w.stride, area)
                 elif k + 1 < len(stripes):  # or the next stripe's first strip
                     nxt = stripes[k + 1].windows
-                    prefetch(nxt.y0, nxt)
-                positions = _windows_of_strip(w, j)
-                if area is None:
-                    rgb, valid = source.read(strip_y, w.size, w.x0, w.span_width)
-                else:
-                    if cancelled():  # strips outside the area run no batch that would check
-                        raise Cancelled("cancelled")
-                    inside = area(strip_y, w.size, w.x0, w.span_width)
-                    positions_all = positions
-                    positions = [
-                        (x, y) for x, y in positions if inside[:, x - w.x0 : x - w.x0 + w.size].any()
-                    ]
-                    on_batch(len(positions_all) - len(positions))  # skipped windows count as done
-                    # Only the runs of windows in the area are fetched; the rest stays nodata.
-                    rgb = np.zeros((w.size, w.span_width, model.channels), np.uint8)
-                    valid = np.zeros((w.size, w.span_width), bool)
-                    spans = runs(strip_y, w)
-                    keep = (spans[0][0], spans[-1][0] + spans[-1][1]) if spans else None
-                    for x, width in spans:
-                        part_rgb, part_valid = source.read(strip_y, w.size, x, width, keep)
-                        rgb[:, x - w.x0 : x - w.x0 + width] = part_rgb
-                        valid[:, x - w.x0 : x - w.x0 + width] = part_valid
-                    valid &= inside
-                # A window with no imagery under it (tiles the service lacks, beyond a raster's
-                # edge) is neither run nor blended: a pixel's validity is the same in every window
-                # that reads it, so every pixel such a window covers is nodata anyway.
-                with_imagery = [(x, y) for x, y in positions if valid[:, x - w.x0 : x - w.x0 + w.size].any()]
-                if len(with_imagery) < len(positions):
+                    prefetch_strip(source, nxt, nxt.y0, area)
+                if area is not None and cancelled():  # strips outside the area run no batch that would check
+                    raise Cancelled("cancelled")
+                pixels, valid, positions = fetch_strip(source, w, j, model.channels, area)
+                if len(positions) < w.nx:
                     if cancelled():
                         raise Cancelled("cancelled")
-                    on_batch(len(positions) - len(with_imagery))  # skipped windows count as done
-                    positions = with_imagery
-                for b in range(0, len(positions), batch_size):
-                    if cancelled():
-                        raise Cancelled("cancelled")
-                    batch = positions[b : b + batch_size]
-                    cols = [x - w.x0 for x, _ in batch]
-                    probs = model.run(model.normalize(np.stack([rgb[:, c : c + w.size] for c in cols])))
-                    for (x, y), p, c in zip(batch, probs, cols, strict=True):
-                        blender.add(p, valid[:, c : c + w.size], x, y)
-                    on_batch(len(batch))
-                # Rows above the next strip's top get no more windows: they are final.
-                final_until = strip_y + w.stride if j + 1 < w.ny else strip_y + w.size
-                rows = final_until - blender.top
-                probs_rows, valid_rows = blender.take(rows)
-                first = blender.top - rows
-                lo, hi = max(first, next_row), min(first + rows, y_end)
-                if hi > lo:
-                    c0 = stripe.x0 - w.x0  # the stripe's first column inside the band
-                    cols = slice(c0, c0 + stripe.x1 - stripe.x0)
-                    p = probs_rows[:, lo - first : hi - first, cols]
-                    v = valid_rows[lo - first : hi - first, cols]
+                    on_batch(w.nx - len(positions))  # skipped windows count as done
+                blend_windows(
+                    blender,
+                    infer_windows(model, pixels, valid, positions, w.x0, batch_size, cancelled, on_batch),
+                )
+                rows = final_rows(blender, stripe, j, next_row, y_end)
+                if rows is not None:
+                    p, v, lo = rows
                     if written is not None:
                         written.result()  # one strip in flight at most; its errors surface here
                     written = writer.submit(sink, p, v, lo, stripe.x0)
-                    next_row = hi
+                    next_row = lo + p.shape[1]
         if written is not None:
             written.result()
             written = None
@@ -392,6 +460,7 @@ def run_segment(
     req: SegmentRequest,
     progress: ProgressFn | None = None,
     is_cancelled: Callable[[], bool] | None = None,
+    prepared: RunPlan | None = None,
 ) -> SegmentResult:
     """Segment ``req.bbox`` and write the outputs asked for into ``req.out_dir``.
 
@@ -399,7 +468,9 @@ def run_segment(
     is checked between batches and, when true, the run stops with ``Cancelled``
     and removes every file it had started. Tiles that cannot be had become
     nodata (255 in the class raster and in the heatmaps) and are listed in the
-    result; a refused token stops the run with ``SourceError``.
+    result; a refused token stops the run with ``SourceError``. ``prepared``, a
+    ``plan_run`` of the same request (the dialog's tile count), gives its model
+    and resolved tile template: neither is loaded or fetched again.
 
     The folder is one run's at a time (``runfolder.output_folder``: a second run
     into it gets ``FolderBusy``, what killed runs left is removed, a full or
@@ -408,7 +479,7 @@ def run_segment(
     earlier run's (``staging``).
     """
     with output_folder(req.out_dir) as folder, staging_folder(folder) as staging:
-        result = _run_segment(dataclasses.replace(req, out_dir=staging), progress, is_cancelled)
+        result = _run_segment(dataclasses.replace(req, out_dir=staging), progress, is_cancelled, prepared)
         moved = publish(staging, folder)
 
         def final(path: str | None) -> str | None:
@@ -427,33 +498,43 @@ def _run_segment(
     req: SegmentRequest,
     progress: ProgressFn | None = None,
     is_cancelled: Callable[[], bool] | None = None,
+    prepared: RunPlan | None = None,
 ) -> SegmentResult:
-    """``run_segment`` into the (staging) folder ``req.out_dir``, which exists."""
-    plan = plan_run(req, open_source=True)
-    model, grid, windows, source = plan.model, plan.grid, plan.windows, plan.source
-    assert source is not None
-    meta = model.metadata
-    names, colors = list(meta.class_names), list(meta.class_colors)
+    """``run_segment`` into the (staging) folder ``req.out_dir``, which exists.
+
+    The stages in order: *plan* (``plan_run``), then strip by strip *fetch*,
+    *infer* and *blend* (``segment_stripes``) with *write* and *count* of the
+    finished rows in the writer thread (``RunOutputs.write``,
+    ``CountAccumulator.add``), then the whole-raster steps (``_finish``: sieve,
+    polygons, overviews) and the table (``_write_counts``).
+    """
     report = progress or (lambda _f, _m: None)
     cancelled = is_cancelled or (lambda: False)
-    out_dir = Path(req.out_dir)
+    plan = plan_run(
+        req,
+        open_source=True,
+        model=prepared.model if prepared is not None else None,
+        template=prepared.template if prepared is not None else None,
+    )
+    source = plan.source
+    assert source is not None
+    meta = plan.model.metadata
+    counter = CountAccumulator(plan.grid, meta.num_classes)
+    sieve_px = min_area_pixels(plan.grid, req.min_area_m2) if req.min_area_m2 else 0
+    vectors_tmp = Path(req.out_dir) / f".{Path(VECTORS_NAME).stem}.{uuid.uuid4().hex[:8]}.part.gpkg"
     outputs: RunOutputs | None = None
-    counter = CountAccumulator(grid, meta.num_classes)
-    sieve_px = min_area_pixels(grid, req.min_area_m2) if req.min_area_m2 else 0
-    vectors_tmp = out_dir / f".{Path(VECTORS_NAME).stem}.{uuid.uuid4().hex[:8]}.part.gpkg"
-    polygons = 0
     try:
         outputs = RunOutputs(
-            out_dir,
-            grid,
-            names,
-            colors,
+            Path(req.out_dir),
+            plan.grid,
+            list(meta.class_names),
+            list(meta.class_colors),
             req.write_classes,
             req.write_heatmaps,
             need_classes=req.write_vectors or sieve_px > 1,
         )
         out = outputs
-        stripes = plan_stripes(grid.width, windows, req.stripe_width)
+        stripes = plan_stripes(plan.grid.width, plan.windows, req.stripe_width)
         total = sum(stripe.windows.count for stripe in stripes)
         done = 0
         report(0.0, f"segmenting {total} windows ({plan.tiles} tiles)")
@@ -463,67 +544,42 @@ def _run_segment(
             done += n
             report(done / total, f"segmented {done}/{total} windows")
 
-        def sink(probs: np.ndarray, valid: np.ndarray, y: int, x: int) -> None:
+        def write_and_count(probs: np.ndarray, valid: np.ndarray, y: int, x: int) -> None:
             counter.add(out.write(probs, valid, y, x), y)
 
         segment_stripes(
-            model,
+            plan.model,
             source,
             stripes,
-            grid.height,
+            plan.grid.height,
             plan.overlap,
             req.batch_size,
-            sink,
+            write_and_count,
             on_batch,
             cancelled,
             area=plan.area.mask if plan.area is not None else None,
         )
         if cancelled():
             raise Cancelled("cancelled")
-        failed = failed_inside(source, plan.inside)
-        if failed and len(failed) >= plan.tiles:
-            reasons = sorted({r for _, r in failed})
-            raise SourceError(
-                f"no imagery tile could be had ({len(failed)} tiles failed: {'; '.join(reasons[:3])})"
-            )
-
-        def postprocess(band: gdal.Band) -> None:
-            nonlocal counter, polygons
-            if sieve_px > 1:
-                report(1.0, f"merging regions under {sieve_px} pixels into their neighbours")
-                sieve(band, sieve_px)
-                counter = count_band(band, grid, meta.num_classes)  # the table counts what the raster shows
-            if req.write_vectors:
-                report(1.0, "tracing the polygons")
-                polygons = polygonize_classes(
-                    band, grid, names, vectors_tmp, req.simplify_m, is_cancelled=cancelled
-                ).features
-
-        report(1.0, "writing overviews")
-        classes_path, heatmaps = outputs.commit(postprocess)
+        failed = _failed_tiles(plan)
+        classes_path, heatmaps, vectors_path, polygons, counter = _finish(
+            req, plan, outputs, counter, sieve_px, vectors_tmp, report, cancelled
+        )
         outputs = None
-        vectors_path = None
-        if req.write_vectors:
-            vectors_path = str(out_dir / VECTORS_NAME)
-            os.replace(vectors_tmp, vectors_path)
-        counts = counter.table(names, colors)
-        counts_csv = None
-        if req.write_counts:
-            counts_csv = str(out_dir / COUNTS_NAME)
-            write_counts_csv(counts_csv, counts)
+        counts, counts_csv = _write_counts(req, plan, counter)
         report(1.0, "done")
         return SegmentResult(
             classes_path=classes_path,
             heatmap_paths=heatmaps,
             counts_csv=counts_csv,
             counts=counts,
-            class_names=names,
-            class_colors=colors,
+            class_names=list(meta.class_names),
+            class_colors=list(meta.class_colors),
             tiles_total=plan.tiles,
             tiles_failed=[(tile_name(t), r) for t, r in failed],
-            grid=grid,
+            grid=plan.grid,
             windows=total,
-            windows_run=model.windows_run,
+            windows_run=plan.model.windows_run,
             vectors_path=vectors_path,
             polygons=polygons,
             min_area_pixels=sieve_px,
@@ -536,6 +592,70 @@ def _run_segment(
         raise
     finally:
         source.close()
+
+
+def _failed_tiles(plan: RunPlan) -> list:
+    """The failed tiles the user asked for; ``SourceError`` when not one tile could be had."""
+    assert plan.source is not None
+    failed = failed_inside(plan.source, plan.inside)
+    if failed and len(failed) >= plan.tiles:
+        reasons = sorted({r for _, r in failed})
+        raise SourceError(
+            f"no imagery tile could be had ({len(failed)} tiles failed: {'; '.join(reasons[:3])})"
+        )
+    return failed
+
+
+def _finish(
+    req: SegmentRequest,
+    plan: RunPlan,
+    outputs: RunOutputs,
+    counter: CountAccumulator,
+    sieve_px: int,
+    vectors_tmp: Path,
+    report: ProgressFn,
+    cancelled: Callable[[], bool],
+) -> tuple[str | None, dict[str, str], str | None, int, CountAccumulator]:
+    """The steps that need the whole class raster: sieve, polygons, overviews; then commit the rasters.
+
+    Returns ``(classes path, heatmap paths, polygons path, polygons, counter)``; after a
+    sieve, the counter counts what the class raster shows.
+    """
+    meta = plan.model.metadata
+    polygons = 0
+
+    def postprocess(band: gdal.Band) -> None:
+        nonlocal counter, polygons
+        if sieve_px > 1:
+            report(1.0, f"merging regions under {sieve_px} pixels into their neighbours")
+            sieve(band, sieve_px)
+            counter = count_band(band, plan.grid, meta.num_classes)  # the table counts what the raster shows
+        if req.write_vectors:
+            report(1.0, "tracing the polygons")
+            polygons = polygonize_classes(
+                band, plan.grid, list(meta.class_names), vectors_tmp, req.simplify_m, is_cancelled=cancelled
+            ).features
+
+    report(1.0, "writing overviews")
+    classes_path, heatmaps = outputs.commit(postprocess)
+    vectors_path = None
+    if req.write_vectors:
+        vectors_path = str(Path(req.out_dir) / VECTORS_NAME)
+        os.replace(vectors_tmp, vectors_path)
+    return classes_path, heatmaps, vectors_path, polygons, counter
+
+
+def _write_counts(
+    req: SegmentRequest, plan: RunPlan, counter: CountAccumulator
+) -> tuple[list[ClassCount], str | None]:
+    """Stage *count*, its end: the table of ``counter`` and, when asked for, its CSV."""
+    meta = plan.model.metadata
+    counts = counter.table(list(meta.class_names), list(meta.class_colors))
+    counts_csv = None
+    if req.write_counts:
+        counts_csv = str(Path(req.out_dir) / COUNTS_NAME)
+        write_counts_csv(counts_csv, counts)
+    return counts, counts_csv
 
 
 def describe_plan(req: SegmentRequest) -> str:
@@ -555,9 +675,15 @@ __all__ = [
     "RunPlan",
     "SegmentRequest",
     "SegmentResult",
+    "area_runs",
+    "blend_windows",
     "count_tiles",
     "describe_plan",
+    "fetch_strip",
+    "final_rows",
+    "infer_windows",
     "plan_run",
+    "prefetch_strip",
     "run_segment",
     "segment_stripes",
     "single_process_options",

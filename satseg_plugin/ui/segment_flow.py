@@ -127,9 +127,11 @@ class SegmentController(TaskController):
                 raise SatsegError("choose at least one output (class raster, polygons, heatmaps or table)")
             area = self._area(choices)
             request = make_request(choices, area.extent, area.crs, area.mask_path)
-            from ..inference.segment import count_tiles
+            from ..inference.segment import plan_run
 
-            tiles = count_tiles(request)
+            # The task runs this plan's model and tile template: one model load, one TileJSON fetch.
+            plan = plan_run(request, open_source=False)
+            tiles = plan.tiles
         except SatsegError as exc:
             if area is not None and area.folder:
                 shutil.rmtree(area.folder, ignore_errors=True)
@@ -151,6 +153,7 @@ class SegmentController(TaskController):
             group_name,
             QgsProject.instance(),
             self.iface.messageBar(),
+            prepared=plan,
         )
         task.area_folder = area.folder  # type: ignore[attr-defined]
         self._keep(task)

@@ -21,7 +21,7 @@ from .layers import add_result_layers
 from .messages import MESSAGE_SECONDS, push_unfinished
 
 if TYPE_CHECKING:
-    from ..inference.segment import SegmentRequest, SegmentResult
+    from ..inference.segment import RunPlan, SegmentRequest, SegmentResult
 
 
 def run_name(model_path: str | os.PathLike[str], when: datetime) -> tuple[str, str]:
@@ -57,6 +57,9 @@ class SegmentTask(QgsTask):
     renamed to ``out_dir`` only when the whole run succeeded: a cancelled or failed
     run leaves no file at all, and adds no layer.
 
+    ``prepared`` (``plan_run`` of ``request``) lends its model and tile template to
+    the run, so that they are not loaded and fetched a second time.
+
     Attributes set when the task ends (plain Python, readable after QGIS deleted
     the C++ task): ``outcome`` ("done", "cancelled", "error" or "bug"), ``result``
     (the ``SegmentResult``), ``group`` (the layer tree group added), ``error`` (a
@@ -71,9 +74,11 @@ class SegmentTask(QgsTask):
         group_name: str,
         project: QgsProject,
         message_bar: Any,
+        prepared: RunPlan | None = None,
     ) -> None:
         super().__init__(f"satseg: {group_name}", QgsTask.CanCancel)
         self.request = request
+        self.prepared = prepared  # the controller's plan_run of request: its model and tile template
         self.out_dir = Path(out_dir)
         self.staging = self.out_dir.parent / f".{self.out_dir.name}.part"
         self.group_name = group_name
@@ -101,6 +106,7 @@ class SegmentTask(QgsTask):
                 request,
                 progress=lambda fraction, _message: self.setProgress(100.0 * float(fraction)),
                 is_cancelled=self.isCanceled,
+                prepared=self.prepared,
             )
             if self.isCanceled():
                 raise Cancelled("cancelled")
