@@ -117,12 +117,17 @@ def int8_verdict(run: Path, name: str, data: Path) -> tuple[bool, str]:
 
 
 def pick(run: Path) -> Path:
-    """``RUN/last.pt`` when its validation mIoU is within ``PICK_MARGIN`` of the best, else ``RUN/best.pt``."""
+    """``RUN/last.pt`` when its validation mIoU is within ``PICK_MARGIN`` of the best, else ``RUN/best.pt``.
+
+    The best is that of every logged epoch and of ``best.pt`` itself, which for a
+    ``--init`` run may still hold the starting weights (scored before epoch 1, not logged).
+    """
     with (run / "training_log.csv").open(newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["val_mIoU"]]
     if not rows:
         return run / "best.pt"
     best = max(float(r["val_mIoU"]) for r in rows)
+    best = max(best, float(load_checkpoint(run / "best.pt").get("best_miou", -1.0)))
     last = float(rows[-1]["val_mIoU"])
     return run / ("last.pt" if last >= best - PICK_MARGIN else "best.pt")
 
