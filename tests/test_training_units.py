@@ -378,10 +378,11 @@ def test_ctrl_c_while_an_epoch_is_saved_waits_for_the_save() -> None:
 
 def test_export_uses_the_overlap_the_checkpoint_stores() -> None:
     from satseg_plugin.inference.errors import ParameterError
+    from satseg_plugin.inference.metadata import DEFAULT_OVERLAP_PERCENT
     from training.export import export_overlap
 
     assert export_overlap({"tiles_overlap": 40}, None) == 40  # train's, not the default 25
-    assert export_overlap({}, None) == 25  # a checkpoint from before train stored one
+    assert export_overlap({}, None) == DEFAULT_OVERLAP_PERCENT  # a checkpoint from before train stored one
     assert export_overlap({"tiles_overlap": 40}, 10) == 10  # --overlap wins
     with pytest.raises(ParameterError, match=r"overlap must be in \[0, 100\), not 100"):
         export_overlap({}, 100)
