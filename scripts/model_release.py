@@ -40,7 +40,7 @@ from training.metrics import confusion_matrix, format_report, scores_json
 from training.train import class_pixel_stats
 
 #: Keys of a training checkpoint that do not ship: resume state and where it was trained.
-PRIVATE_KEYS = ("optimizer", "scheduler", "log", "data")
+PRIVATE_KEYS = ("optimizer", "scheduler", "log", "data", "train_state_dict")
 MAX_INT8_MIOU_LOSS = 0.01
 PICK_MARGIN = 0.02
 
@@ -117,17 +117,21 @@ def int8_verdict(run: Path, name: str, data: Path) -> tuple[bool, str]:
 
 
 def pick(run: Path) -> Path:
-    """``RUN/last.pt`` when its validation mIoU is within ``PICK_MARGIN`` of the best, else ``RUN/best.pt``.
+    """The checkpoint of ``run`` that ships: ``RUN/last.pt`` or ``RUN/best.pt``.
 
-    The best is that of every logged epoch and of ``best.pt`` itself, which for a
-    ``--init`` run may still hold the starting weights (scored before epoch 1, not logged).
+    ``last.pt`` when its validation mIoU is within ``PICK_MARGIN`` of the best
+    epoch's, else ``best.pt``. A ``--init`` run whose epochs never beat the
+    starting weights (``best.pt`` still holds them, epoch 0) ships them: a
+    continuation replaces the weights it started from only by beating them.
     """
     with (run / "training_log.csv").open(newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["val_mIoU"]]
     if not rows:
         return run / "best.pt"
+    best_pt = load_checkpoint(run / "best.pt")
+    if int(best_pt.get("epoch", -1)) == 0:
+        return run / "best.pt"
     best = max(float(r["val_mIoU"]) for r in rows)
-    best = max(best, float(load_checkpoint(run / "best.pt").get("best_miou", -1.0)))
     last = float(rows[-1]["val_mIoU"])
     return run / ("last.pt" if last >= best - PICK_MARGIN else "best.pt")
 
