@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .cli import join_negative_values, run_cli
 from .counts import format_table
@@ -183,9 +184,7 @@ def _segment(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    print(format_table(result.counts))
-    for tile, reason in result.tiles_failed:
-        print(f"warning: tile {tile} could not be had ({redact(reason)}); left as nodata", file=sys.stderr)
+    _print_counts_and_gaps(result)
     if result.min_area_pixels > 1:
         print(
             f"regions under {args.min_area_m2:g} m² ({result.min_area_pixels} pixels) merged into their neighbours"
@@ -198,6 +197,13 @@ def _segment(args: argparse.Namespace) -> int:
         f"{result.tiles_total} tiles, {len(result.tiles_failed)} failed; wrote {len(written)} files to {args.out}"
     )
     return 0
+
+
+def _print_counts_and_gaps(result: Any) -> None:
+    """The pixel-count table on stdout and one warning line per tile that could not be had."""
+    print(format_table(result.counts))
+    for tile, reason in result.tiles_failed:
+        print(f"warning: tile {tile} could not be had ({redact(reason)}); left as nodata", file=sys.stderr)
 
 
 def _segment_cluster(args: argparse.Namespace, req: SegmentRequest) -> int:
@@ -221,9 +227,7 @@ def _segment_cluster(args: argparse.Namespace, req: SegmentRequest) -> int:
     finally:
         if bar is not None:
             bar.close()
-    print(format_table(result.counts))
-    for tile, reason in result.tiles_failed:
-        print(f"warning: tile {tile} could not be had ({redact(reason)}); left as nodata", file=sys.stderr)
+    _print_counts_and_gaps(result)
     for block, reason in result.blocks_failed:
         print(f"warning: block {block} failed ({redact(reason)}); left as nodata", file=sys.stderr)
     print(
