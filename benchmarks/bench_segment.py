@@ -480,11 +480,16 @@ def memory(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="16 tiles, memory at 100 and 400 tiles")
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "satseg-buildings.onnx")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=ROOT / "models" / "satseg-buildings.onnx",
+        help="the float model (default: the shipped models/satseg-buildings.onnx)",
+    )
     parser.add_argument(
         "--int8",
         default=str(ROOT / "models" / "satseg-buildings-int8.onnx"),
-        help="its int8 copy ('' for none)",
+        help="its int8 copy, timed beside it ('' for none; default: models/satseg-buildings-int8.onnx)",
     )
     parser.add_argument("--tiles", type=int, default=64, help="tiles of the throughput extent (a square)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every configuration")
