@@ -246,8 +246,6 @@ def test_tile_faults_become_nodata_and_are_listed(model: Path, tmp_path: Path) -
     assert result.tiles_total == 6
     # One window per tile (no overlap): the four without imagery never reached the model.
     assert (result.windows, result.windows_run) == (6, 2)
-    # One window per tile (no overlap): the four without imagery never reached the model.
-    assert (result.windows, result.windows_run) == (6, 2)
 
 
 def test_token_refused_stops_and_stays_secret(
