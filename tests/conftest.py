@@ -80,3 +80,18 @@ def plugin_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from qgis_gui import build_plugin_zip
 
     return build_plugin_zip(tmp_path_factory.mktemp("dist"))
+
+
+@pytest.fixture()
+def clean_settings(qgis_app: object) -> Iterator[None]:
+    """The Segment extent dialog's remembered model, folder and outputs cleared before and after."""
+    from qgis.core import QgsSettings
+
+    from satseg_plugin.ui import settings
+
+    keys = (settings.KEY_MODEL, settings.KEY_OUT_DIR, settings.KEY_OUTPUTS)
+    for key in keys:
+        QgsSettings().remove(key)
+    yield
+    for key in keys:
+        QgsSettings().remove(key)

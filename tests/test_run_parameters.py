@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from inference_helpers import cli
-from qgis.core import QgsProcessingException, QgsProcessingParameterNumber, QgsProject, QgsSettings
+from qgis.core import QgsProcessingException, QgsProcessingParameterNumber, QgsProject
 from tileserver import TileServer
 from ui_helpers import tiles_rect_3857
 
@@ -24,7 +24,6 @@ from satseg_plugin.inference.params import (
     offered,
 )
 from satseg_plugin.inference.segment import SegmentRequest
-from satseg_plugin.ui import settings
 from satseg_plugin.ui.processing_provider import register_provider
 from satseg_plugin.ui.segment_algorithm import SegmentExtentAlgorithm
 from satseg_plugin.ui.segment_dialog import SegmentChoices, SegmentDialog
@@ -39,15 +38,6 @@ OVERLAP_100 = "overlap must be in [0, 100), not 100"
 def _segment_parser() -> argparse.ArgumentParser:
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     return sub.choices["segment"]
-
-
-@pytest.fixture()
-def clean_settings(qgis_app):
-    for key in (settings.KEY_MODEL, settings.KEY_OUT_DIR, settings.KEY_OUTPUTS):
-        QgsSettings().remove(key)
-    yield
-    for key in (settings.KEY_MODEL, settings.KEY_OUT_DIR, settings.KEY_OUTPUTS):
-        QgsSettings().remove(key)
 
 
 def test_the_request_defaults_are_the_specs() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from osgeo import gdal
-from qgis.core import QgsProject, QgsRasterLayer, QgsSettings
+from qgis.core import QgsProject, QgsRasterLayer
 from ui_helpers import make_color_model
 
 from satseg_plugin.inference.errors import SatsegError, SourceError
@@ -32,15 +32,6 @@ from satseg_plugin.ui.sources import (
 XYZ_SOURCE = (
     "type=xyz&url=http://127.0.0.1:8123/%7Bz%7D/%7Bx%7D/%7By%7D.png?access_token%3Dabc&zmax=21&zmin=0"
 )
-
-
-@pytest.fixture()
-def clean_settings(qgis_app):
-    for key in (settings.KEY_MODEL, settings.KEY_OUT_DIR, settings.KEY_OUTPUTS):
-        QgsSettings().remove(key)
-    yield
-    for key in (settings.KEY_MODEL, settings.KEY_OUT_DIR, settings.KEY_OUTPUTS):
-        QgsSettings().remove(key)
 
 
 def _geotiff(path: Path, data: np.ndarray) -> Path:
