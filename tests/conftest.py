@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from tileserver import TileServer
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # without a display Qt aborts
+# The dialog measures int8 against fp32 in the background on a cache miss: not in every test that
+# opens it (sessions and CPU behind other tests' backs); test_int8_offer turns it on where it is the subject.
+os.environ.setdefault("SATSEG_INT8_MEASURE", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

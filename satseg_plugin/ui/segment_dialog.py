@@ -31,6 +31,7 @@ from qgis.PyQt.QtWidgets import (
 
 from ..inference.params import DIALOG, PARAMETERS, RunParameter, offered
 from . import settings
+from .int8_offer import Int8Choice
 from .layers import satseg_kind
 from .model_info import describe_model, model_label
 from .sources import (
@@ -136,10 +137,14 @@ class SegmentDialog(QDialog):
         self.models_combo = QComboBox()  # the bundled models and those "Train on this area" made
         self.models_combo.setObjectName("satsegKnownModels")
         self.models_combo.addItem("(pick a model listed here, or a file above)", "")
-        for path in settings.known_models():
+        known = settings.known_models()
+        for path in known:
+            if path.endswith("-int8.onnx") and path[: -len("-int8.onnx")] + ".onnx" in known:
+                continue  # an int8 copy is offered beside its model where measured faster (self.int8)
             self.models_combo.addItem(model_label(path), path)
             self.models_combo.setItemData(self.models_combo.count() - 1, path, Qt.ToolTipRole)
         self.models_combo.activated.connect(self._known_model_picked)
+        self.int8 = Int8Choice()  # the model's int8 copy, where measured faster on this machine
 
         self.layer_combo = QgsMapLayerComboBox()
         self.layer_combo.setObjectName("satsegSourceLayer")
@@ -225,6 +230,7 @@ class SegmentDialog(QDialog):
         form.addRow("Model", self.model_widget)
         form.addRow("", self.models_combo)
         form.addRow("", self.model_info)
+        form.addRow("", self.int8.check)
         form.addRow("Imagery layer", self.layer_combo)
         form.addRow("or tile URL", self.url_edit)
         form.addRow("Bands", self.bands_edit)
@@ -285,13 +291,14 @@ class SegmentDialog(QDialog):
         self.model_info.setText(summary)
         unset = PARAMETERS["zoom"].unset
         self.zoom_spin.setSpecialValueText(f"{unset} ({zoom})" if zoom is not None else f"{unset} zoom")
+        self.int8.model_changed(path)
 
     def choices(self) -> SegmentChoices:
         """Return the choices; ``SatsegError`` when the source is missing or unusable."""
         layer = self.layer_combo.currentLayer()
         source = source_of_layer(layer) if layer is not None else source_of_url(self.url_edit.text())
         return SegmentChoices(
-            model_path=self.model_widget.filePath().strip(),
+            model_path=self.int8.model_for_run(self.model_widget.filePath().strip()),
             source=source,
             zoom=spin_value(self.zoom_spin, PARAMETERS["zoom"]) if self.zoom_spin.isEnabled() else None,
             out_parent=self.out_widget.filePath().strip() or settings.default_out_dir(),
