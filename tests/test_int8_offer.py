@@ -15,6 +15,7 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 from conftest import ROOT
+from inference_helpers import cli
 from qgis.core import QgsProject
 from ui_helpers import make_color_model, wait_for_task
 
@@ -172,3 +173,14 @@ def test_a_cold_cache_measures_once_in_the_background_with_two_sessions(
     text = dialog.int8.check.text()
     assert text.startswith("int8 not offered: its speed could not be measured (broken-int8.onnx is not")
     assert not dialog.int8.check.isEnabled() and dialog.int8.task is None  # reported, not retried
+
+
+def test_info_measures_the_int8_copy_on_request(tmp_path: Path) -> None:
+    fp32, int8 = _pair(tmp_path)
+    out = cli("info", fp32, "--int8-speed")
+    assert out.returncode == 0, out.stderr
+    last = out.stdout.strip().splitlines()[-1]
+    assert "x on this CPU" in last or "x faster on this CPU" in last
+    assert last.endswith("ms a window)") and "colors-int8.onnx" in last
+    assert not [line for line in cli("info", fp32).stdout.splitlines() if line.startswith("int8")]
+    assert "this is an int8 copy" in cli("info", int8, "--int8-speed").stdout

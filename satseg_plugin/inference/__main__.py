@@ -15,6 +15,7 @@ from typing import Any
 from .cli import join_negative_values, run_cli
 from .counts import format_table
 from .errors import ExtentError, ModelError, SatsegError
+from .int8speed import int8_twin, measure_int8_speed
 from .mask import mask_bounds
 from .model import DEFAULT_MODEL_NAME, SegModel, default_model_path
 from .params import add_cli_arguments, check_values, cli_values
@@ -250,6 +251,19 @@ def _info(args: argparse.Namespace) -> int:
     )
     print(f"normalisation: mean {list(m.mean)}, std {list(m.std)}")
     print(f"execution providers: {', '.join(model.session.get_providers())}")
+    if args.int8_speed:
+        twin = int8_twin(model.path)
+        if model.path.stem.endswith("-int8"):
+            print(
+                f"int8: this is an int8 copy; measure its model: info {model.path.stem[:-5]}.onnx --int8-speed"
+            )
+        elif twin is None:
+            print(f"int8: no int8 copy ({model.path.stem}-int8.onnx) beside the model")
+        else:  # measured now, as the dialog measures it (the dialog caches; a command line has no profile)
+            speed = measure_int8_speed(model.path, twin)
+            print(
+                f"{speed.text()} ({twin.name}; {speed.fp32_s * 1000:.0f} against {speed.int8_s * 1000:.0f} ms a window)"
+            )
     return 0
 
 
@@ -263,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="show a model's classes and metadata")
     info.add_argument("model", nargs="?", help=f"ONNX model (default: the shipped {DEFAULT_MODEL_NAME})")
     info.add_argument("--generic-names", action="store_true", help="accept a model without class names")
+    info.add_argument(
+        "--int8-speed",
+        action="store_true",
+        help="also time the model's int8 copy (<name>-int8.onnx) against it on this machine, in interleaved "
+        "rounds, as the Segment extent dialog does before offering it (default: not measured)",
+    )
     return parser
 
 

@@ -17,6 +17,7 @@ version and execution providers, so the measurement runs once per machine and mo
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -130,8 +131,12 @@ def measure_int8_speed(
     return decide(times["fp32"], times["int8"], windows)
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_name() -> str:
-    """The CPU's model name and core count (and its instruction-set flags' digest on Linux)."""
+    """The CPU's model name and core count (and its instruction-set flags' digest on Linux).
+
+    Read once per process: the dialog asks at every change of model.
+    """
     name = platform.processor() or platform.machine()
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")

@@ -76,6 +76,9 @@ class Int8Choice:
             speed = lookup_int8_speed(path, int8_speed_file()) or self._speeds.get(path)
         except OSError:  # a model file gone meanwhile
             speed = self._speeds.get(path)
+        except ImportError as exc:  # no onnxruntime: nothing can run, the model line says what to install
+            self.check.setText(f"int8 not offered: {exc.name or exc} is not installed")
+            return
         if speed is not None:
             self._show(speed)
             return
