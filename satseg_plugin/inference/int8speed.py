@@ -32,13 +32,16 @@ import numpy as np
 
 from .atomic import write_text_atomic
 from .errors import ModelError
+from .params import PARAMETERS
 
 #: The int8 copy is offered from this speed-up on: it gives up up to half a point of mIoU,
 #: and a quick measurement on a loaded machine moves by a few percent, so "about as fast"
 #: (0.95 to 1.05) does not count as faster.
 MIN_SPEEDUP = 1.05
 ROUNDS = 3  # interleaved fp32/int8 rounds
-WINDOWS = 2  # windows per batch, per round and model
+#: Windows per batch, per round and model: a run's default batch, for the speed a run gets (bare fp32
+#: ran batches of 2 at 0.89 of batches of 4 here, benchmarks/README.md).
+WINDOWS = int(PARAMETERS["batch_size"].default)
 CACHE_ENTRIES = 64  # the cache file keeps the latest entries only
 
 
