@@ -58,7 +58,7 @@ def jitter_colors(x: torch.Tensor, strength: float, gen: torch.Generator) -> tor
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     contrast = _uniform(gen, (n, 1, 1, 1), 1 - 0.5 * s, 1 + 0.5 * s)
     x = mean + (x - mean) * contrast
-    x = x * _uniform(gen, (n, 3, 1, 1), 1 - 0.15 * s, 1 + 0.15 * s)
+    x = x * _uniform(gen, (n, x.shape[1], 1, 1), 1 - 0.15 * s, 1 + 0.15 * s)  # a gain per band
     x = x + _uniform(gen, (n, 1, 1, 1), -0.25 * s, 0.25 * s)
     x = x.clamp(0, 1) ** _uniform(gen, (n, 1, 1, 1), 1 - 0.4 * s, 1 + 0.4 * s)
     noisy = (torch.rand((n, 1, 1, 1), generator=gen) < 0.5).float()

@@ -3,7 +3,8 @@
 A checkpoint is a dict of plain types (docs/design.md), so
 ``torch.load(path, weights_only=True)`` reads it without unpickling code:
 ``state_dict``, ``class_names``, ``class_colors``, ``width``, ``tile_size``,
-``zoom``, ``resolution_cm``, ``mean``, ``std``, ``epoch``, ``best_miou``; training
+``zoom``, ``resolution_cm``, ``mean``, ``std``, ``epoch``, ``best_miou``, and for a
+model of other than 3 input bands ``channels`` and ``input_bands``; training
 adds ``optimizer``, ``scheduler`` (in ``last.pt``) and ``seed``,
 ``val_fraction``, ``data`` (the dataset folder) so validate and export find the
 same split.
@@ -101,13 +102,15 @@ def model_from_checkpoint(ckpt: dict[str, Any], where: str = "checkpoint") -> Se
             f"{where} has weights for {head.shape[0]} classes but names {len(names)} "
             f"({', '.join(names)}); the weights do not belong to these classes"
         )
-    net = SegNet(len(names), float(ckpt["width"]))
+    channels = int(ckpt.get("channels") or 3)  # checkpoints of RGB models name none
+    net = SegNet(len(names), float(ckpt["width"]), channels)
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         detail = first[1].strip() if len(first) > 1 else first[0]
         raise ModelError(
-            f"{where} does not fit a SegNet of width {ckpt['width']} with {len(names)} classes: {detail}"
+            f"{where} does not fit a SegNet of width {ckpt['width']} with {len(names)} classes and "
+            f"{channels} input bands: {detail}"
         ) from None
     return net.eval()

@@ -4,12 +4,19 @@
 (``sample-filtered.txt``, else ``sample.txt``; ids whose image and label both
 exist) and caches the tiles in ``data/training.hdf5``:
 
-* ``images`` uint8 ``[N, S, S, 3]`` (RGB), ``labels`` uint8 ``[N, S, S]`` (class
-  index, 255 = ignore), one chunk per tile, gzip-compressed;
+* ``images`` uint8 ``[N, S, S, B]`` (B = 3: RGB; an N-band dataset's ``bands``
+  of the manifest, from ``images/<id>.tif``), ``labels`` uint8 ``[N, S, S]``
+  (class index, 255 = ignore), one chunk per tile, gzip-compressed;
 * ``ids`` (the tile ids) and the attribute ``sample_hash``: a SHA-256 of the id
   list, the tile size and each image's and label's size and modification time.
   A changed sample list, or an image or label replaced under the same id (a
   re-import, a resumed build that fetched a damaged tile again), rebuilds the cache.
+
+An RGB dataset is standardised with ImageNet's statistics (``MEAN``/``STD``), as
+the pretrained-style recipe always was; an N-band dataset with the per-band mean
+and std its import measured (``band_mean``/``band_std`` of the manifest): a
+near-infrared band has no ImageNet statistics, and a model must be fed at
+inference what it was trained on, so the checkpoint and the ONNX metadata carry them.
 
 ``split_indices`` makes the seeded validation split, keeping the scenes of
 ``scenes.csv`` apart (XYZ ids without scenes are grouped by spatial block,
@@ -38,7 +45,7 @@ from satseg_plugin.inference.runfolder import remove_stale_parts
 
 # IGNORE_INDEX and DatasetError are the dataset folder's (train.py and the tests import them from here).
 from .dataset.manifest import IGNORE_INDEX as IGNORE_INDEX
-from .dataset.manifest import DatasetError, read_manifest, sample_ids
+from .dataset.manifest import DatasetError, image_bands, image_file, read_manifest, sample_ids
 from .dataset.tiles import xyz_blocks
 
 CACHE_NAME = "training.hdf5"
@@ -57,14 +64,22 @@ class TileDataset:
     tile_size: int
     zoom: int | None
     resolution_cm: float | None
+    input_bands: tuple[int, ...] | None = None  # an N-band dataset's source bands, in channel order
+    mean: tuple[float, ...] = MEAN  # per channel, of uint8 / 255
+    std: tuple[float, ...] = STD
+
+    @property
+    def channels(self) -> int:
+        """Input bands of a model trained on these tiles."""
+        return len(self.input_bands) if self.input_bands else 3
 
 
-def _sample_ids(data_dir: Path) -> list[str]:
+def _sample_ids(data_dir: Path, multiband: bool = False) -> list[str]:
     """The sample list's ids whose image and label both exist."""
     return [
         i
         for i in sample_ids(data_dir)
-        if (data_dir / "images" / f"{i}.png").is_file()
+        if image_file(data_dir, i, multiband).is_file()
         and (data_dir / "labels" / "color" / f"{i}.png").is_file()
     ]
 
@@ -79,7 +94,7 @@ def _groups(data_dir: Path, ids: list[str]) -> list[str]:
     return [scenes.get(i) or blocks.get(i) or i for i in ids]
 
 
-def sample_hash(ids: list[str], tile_size: int, data_dir: Path | None = None) -> str:
+def sample_hash(ids: list[str], tile_size: int, data_dir: Path | None = None, multiband: bool = False) -> str:
     """The cache key: SHA-256 of the tile size, the id list and (with ``data_dir``) the size
     and modification time (ns) of every tile's image and label: two ``stat`` calls a tile, so
     that a file replaced under the same id is noticed without reading the pixels."""
@@ -87,17 +102,31 @@ def sample_hash(ids: list[str], tile_size: int, data_dir: Path | None = None) ->
     for i in ids:
         h.update(i.encode() + b"\n")
         if data_dir is not None:
-            for path in (data_dir / "images" / f"{i}.png", data_dir / "labels" / "color" / f"{i}.png"):
+            for path in (image_file(data_dir, i, multiband), data_dir / "labels" / "color" / f"{i}.png"):
                 st = path.stat()
                 h.update(f"{st.st_size} {st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
-def _build_cache(data_dir: Path, cache: Path, ids: list[str], size: int, key: str) -> None:
+def _read_tile_image(data_dir: Path, tile_id: str, channels: int | None) -> np.ndarray:
+    """``(S, S, B)`` uint8 pixels of a tile: RGB (``channels`` None), else all ``channels`` bands of
+    its ``.tif``; ``DatasetError`` when the file holds another number of bands."""
+    if channels is None:
+        return to_rgb(read_image(image_file(data_dir, tile_id)))[0]
+    img = read_image(image_file(data_dir, tile_id, multiband=True))
+    if img.shape[2] != channels:
+        raise DatasetError(f"tile {tile_id} has {img.shape[2]} bands, not the manifest's {channels}")
+    return img
+
+
+def _build_cache(
+    data_dir: Path, cache: Path, ids: list[str], size: int, key: str, channels: int | None = None
+) -> None:
+    depth = channels or 3
     with atomic_path(cache) as tmp, h5py.File(tmp, "w") as f:
         images = f.create_dataset(
-            "images", (len(ids), size, size, 3), np.uint8, chunks=(1, size, size, 3), compression="gzip",
-            compression_opts=1, shuffle=True,
+            "images", (len(ids), size, size, depth), np.uint8, chunks=(1, size, size, depth),
+            compression="gzip", compression_opts=1, shuffle=True,
         )  # fmt: skip
         labels = f.create_dataset(
             "labels", (len(ids), size, size), np.uint8, chunks=(1, size, size), compression="gzip",
@@ -107,7 +136,7 @@ def _build_cache(data_dir: Path, cache: Path, ids: list[str], size: int, key: st
         f.attrs["sample_hash"] = key
         with ProgressBar(len(ids), "caching tiles") as bar:
             for n, i in enumerate(ids):
-                img, _ = to_rgb(read_image(data_dir / "images" / f"{i}.png"))
+                img = _read_tile_image(data_dir, i, channels)
                 lab = read_image(data_dir / "labels" / "color" / f"{i}.png")[..., 0]
                 if img.shape[:2] != (size, size) or lab.shape != (size, size):
                     raise DatasetError(
@@ -127,7 +156,8 @@ def load_dataset(data_dir: str | Path, rebuild: bool = False) -> TileDataset:
     """
     root = Path(data_dir)
     manifest = read_manifest(root)
-    ids = _sample_ids(root)
+    bands = image_bands(manifest)
+    ids = _sample_ids(root, bands is not None)
     if not ids:
         raise DatasetError(f"{root} lists no tile whose image and label both exist")
     size = int(manifest.get("tile_size") or 256)
@@ -135,7 +165,7 @@ def load_dataset(data_dir: str | Path, rebuild: bool = False) -> TileDataset:
     colors = [str(c.get("color", "#000000")) for c in manifest["classes"]]
     cache = root / CACHE_NAME
     remove_stale_parts(root, locked=False)  # a cache build that was killed (its pid is gone)
-    key = sample_hash(ids, size, root)
+    key = sample_hash(ids, size, root, bands is not None)
     fresh = False
     if cache.is_file() and not rebuild:
         try:
@@ -144,8 +174,9 @@ def load_dataset(data_dir: str | Path, rebuild: bool = False) -> TileDataset:
         except OSError:
             fresh = False  # a damaged cache is rebuilt
     if not fresh:
-        _build_cache(root, cache, ids, size, key)
+        _build_cache(root, cache, ids, size, key, len(bands) if bands else None)
     res = manifest.get("resolution_cm")
+    mean, std = _standardization(manifest, bands)
     return TileDataset(
         root=root,
         cache=cache,
@@ -156,7 +187,26 @@ def load_dataset(data_dir: str | Path, rebuild: bool = False) -> TileDataset:
         tile_size=size,
         zoom=manifest.get("zoom"),
         resolution_cm=float(res) if res is not None else None,
+        input_bands=bands,
+        mean=mean,
+        std=std,
     )
+
+
+def _standardization(
+    manifest: dict, bands: tuple[int, ...] | None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """ImageNet's ``MEAN``/``STD`` for RGB; an N-band dataset's measured ``band_mean``/``band_std``."""
+    if bands is None:
+        return MEAN, STD
+    mean, std = manifest.get("band_mean"), manifest.get("band_std")
+    if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == len(bands)):
+        raise DatasetError(
+            f"the manifest lists {len(bands)} bands but no band_mean and band_std for each; import it again"
+        )
+    if min(float(v) for v in std) <= 0:
+        raise DatasetError("the manifest's band_std has a band without variation (std 0)")
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
 def split_indices(groups: list[str], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -203,21 +253,23 @@ def split_indices(groups: list[str], val_fraction: float, seed: int) -> tuple[li
 
 
 def normalize(images: np.ndarray, mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> np.ndarray:
-    """uint8 ``[N, H, W, 3]`` RGB -> float32 ``[N, 3, H, W]``, ``(x / 255 - mean) / std``."""
+    """uint8 ``[N, H, W, B]`` -> float32 ``[N, B, H, W]``, ``(x / 255 - mean) / std`` per band."""
     x = images.astype(np.float32) / 255.0
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-def normalize_tensor(x: torch.Tensor) -> torch.Tensor:
-    """Float ``[N, 3, H, W]`` RGB in 0..1 -> ``(x - MEAN) / STD``, as ``normalize`` does for uint8."""
-    mean = torch.tensor(MEAN, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(STD, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
+def normalize_tensor(
+    x: torch.Tensor, mean: Sequence[float] = MEAN, std: Sequence[float] = STD
+) -> torch.Tensor:
+    """Float ``[N, B, H, W]`` in 0..1 -> ``(x - mean) / std``, as ``normalize`` does for uint8."""
+    m = torch.tensor(tuple(mean), dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(tuple(std), dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - m) / s
 
 
 def read_tiles(cache: Path, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Read the uint8 images ``[n, S, S, 3]`` and labels ``[n, S, S]`` at ``indices``."""
+    """Read the uint8 images ``[n, S, S, B]`` and labels ``[n, S, S]`` at ``indices``."""
     with h5py.File(cache, "r") as f:
         order = np.argsort(indices)
         sorted_idx = np.asarray(indices)[order]
@@ -233,14 +285,23 @@ class SegmentationTiles(Dataset):
     With ``augment`` each sample gets a random flip and a random 90-degree
     rotation (the eight symmetries of the square), the same for image and label.
     With ``normalized=False`` images come as float 0..1, for batch augmentation
-    (``training.augment``) before ``normalize_tensor``.
+    (``training.augment``) before ``normalize_tensor``. ``mean``/``std``: the
+    dataset's (``TileDataset.mean``/``std``; ImageNet's for RGB).
     """
 
     def __init__(
-        self, cache: Path, indices: list[int], augment: bool = False, seed: int = 0, normalized: bool = True
+        self,
+        cache: Path,
+        indices: list[int],
+        augment: bool = False,
+        seed: int = 0,
+        normalized: bool = True,
+        mean: Sequence[float] = MEAN,
+        std: Sequence[float] = STD,
     ) -> None:
         self.cache = cache
         self.normalized = normalized
+        self.mean, self.std = tuple(mean), tuple(std)
         self.indices = list(indices)
         self.augment = augment
         self.rng = np.random.default_rng(seed)
@@ -264,7 +325,7 @@ class SegmentationTiles(Dataset):
             if self.rng.integers(2):
                 image, label = image[:, ::-1], label[:, ::-1]
         if self.normalized:
-            x = torch.from_numpy(normalize(image[None])[0])
+            x = torch.from_numpy(normalize(image[None], self.mean, self.std)[0])
         else:
             x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / 255.0)
         y = torch.from_numpy(np.ascontiguousarray(label).astype(np.int64))

@@ -3,7 +3,9 @@
     python -m training.export runs/NAME/best.pt --out model.onnx [--int8]
 
 The graph (``torch.onnx.export(..., dynamo=True)``, opset 18) takes ``image``
-float32 ``[N, 3, S, S]`` (N dynamic; RGB normalised with MEAN/STD) and returns
+float32 ``[N, 3, S, S]`` (N dynamic; RGB normalised with MEAN/STD; a model
+trained on an N-band dataset ``[N, B, S, S]`` standardised with the dataset's
+band statistics, which the metadata carries with ``input_bands``) and returns
 ``probabilities`` float32 ``[N, C, S, S]`` (softmax). The file carries the
 metadata of ``satseg_plugin.inference.metadata`` (Deepness keys and ours). The
 export succeeds only when onnxruntime's output on real dataset tiles agrees with
@@ -38,7 +40,7 @@ import torch
 from satseg_plugin.inference.atomic import atomic_path
 from satseg_plugin.inference.cli import run_cli
 from satseg_plugin.inference.errors import ModelError, SatsegError
-from satseg_plugin.inference.metadata import DEFAULT_OVERLAP_PERCENT, ModelMetadata, build_metadata
+from satseg_plugin.inference.metadata import DEFAULT_OVERLAP_PERCENT, MEAN, STD, ModelMetadata, build_metadata
 from satseg_plugin.inference.params import PARAMETERS
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
@@ -79,6 +81,7 @@ def metadata_for(
             zoom=ckpt.get("zoom"),
             description=description,
             extra=dict(extra or {}),
+            input_bands=tuple(ckpt["input_bands"]) if ckpt.get("input_bands") else None,
         )
     )
 
@@ -123,11 +126,14 @@ def _check_onnxscript() -> None:
 
 
 def export_onnx(net: torch.nn.Module, tile_size: int, out: Path, props: dict[str, str]) -> None:
-    """Write ``SoftmaxSegNet(net)`` as a self-contained ONNX file with ``props`` as metadata."""
+    """Write ``SoftmaxSegNet(net)`` as a self-contained ONNX file with ``props`` as metadata.
+
+    The input's band count is the network's (``SegNet.in_channels``): the plugin reads it from the graph.
+    """
     import onnx
 
     model = SoftmaxSegNet(net).eval()
-    example = (torch.zeros(2, 3, tile_size, tile_size),)
+    example = (torch.zeros(2, int(getattr(net, "in_channels", 3)), tile_size, tile_size),)
     # The exporter logs every step and onnx_ir warns about empty attributes: noise for a user.
     logging.getLogger("onnx_ir").setLevel(logging.ERROR)
     logging.getLogger("onnxscript").setLevel(logging.ERROR)
@@ -168,11 +174,17 @@ class Parity:
         )
 
 
-def parity(net: torch.nn.Module, onnx_path: Path, tiles: np.ndarray) -> Parity:
-    """Compare torch and onnxruntime probabilities on uint8 ``tiles``."""
+def parity(
+    net: torch.nn.Module,
+    onnx_path: Path,
+    tiles: np.ndarray,
+    mean: Sequence[float] = MEAN,
+    std: Sequence[float] = STD,
+) -> Parity:
+    """Compare torch and onnxruntime probabilities on uint8 ``tiles`` standardised with ``mean``/``std``."""
     import onnxruntime as ort
 
-    x = normalize(tiles)
+    x = normalize(tiles, mean, std)
     with torch.inference_mode():
         ref = SoftmaxSegNet(net).eval()(torch.from_numpy(x)).numpy()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -195,10 +207,12 @@ class _Calibration:
         return None if batch is None else {"image": batch}
 
 
-def cached_batches(cache: Path, indices: list[int], batch: int = 4) -> Iterator[np.ndarray]:
-    """Normalised ``[n, 3, S, S]`` batches of the cached tiles at ``indices``."""
+def cached_batches(
+    cache: Path, indices: list[int], batch: int = 4, mean: Sequence[float] = MEAN, std: Sequence[float] = STD
+) -> Iterator[np.ndarray]:
+    """Normalised ``[n, B, S, S]`` batches of the cached tiles at ``indices``."""
     for i in range(0, len(indices), batch):
-        yield normalize(read_tiles(cache, indices[i : i + batch])[0])
+        yield normalize(read_tiles(cache, indices[i : i + batch])[0], mean, std)
 
 
 def quantize_int8(onnx_path: Path, out: Path, batches: Iterable[np.ndarray], props: dict[str, str]) -> None:
@@ -293,6 +307,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ModelError(
             f"{args.weights} has classes {ckpt['class_names']}, the dataset {data} has {ds.class_names}"
         )
+    if ds.channels != int(ckpt.get("channels") or 3):
+        raise ModelError(
+            f"{args.weights} takes {ckpt.get('channels') or 3} bands, the dataset {data} has {ds.channels}"
+        )
+    # The check tiles are standardised as the model was trained, as its metadata says.
+    mean, std = tuple(ckpt.get("mean") or MEAN), tuple(ckpt.get("std") or STD)
     train_idx, val_idx = split_indices(
         ds.groups, float(ckpt.get("val_fraction", 0.2)), int(ckpt.get("seed", 0))
     )
@@ -304,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"exporting {args.weights} (width {ckpt['width']}, {len(ckpt['class_names'])} classes) to {out}")
     export_onnx(net, ds.tile_size, out, props)
-    check = parity(net, out, read_tiles(ds.cache, check_idx)[0])
+    check = parity(net, out, read_tiles(ds.cache, check_idx)[0], mean, std)
     if not (check.mean_abs <= args.tolerance and check.agreement >= args.min_agreement):
         out.unlink()
         raise ModelError(
@@ -319,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rng = np.random.default_rng(0)
         calib = sorted(rng.permutation(train_idx)[: args.calibration_tiles].tolist())
         print(f"quantising to int8, calibrated on {len(calib)} training tiles ...")
-        quantize_int8(out, int8, cached_batches(ds.cache, calib), props)
+        quantize_int8(out, int8, cached_batches(ds.cache, calib, mean=mean, std=std), props)
         images, labels = read_tiles(ds.cache, (val_idx or train_idx)[: args.eval_tiles])
         fp_rate, fp_miou = _rate_and_miou(out, images, labels, 8)
         q_rate, q_miou = _rate_and_miou(int8, images, labels, 8)

@@ -8,7 +8,9 @@ logits ``[N, C, H, W]``; ``SoftmaxSegNet`` (the exported graph) returns softmax
 probabilities.
 
 Input: float32 ``[N, 3, H, W]`` in RGB order, ``(uint8 / 255 - MEAN) / STD``
-with ``satseg_plugin.inference.metadata.MEAN/STD``; H and W multiples of 32.
+with ``satseg_plugin.inference.metadata.MEAN/STD``; H and W multiples of 32. A
+model of ``in_channels`` B (an N-band dataset: RGB + near-infrared, say) takes
+``[N, B, H, W]`` standardised with the dataset's own per-band statistics.
 """
 
 from __future__ import annotations
@@ -39,19 +41,23 @@ def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
 
 
 class SegNet(nn.Module):
-    """SegNet for ``num_classes`` classes at width multiplier ``width`` (1.0 = the paper's)."""
+    """SegNet for ``num_classes`` classes at width multiplier ``width`` (1.0 = the paper's),
+    over ``in_channels`` input bands (3: RGB)."""
 
-    def __init__(self, num_classes: int, width: float = 1.0) -> None:
+    def __init__(self, num_classes: int, width: float = 1.0, in_channels: int = 3) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, not {num_classes}")
         if width <= 0:
             raise ValueError(f"width must be positive, not {width}")
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be positive, not {in_channels}")
         self.num_classes = num_classes
         self.width = float(width)
+        self.in_channels = in_channels
         stages = [[scaled(c, width) for c in stage] for stage in ENCODER_STAGES]
         self.encoder = nn.ModuleList()
-        cin = 3
+        cin = in_channels
         for stage in stages:
             layers = []
             for cout in stage:
@@ -80,7 +86,7 @@ class SegNet(nn.Module):
         nn.init.normal_(self.classifier.weight, std=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return logits ``[N, num_classes, H, W]`` for normalised RGB ``x``."""
+        """Return logits ``[N, num_classes, H, W]`` for normalised ``x`` ``[N, in_channels, H, W]``."""
         pools = []
         for stage in self.encoder:
             x = stage(x)

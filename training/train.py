@@ -12,7 +12,9 @@ differ); ``--max-minutes`` and ``--patience`` end training by time or when
 validation stops improving; ``--loss``, ``--color``, ``--blur`` and ``--scale``
 choose the loss and the augmentations (``training.losses``, ``training.augment``);
 ``--ema`` validates, checkpoints and ships a moving average of the weights
-(``training.ema``).
+(``training.ema``). A dataset of other than RGB (``import-masks --bands``)
+trains a model of its bands, standardised with their measured statistics; the
+checkpoint records ``channels`` and ``input_bands`` for export.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from torch.utils.data import DataLoader
 from satseg_plugin.inference.atomic import write_text_atomic
 from satseg_plugin.inference.cli import run_cli
 from satseg_plugin.inference.errors import SatsegError
-from satseg_plugin.inference.metadata import DEFAULT_OVERLAP_PERCENT, MEAN, STD
+from satseg_plugin.inference.metadata import DEFAULT_OVERLAP_PERCENT
 from satseg_plugin.inference.progress import ProgressBar
 from satseg_plugin.inference.runfolder import output_folder
 
@@ -310,7 +312,7 @@ def _train(args: argparse.Namespace) -> int:
     )
 
     torch.manual_seed(args.seed)
-    net = SegNet(num_classes, width)
+    net = SegNet(num_classes, width, ds.channels)
     if args.init and not args.resume:
         print(init_weights(net, args.init, ds.class_names))
     net = net.to(device)
@@ -339,10 +341,15 @@ def _train(args: argparse.Namespace) -> int:
     start_epoch, best_miou, best_epoch, train_s, step = 0, -1.0, 0, 0.0, 0
     if args.resume:
         ckpt = load_checkpoint(out / "last.pt")
-        if list(ckpt["class_names"]) != ds.class_names or float(ckpt["width"]) != width:
+        if (
+            list(ckpt["class_names"]) != ds.class_names
+            or float(ckpt["width"]) != width
+            or int(ckpt.get("channels") or 3) != ds.channels
+        ):
             raise SatsegError(
-                f"{out / 'last.pt'} is a width {ckpt['width']} model for classes {ckpt['class_names']}; "
-                f"this run has width {width} and classes {ds.class_names}"
+                f"{out / 'last.pt'} is a width {ckpt['width']} model for classes {ckpt['class_names']} "
+                f"({ckpt.get('channels') or 3} bands); this run has width {width} and classes "
+                f"{ds.class_names} ({ds.channels} bands)"
             )
         net.load_state_dict(ckpt.get("train_state_dict", ckpt["state_dict"]))
         if "optimizer" in ckpt:
@@ -373,12 +380,15 @@ def _train(args: argparse.Namespace) -> int:
     aug_gen = torch.Generator().manual_seed(args.seed * 7919 + start_epoch)
     train_loader = DataLoader(
         SegmentationTiles(
-            ds.cache, train_idx, augment=args.augment, seed=args.seed + start_epoch, normalized=not aug.active
+            ds.cache, train_idx, augment=args.augment, seed=args.seed + start_epoch, normalized=not aug.active,
+            mean=ds.mean, std=ds.std,
         ),
         batch_size=args.batch_size, shuffle=True, num_workers=args.workers, generator=gen, drop_last=False,
     )  # fmt: skip
     val_loader = DataLoader(
-        SegmentationTiles(ds.cache, val_idx), batch_size=args.batch_size, num_workers=args.workers
+        SegmentationTiles(ds.cache, val_idx, mean=ds.mean, std=ds.std),
+        batch_size=args.batch_size,
+        num_workers=args.workers,
     )
 
     def checkpoint(epoch: int, with_state: bool) -> dict[str, Any]:
@@ -391,8 +401,8 @@ def _train(args: argparse.Namespace) -> int:
             "tiles_overlap": DEFAULT_OVERLAP_PERCENT,
             "zoom": ds.zoom,
             "resolution_cm": ds.resolution_cm,
-            "mean": list(MEAN),
-            "std": list(STD),
+            "mean": list(ds.mean),  # MEAN/STD for RGB; an N-band dataset's measured statistics
+            "std": list(ds.std),
             "epoch": epoch,
             "best_miou": best_miou,
             "best_epoch": best_epoch,
@@ -402,6 +412,9 @@ def _train(args: argparse.Namespace) -> int:
             "train_seconds": done_s,
             "step": done_step,
         }
+        if ds.input_bands:  # a model of other than RGB: what export writes as input_bands
+            ckpt["channels"] = ds.channels
+            ckpt["input_bands"] = list(ds.input_bands)
         if ema is not None:
             ckpt["ema"] = ema.decay
             if with_state:
@@ -440,7 +453,7 @@ def _train(args: argparse.Namespace) -> int:
                 for x, y in train_loader:
                     if aug.active:
                         x, y = augment_batch(x, y, aug, aug_gen)
-                        x = normalize_tensor(x)
+                        x = normalize_tensor(x, ds.mean, ds.std)
                     x, y = x.to(device), y.to(device)
                     lr = schedule.lr(step, train_s + time.monotonic() - t0)
                     for group in opt.param_groups:

@@ -38,6 +38,15 @@ labels (nearest, or mode when shrinking) by ``F`` before cutting, so that masks
 at one ground resolution can train a model for another (Dubai's 1 m/px with
 ``--scale 3`` for a zoom-19 model); the manifest's ``resolution_cm`` is divided
 by ``F``.
+
+``--bands 1,2,3,4`` keeps those bands of each image, in that order, instead of
+its RGB: the dataset of a model of other than three input bands (RGB +
+near-infrared from 4-band GeoTIFFs, say). Its images are ``images/<id>.tif``
+(PNG holds at most four bands and makes a 4th alpha), and the manifest records
+``bands`` and each band's mean and std (``band_mean``, ``band_std``, of
+``uint8 / 255`` over the imported pixels): training standardises with them and
+the exported model carries them, with ``input_bands``, so the plugin feeds a
+raster of that layout the same way.
 """
 
 from __future__ import annotations
@@ -52,14 +61,14 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal, gdal_array
 
-from satseg_plugin.inference.atomic import write_text_atomic
+from satseg_plugin.inference.atomic import atomic_path, write_text_atomic
 from satseg_plugin.inference.errors import ConfigError, SatsegError
 from satseg_plugin.inference.imageio import ImageError, read_image, to_rgb, write_png
 from satseg_plugin.inference.metadata import default_color, parse_hex_color
 from satseg_plugin.inference.progress import ProgressBar
 from satseg_plugin.inference.tileplan import starts_inside
 
-from .manifest import IGNORE_INDEX
+from .manifest import IGNORE_INDEX, image_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp")
 
@@ -183,6 +192,70 @@ def resample(pixels: np.ndarray, factor: float, labels: bool) -> np.ndarray:
     return out if pixels.ndim == 2 else np.ascontiguousarray(np.moveaxis(out, 0, 2))
 
 
+def parse_band_list(text: str | None) -> tuple[int, ...] | None:
+    """``"1,2,3,4"`` -> ``(1, 2, 3, 4)``; None for None; ``SatsegError`` unless band numbers from 1, each once."""
+    if text is None:
+        return None
+    try:
+        bands = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise SatsegError(
+            f"--bands must be band numbers separated by commas (e.g. 1,2,3,4), not {text!r}"
+        ) from None
+    if min(bands) < 1 or len(set(bands)) != len(bands):
+        raise SatsegError(f"--bands numbers the bands from 1, each once, not {text!r}")
+    return bands
+
+
+def pick_bands(pixels: np.ndarray, bands: tuple[int, ...], what: Path) -> np.ndarray:
+    """``(H, W, len(bands))``: ``bands`` (1-based) of ``(H, W, n)`` pixels; ``ImageError`` when it has fewer."""
+    have = pixels.shape[2] if pixels.ndim == 3 else 1
+    if max(bands) > have:
+        raise ImageError(f"{what.name} has {have} band(s); --bands asks for band {max(bands)}")
+    return np.ascontiguousarray(pixels.reshape(*pixels.shape[:2], have)[..., [b - 1 for b in bands]])
+
+
+def write_tiff(path: Path, pixels: np.ndarray) -> None:
+    """Write ``(H, W, B)`` uint8 bands as a deflate GeoTIFF, atomically; every band is data (no alpha)."""
+    h, w, count = pixels.shape
+    with atomic_path(path) as tmp:
+        ds = gdal.GetDriverByName("GTiff").Create(
+            str(tmp), w, h, count, gdal.GDT_Byte, ["COMPRESS=DEFLATE", "PHOTOMETRIC=MINISBLACK", "ALPHA=NO"]
+        )
+        for i in range(count):
+            ds.GetRasterBand(i + 1).WriteArray(pixels[..., i])
+        ds = None  # closing flushes the file before the rename
+
+
+class BandStats:
+    """Running per-band mean and std of ``uint8 / 255`` over every imported pixel."""
+
+    def __init__(self, count: int) -> None:
+        self.total = np.zeros(count)
+        self.squares = np.zeros(count)
+        self.pixels = 0
+
+    def add(self, image: np.ndarray) -> None:
+        x = image.reshape(-1, image.shape[-1]).astype(np.float64) / 255.0
+        self.total += x.sum(axis=0)
+        self.squares += np.square(x).sum(axis=0)
+        self.pixels += len(x)
+
+    def mean_std(self) -> tuple[list[float], list[float]]:
+        mean = self.total / max(1, self.pixels)
+        std = np.sqrt(np.maximum(self.squares / max(1, self.pixels) - mean**2, 0.0))
+        return [round(float(v), 6) for v in mean], [round(float(max(v, 1e-3)), 6) for v in std]
+
+
+def _read_pair(
+    image_path: Path, mask_path: Path, bands: tuple[int, ...] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The image (its RGB, or ``bands``) and the mask's RGB; ``ImageError`` when either cannot be had."""
+    raw = read_image(image_path)
+    image = to_rgb(raw)[0] if bands is None else pick_bands(raw, bands, image_path)
+    return image, to_rgb(read_image(mask_path))[0]
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_") or "x"
 
@@ -244,6 +317,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="resample images and masks by F before cutting (e.g. 3 turns 1 m/px into 0.33 m/px) "
         "(default: 1)",
     )  # fmt: skip
+    parser.add_argument(
+        "--bands", default=None, metavar="1,2,3,4",
+        help="keep these bands of each image (numbered from 1, in the model's order) instead of its RGB, "
+        "e.g. 1,2,3,4 for RGB + near-infrared GeoTIFFs; the tiles become images/<id>.tif (default: RGB)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -260,6 +338,8 @@ def run(args: argparse.Namespace) -> int:
     if not src.is_dir():
         raise SatsegError(f"source folder not found: {src}")
     cmap = load_color_map(args.colors)
+    bands = parse_band_list(getattr(args, "bands", None))
+    stats = BandStats(len(bands)) if bands else None
     pairs, scenes = find_pairs(src)
     if args.scenes:
         wanted = [s.strip() for s in args.scenes.split(",") if s.strip()]
@@ -290,8 +370,7 @@ def run(args: argparse.Namespace) -> int:
                     )
                     continue
                 try:
-                    image, _ = to_rgb(read_image(image_path))
-                    mask, _ = to_rgb(read_image(mask_path))
+                    image, mask = _read_pair(image_path, mask_path, bands)
                 except ImageError as exc:
                     skipped.append(f"{scene}-{part},{str(exc).replace(',', ';')}")
                     continue
@@ -304,16 +383,21 @@ def run(args: argparse.Namespace) -> int:
                 labels, unk = mask_to_labels(mask, cmap)
                 unknown.update(unk)
                 image, labels = resample(image, args.scale, False), resample(labels, args.scale, True)
+                if stats is not None:
+                    stats.add(image)
                 h, w = labels.shape
                 for r, y in enumerate(starts_inside(h, tile, stride)):
                     for c, x in enumerate(starts_inside(w, tile, stride)):
-                        img_t = np.zeros((tile, tile, 3), np.uint8)
+                        img_t = np.zeros((tile, tile, image.shape[2]), np.uint8)
                         lab_t = np.full((tile, tile), IGNORE_INDEX, np.uint8)  # padding is unlabelled
                         win_i = image[y : y + tile, x : x + tile]
                         img_t[: win_i.shape[0], : win_i.shape[1]] = win_i
                         lab_t[: win_i.shape[0], : win_i.shape[1]] = labels[y : y + tile, x : x + tile]
                         tile_id = f"{scene}-{part}-{r}-{c}"
-                        write_png(out / "images" / f"{tile_id}.png", img_t)
+                        if bands:
+                            write_tiff(image_file(out, tile_id, multiband=True), img_t)
+                        else:
+                            write_png(image_file(out, tile_id), img_t)
                         write_png(
                             out / "labels" / "color" / f"{tile_id}.png", np.repeat(lab_t[..., None], 3, 2)
                         )
@@ -328,9 +412,9 @@ def run(args: argparse.Namespace) -> int:
             finally:
                 bar.update()  # after the work, so the rate is right
 
-    if not ids:
-        raise SatsegError(f"no tiles could be made from {src}; see the reasons in {out / 'skipped.csv'}")
     write_text_atomic(out / "skipped.csv", "id,reason\n" + "".join(f"{s}\n" for s in skipped))
+    if not ids:  # after skipped.csv, which the message points to
+        raise SatsegError(f"no tiles could be made from {src}; see the reasons in {out / 'skipped.csv'}")
     write_text_atomic(out / "sample.txt", "".join(f"{i}\n" for i in ids))
     write_text_atomic(out / "sample-filtered.txt", "".join(f"{i}\n" for i in filtered))
     write_text_atomic(out / "scenes.csv", "id,scene\n" + "".join(f"{r}\n" for r in scene_rows))
@@ -355,6 +439,9 @@ def run(args: argparse.Namespace) -> int:
         "ignored_pixels": ignored,
         "unknown_colors": {f"#{v:06X}": k for v, k in unknown.most_common(20)},
     }
+    if stats is not None:
+        manifest["bands"] = list(bands or ())
+        manifest["band_mean"], manifest["band_std"] = stats.mean_std()
     write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     print(f"{len(ids)} tiles from {len(pairs) - len(skipped)} images in {len(used_scenes)} scenes -> {out}")
     for nm, v in zip(cmap.names, pixels, strict=False):

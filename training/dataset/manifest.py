@@ -70,6 +70,23 @@ def sample_ids(folder: str | os.PathLike[str]) -> list[str]:
     raise DatasetError(f"{root} has neither {' nor '.join(SAMPLE_LISTS)}")
 
 
+def image_bands(manifest: dict) -> tuple[int, ...] | None:
+    """The source bands an N-band dataset's images hold, in channel order (``bands`` of the
+    manifest, e.g. ``[1, 2, 3, 4]`` for RGB + near-infrared); None for an RGB dataset."""
+    bands = manifest.get("bands")
+    if bands is None:
+        return None
+    if not isinstance(bands, list) or not bands or not all(isinstance(b, int) and b >= 1 for b in bands):
+        raise DatasetError(f"the manifest's 'bands' must list band numbers from 1, not {bands!r}")
+    return tuple(bands)
+
+
+def image_file(folder: str | os.PathLike[str], tile_id: str, multiband: bool = False) -> Path:
+    """The image of tile ``tile_id``: ``images/<id>.png`` (RGB), or ``images/<id>.tif`` in an
+    N-band dataset, since PNG holds at most 4 bands and takes a 4th for alpha."""
+    return Path(folder) / "images" / f"{tile_id}{'.tif' if multiband else '.png'}"
+
+
 def write_manifest(folder: str | os.PathLike[str], manifest: dict) -> Path:
     """Write ``manifest`` (with ``schema`` and ``updated`` set) atomically; return its path."""
     manifest = {"schema": SCHEMA, **manifest}

@@ -32,7 +32,7 @@ from satseg_plugin.inference.imageio import read_image, write_png
 from satseg_plugin.inference.progress import ProgressBar
 from satseg_plugin.inference.tileurl import strip_secrets
 
-from .manifest import IGNORE_INDEX, DatasetError, check_id, read_manifest, sample_ids
+from .manifest import IGNORE_INDEX, DatasetError, check_id, image_bands, read_manifest, sample_ids
 from .tiles import xyz_blocks
 
 
@@ -78,6 +78,9 @@ def merge(inputs: list[Path], out: Path) -> dict:
     if out.resolve() in {p.resolve() for p in inputs}:
         raise DatasetError("the output folder must differ from every input")
     manifests = [read_manifest(p, hint="not a satseg dataset") for p in inputs]
+    for folder, manifest in zip(inputs, manifests, strict=True):
+        if image_bands(manifest) is not None:  # their band statistics would need merging too
+            raise DatasetError(f"merge takes RGB datasets; {folder} holds bands {manifest['bands']}")
     classes, luts = merged_classes(manifests)
     ids_seen: set[str] = set()
     plan = []
