@@ -134,10 +134,19 @@ def test_run_leaves_model_report_card_and_dataset(scratch: dict) -> None:
 def test_heldout_block_is_the_eastern_columns_and_never_trained_on(scratch: dict) -> None:
     out: Path = scratch["out"]
     train, held = tiles_of(out / "train"), tiles_of(out / "heldout")
-    assert set(train).isdisjoint(held) and sorted(train + held) == sorted(tiles_of(out / "dataset"))
+    at_zoom = [t for t in train if t.startswith(f"{ZOOM}-")]
+    finer = [t for t in train if t.startswith(f"{ZOOM + 1}-")]
+    assert set(train).isdisjoint(held) and sorted(at_zoom + held) == sorted(tiles_of(out / "dataset"))
     x = lambda tid: int(tid.split("-")[1])  # noqa: E731
-    assert min(map(x, held)) > max(map(x, train))  # one block, east of everything trained on
+    assert min(map(x, held)) > max(map(x, at_zoom))  # one block, east of everything trained on
     assert {x(t) for t in held} == {COLS[-1]} and len(held) == 2  # 25 %: the nearest whole columns to 20 %
+    # The finer tiles: the zoom-20 children of the training columns, none under the held-out block.
+    assert sorted(finer) == sorted(t for t in tiles_of(out / "dataset-finer") if x(t) >> 1 != COLS[-1])
+    assert len(finer) > len(at_zoom)  # area1 has zoom-20 imagery for most children (17 of 24 here)
+    scenes = dict(line.split(",") for line in (out / "train" / "scenes.csv").read_text().split()[1:])
+    for t in finer:  # a child validates or trains with its parent's 2 x 2 block
+        _, cx, cy = (int(v) for v in t.split("-"))
+        assert scenes[t] == f"{ZOOM}-{cx >> 2}-{cy >> 2}"
     ckpt = load_checkpoint(out / "run" / "best.pt")
     assert Path(ckpt["data"]) == (out / "train").resolve()
     import h5py
@@ -216,6 +225,7 @@ def test_finetune_with_other_classes_scores_the_base_before(
     out = tmp_path / "tuned"
     argv = ["--bbox", f"{x0},{y0},{x1},{y1}", "--bbox-crs", "EPSG:3857", "--tiles", server.template]
     argv += ["--osm", str(area / "labels.geojson"), "--base", str(base), "--out", str(out), *TINY]
+    argv += ["--base-layers", "all", "--no-finer"]
     capsys.readouterr()
     assert run_cli(main, argv) == 0
     captured = capsys.readouterr()
@@ -400,3 +410,21 @@ def test_description_metadata_is_optional_and_round_trips() -> None:
     for bad in ("no-equals", "k=not json", "zoom=19", 'description="x"'):
         with pytest.raises(SatsegError):
             parse_meta_option(bad)
+
+
+def test_imagery_without_the_finer_zoom_trains_on_the_run_zoom_alone(
+    area: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A service whose tiles stop at zoom 19: the finer dataset is skipped with a line, not an error."""
+    every = oam_provider(area)
+    with TileServer(lambda z, x, y: every(z, x, y) if z <= ZOOM else None) as srv:
+        out = tmp_path / "z19-only"
+        capsys.readouterr()
+        argv = cli(srv, area, out, "--base", "none", "--width", "0.0625", *TINY)
+        assert run_cli(main, argv) == 0
+    err = capsys.readouterr().err
+    assert f"no tiles at zoom {ZOOM + 1}" in err and f"training on zoom {ZOOM} alone" in err
+    assert tiles_of(out / "train") == [
+        t for t in tiles_of(out / "dataset") if t not in tiles_of(out / "heldout")
+    ]
+    assert json.loads((out / "learn_area.json").read_text())["tiles"]["finer"] == 0

@@ -380,3 +380,41 @@ def test_fine_tuning_that_only_hurts_keeps_the_starting_weights(tmp_path: Path) 
     assert tuned["epoch"] == 0 and load_checkpoint(tmp_path / "ft" / "last.pt")["epoch"] == 1
     for key, value in base["state_dict"].items():
         assert torch.equal(value, tuned["state_dict"][key]), key
+
+
+def test_init_layers_encoder_keeps_only_the_encoder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--init-layers encoder: the encoder is the base's, decoder and classifier are a fresh seeded SegNet's."""
+    from training.model import SegNet
+
+    data = make_tiny_dataset(tmp_path / "data")
+    _train(data, tmp_path / "base", "--epochs", "2", "--lr", "0.01")
+    base = load_checkpoint(tmp_path / "base" / "best.pt")
+    net = SegNet(3, 0.125)
+    msg = train.init_weights(net, tmp_path / "base" / "best.pt", ["background", "red", "green"], "encoder")
+    assert "encoder only" in msg
+    torch.manual_seed(123)
+    fresh = SegNet(3, 0.125).state_dict()
+    torch.manual_seed(123)
+    net = SegNet(3, 0.125)
+    train.init_weights(net, tmp_path / "base" / "best.pt", ["background", "red", "green"], "encoder")
+    for key, value in net.state_dict().items():
+        expected = base["state_dict"][key] if key.startswith("encoder.") else fresh[key]
+        assert torch.equal(value, expected), key
+    assert not torch.equal(base["state_dict"]["classifier.weight"], fresh["classifier.weight"])
+    # A run with it does not take the starting weights as the checkpoint to beat: they are half a model.
+    capsys.readouterr()
+    _train(
+        data,
+        tmp_path / "enc",
+        "--epochs",
+        "1",
+        "--init",
+        str(tmp_path / "base" / "best.pt"),
+        "--init-layers",
+        "encoder",
+    )
+    out = capsys.readouterr().out
+    assert "encoder only" in out and "--init weights: validation" not in out
+    assert load_checkpoint(tmp_path / "enc" / "best.pt")["epoch"] == 1

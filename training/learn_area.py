@@ -6,12 +6,15 @@
 
 1. builds the dataset over the extent at the base model's zoom (or --zoom) with
    python -m training.dataset build (labels burned from --osm, imagery from
-   --tiles or cut out of --raster, preview.png) in DIR/dataset;
+   --tiles or cut out of --raster, preview.png) in DIR/dataset, and the same
+   ground one zoom finer in DIR/dataset-finer (four tiles to each, at twice the
+   detail: more to learn from on a small area; --no-finer leaves it out);
 2. holds out the eastern-most tile columns (about 20 % of the tiles, one
    contiguous block) in DIR/heldout: never trained on, never used to pick a
-   checkpoint;
-3. fine-tunes the base model (a new classifier when its classes differ; --base
-   none trains from scratch) with python -m training.train on DIR/train until
+   checkpoint (nor are the finer tiles under it);
+3. trains from the base model (by default its encoder, with a new decoder and
+   classifier, --base-layers; --base none trains from scratch) with
+   python -m training.train on DIR/train until
    --minutes of training have passed or validation (a share of DIR/train) has not
    improved for --patience epochs; checkpoints in DIR/run;
 4. exports DIR/model.onnx with python -m training.export (checked against torch;
@@ -76,6 +79,8 @@ DEFAULT_BASE = ROOT / "models" / "satseg-buildings.pt"
 SHIPPED_ONNX = (ROOT / "models" / "satseg-buildings.onnx",)
 FALLBACK_ZOOM = 19
 HELDOUT_SHARE = 0.2
+#: Learning rate (Adam): with the base encoder passed on, and from scratch, 0.0003 lost to 0.001 on bench_learn_area.
+DEFAULT_LR = 0.001
 SETTINGS = "learn_area.json"
 #: Share of the overall progress each phase ends at.
 PHASE_END = {"dataset": 0.15, "train": 0.9, "export": 0.95, "score": 1.0}
@@ -334,9 +339,19 @@ def _link(src: Path, dst: Path) -> None:
 
 
 def write_view(
-    data: Path, view: Path, ids: Sequence[str], part: str, scenes: dict[str, str] | None = None
+    data: Path,
+    view: Path,
+    ids: Sequence[str],
+    part: str,
+    scenes: dict[str, str] | None = None,
+    folders: dict[str, Path] | None = None,
 ) -> None:
-    """A dataset folder holding only ``ids`` of ``data`` (files hard-linked), as training.data reads it."""
+    """A dataset folder holding only ``ids`` (files hard-linked), as training.data reads it.
+
+    Each tile's files come from ``folders[id]`` where given, else from ``data``,
+    whose manifest (classes, zoom) the view takes.
+    """
+    folders = folders or {}
     (view / "images").mkdir(parents=True, exist_ok=True)
     (view / "labels" / "color").mkdir(parents=True, exist_ok=True)
     keep = {f"{i}.png" for i in ids}
@@ -345,7 +360,7 @@ def write_view(
             if old.name not in keep:
                 old.unlink()
         for i in ids:
-            _link(data / sub / f"{i}.png", view / sub / f"{i}.png")
+            _link(folders.get(i, data) / sub / f"{i}.png", view / sub / f"{i}.png")
     manifest = read_manifest(data)
     manifest["learn_area"] = {"part": part, "of": str(data.resolve()), "tiles": len(ids)}
     write_text_atomic(view / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
@@ -354,13 +369,25 @@ def write_view(
         write_text_atomic(view / "scenes.csv", "id,scene\n" + "".join(f"{i},{scenes[i]}\n" for i in ids))
 
 
-def small_blocks(ids: Sequence[str]) -> dict[str, str]:
-    """2 x 2-tile blocks: the validation split inside a small area still keeps neighbours together."""
+def small_blocks(ids: Sequence[str], zoom: int | None = None) -> dict[str, str]:
+    """2 x 2-tile blocks: the validation split inside a small area still keeps neighbours together.
+
+    With ``zoom``, tiles of finer zooms join the block of their ancestor at
+    ``zoom``, so the same ground never sits on both sides of the split.
+    """
     out = {}
     for i in ids:
         x, y, z = parse_tile_id(i)
-        out[i] = f"{z}-{x >> 1}-{y >> 1}"
+        up = max(z - zoom, 0) if zoom is not None else 0
+        out[i] = f"{z - up}-{x >> (up + 1)}-{y >> (up + 1)}"
     return out
+
+
+def finer_tiles(finer: Path, heldout_columns: set[int]) -> list[str]:
+    """The tiles of the finer dataset (one zoom down) that lie outside the held-out columns."""
+    if not finer.is_dir():
+        return []
+    return [i for i in dataset_ids(finer) if parse_tile_id(i)[0] >> 1 not in heldout_columns]
 
 
 # ---------------------------------------------------------------- scoring
@@ -579,18 +606,43 @@ def default_patience(train_tiles: int) -> int:
     return min(max(math.ceil(PATIENCE_TILES / max(train_tiles, 1)), PATIENCE_RANGE[0]), PATIENCE_RANGE[1])
 
 
-def build_dataset(args: argparse.Namespace, settings: dict[str, Any], data: Path) -> None:
-    """python -m training.dataset build over the extent, as its own CLI would run it."""
+def build_dataset(
+    args: argparse.Namespace, settings: dict[str, Any], data: Path, zoom: int | None = None
+) -> None:
+    """python -m training.dataset build over the extent (at ``zoom``, else the run's), as its own CLI would run it."""
     parser = argparse.ArgumentParser()
     build.add_arguments(parser)
-    argv = ["--bbox=" + ",".join(repr(v) for v in settings["bbox"]), "--zoom", str(settings["zoom"])]
+    zoom = settings["zoom"] if zoom is None else zoom
+    size = args.max_tiles * (4 if zoom > settings["zoom"] else 1)
+    argv = ["--bbox=" + ",".join(repr(v) for v in settings["bbox"]), "--zoom", str(zoom)]
     argv += ["--classes", str(args.classes), "--osm", str(args.osm), "--out", str(data)]
-    argv += ["--size", str(args.max_tiles), "--seed", str(args.seed), "--timeout", str(args.timeout)]
+    argv += ["--size", str(size), "--seed", str(args.seed), "--timeout", str(args.timeout)]
     if args.raster is not None:
         argv += ["--raster", str(args.raster)]
     else:
         argv += ["--imagery", args.tiles, "--token-env", args.token_env]
     build.run(parser.parse_args(argv))
+
+
+def build_finer(
+    args: argparse.Namespace, settings: dict[str, Any], out: Path, progress: Progress
+) -> Path | None:
+    """DIR/dataset-finer: the extent one zoom finer, or None (--no-finer, or no imagery that fine)."""
+    if not args.finer:
+        return None
+    finer, zoom = out / "dataset-finer", settings["zoom"] + 1
+    progress("dataset", PHASE_END["dataset"] / 2, f"building the same ground at zoom {zoom} in {finer}")
+    try:
+        with _tools_output(progress):
+            build_dataset(args, settings, finer, zoom)
+    except SatsegError as exc:  # an imagery service without that zoom: train on the run's zoom alone
+        progress(
+            "dataset",
+            PHASE_END["dataset"] / 2,
+            f"no tiles at zoom {zoom} ({exc}); training on zoom {zoom - 1} alone",
+        )
+        return None
+    return finer
 
 
 def train(args: argparse.Namespace, settings: dict[str, Any], out: Path) -> None:
@@ -602,9 +654,9 @@ def train(args: argparse.Namespace, settings: dict[str, Any], out: Path) -> None
     argv = ["--data", str(out / "train"), "--out", str(run), "--validation", str(args.validation)]
     argv += ["--epochs", str(args.max_epochs), "--optimizer", "adam", "--batch-size", str(args.batch_size)]
     argv += ["--seed", str(args.seed), "--max-minutes", str(args.minutes), "--patience", str(patience)]
-    argv += ["--lr", str(args.lr if args.lr is not None else (0.0003 if settings["base"] else 0.001))]
+    argv += ["--lr", str(args.lr)]
     if settings["base"]:
-        argv += ["--init", settings["base"]]
+        argv += ["--init", settings["base"], "--init-layers", args.base_layers]
     else:
         argv += ["--width", str(args.width)]
     if (run / "last.pt").is_file():
@@ -740,12 +792,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000,
         help="epochs at most, besides --minutes (default: %(default)s)",
     )
+    p.add_argument("--lr", type=float, default=DEFAULT_LR, help="learning rate (Adam; default: %(default)s)")
     p.add_argument(
-        "--lr",
-        type=float,
-        default=None,
-        help="learning rate (Adam; default: 0.0003 fine-tuning, 0.001 from scratch)",
-    )
+        "--base-layers", choices=("encoder", "all"), default="encoder",
+        help="what the base model passes on: its encoder (default: decoder and classifier are trained "
+        "anew, which held up better on unseen ground in benchmarks/bench_learn_area.py) or all layers",
+    )  # fmt: skip
+    p.add_argument(
+        "--finer", action=argparse.BooleanOptionalAction, default=True,
+        help="also train on the extent's tiles one zoom finer, where the imagery has them "
+        "(default: %(default)s)",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=4, help="tiles per training step (default: %(default)s)")
     p.add_argument(
         "--width",
@@ -839,15 +896,23 @@ def learn(args: argparse.Namespace, progress: Progress) -> dict[str, str]:
     if not ids:
         raise SourceError(f"no tile has both labels and imagery in {data} (see {data / 'skipped.csv'})")
     train_ids, held_ids = heldout_block(ids)
-    write_view(data, out / "train", train_ids, "train", small_blocks(train_ids))
+    held_columns = {parse_tile_id(i)[0] for i in held_ids}
+    finer = build_finer(args, settings, out, progress)
+    finer_ids = finer_tiles(finer, held_columns) if finer else []
+    all_train = train_ids + finer_ids
+    write_view(
+        data, out / "train", all_train, "train", small_blocks(all_train, settings["zoom"]),
+        {i: finer for i in finer_ids} if finer else None,
+    )  # fmt: skip
     write_view(data, out / "heldout", held_ids, "heldout")
-    settings["tiles"] = {"train": len(train_ids), "heldout": len(held_ids)}
-    settings["heldout_columns"] = sorted({parse_tile_id(i)[0] for i in held_ids})
+    settings["tiles"] = {"train": len(all_train), "finer": len(finer_ids), "heldout": len(held_ids)}
+    settings["heldout_columns"] = sorted(held_columns)
     write_text_atomic(out / SETTINGS, json.dumps(settings, indent=2) + "\n")
+    extra = f" (and {len(finer_ids)} at zoom {settings['zoom'] + 1})" if finer_ids else ""
     progress(
         "dataset",
         PHASE_END["dataset"],
-        f"{len(ids)} tiles: {len(train_ids)} to train on, {len(held_ids)} held out (eastern-most columns)",
+        f"{len(ids)} tiles: {len(train_ids)} to train on{extra}, {len(held_ids)} held out (eastern-most columns)",
     )
     watcher = TrainingWatcher(out / "run", args.minutes * 60, progress)
     watcher.report()

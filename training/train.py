@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from these weights (a satseg .pt); a new classifier when its classes differ",
     )  # fmt: skip
     p.add_argument(
+        "--init-layers", choices=("all", "encoder"), default="all",
+        help="what --init passes on: all layers, or the encoder only (decoder and classifier start "
+        "anew; on a small new area this generalised better, benchmarks/bench_learn_area.py)",
+    )  # fmt: skip
+    p.add_argument(
         "--ema", type=float, default=None, metavar="DECAY",
         help="validate, checkpoint and ship an exponential moving average of the weights with this "
         "decay per step (e.g. 0.995: about the last 200 steps); off by default",
@@ -224,16 +229,19 @@ def parse_scale(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def init_weights(net: SegNet, path: Path, class_names: list[str]) -> str:
+def init_weights(net: SegNet, path: Path, class_names: list[str], layers: str = "all") -> str:
     """Load ``path``'s weights into ``net``; its classifier only when the classes are the same.
 
-    Returns a line saying what was kept. Raises ``SatsegError`` when the
-    encoder and decoder do not fit (another width).
+    ``layers`` "encoder" keeps only the encoder's weights: the decoder and the
+    classifier keep ``net``'s fresh initialisation. Returns a line saying what
+    was kept. Raises ``SatsegError`` when the layers do not fit (another width).
     """
     ckpt = load_checkpoint(path)
     state = dict(ckpt["state_dict"])
-    same = list(ckpt["class_names"]) == class_names
-    if not same:
+    same = list(ckpt["class_names"]) == class_names and layers == "all"
+    if layers == "encoder":
+        state = {k: v for k, v in state.items() if k.startswith("encoder.")}
+    elif not same:
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
     try:
         missing, unexpected = net.load_state_dict(state, strict=same)
@@ -243,10 +251,13 @@ def init_weights(net: SegNet, path: Path, class_names: list[str]) -> str:
             f"--init {path} (width {ckpt['width']}) does not fit a SegNet of width {net.width}: "
             f"{lines[1].strip() if len(lines) > 1 else lines[0]}"
         ) from None
-    if unexpected or any(not k.startswith("classifier.") for k in missing):
+    kept = ("encoder.",) if layers == "encoder" else ("encoder.", "decoder.")
+    if unexpected or any(k.startswith(kept) for k in missing):
         raise SatsegError(f"--init {path} is not a SegNet of this layout")
     if same:
         return f"initialised from {path} (all layers)"
+    if layers == "encoder":
+        return f"initialised from {path} (encoder only; new decoder and classifier)"
     return (
         f"initialised from {path} (encoder and decoder; new classifier for "
         f"{', '.join(class_names)} instead of {', '.join(ckpt['class_names'])})"
@@ -314,7 +325,7 @@ def _train(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     net = SegNet(num_classes, width, ds.channels)
     if args.init and not args.resume:
-        print(init_weights(net, args.init, ds.class_names))
+        print(init_weights(net, args.init, ds.class_names, args.init_layers))
     net = net.to(device)
     if args.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
@@ -429,7 +440,7 @@ def _train(args: argparse.Namespace) -> int:
         return budget_s is not None and train_s >= budget_s
 
     completed, done_step, done_s = start_epoch, step, train_s  # where the last whole epoch ended
-    if args.init and not args.resume and val_idx:
+    if args.init and args.init_layers == "all" and not args.resume and val_idx:
         # Fine-tuning must earn its place: the starting weights are the checkpoint to beat, so a
         # run that only makes them worse on validation leaves best.pt as they were.
         _, cm = evaluate(model, val_loader, criterion, device, num_classes)
