@@ -87,12 +87,13 @@ def plugin_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def clean_settings(qgis_app: object) -> Iterator[None]:
-    """The Segment extent dialog's remembered model, folder and outputs cleared before and after."""
+    """Every choice the Segment extent dialog remembers (model, folder, outputs, cleaning, area,
+    bands) cleared before and after."""
     from qgis.core import QgsSettings
 
     from satseg_plugin.ui import settings
 
-    keys = (settings.KEY_MODEL, settings.KEY_OUT_DIR, settings.KEY_OUTPUTS)
+    keys = settings.REMEMBERED_KEYS
     for key in keys:
         QgsSettings().remove(key)
     yield

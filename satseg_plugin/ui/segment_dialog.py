@@ -257,6 +257,32 @@ class SegmentDialog(QDialog):
         self.out_widget.setFilePath(settings.remembered_out_dir())
         self._model_changed(self.model_widget.filePath())
         self._select_default_layer()
+        self._restore_cleaning(settings.remembered_cleaning())
+
+    def _restore_cleaning(self, choice: settings.CleaningChoice) -> None:
+        """Show last time's polygons, cleaning and processing area; an area layer no longer in the
+        project leaves the visible extent."""
+        self.vectors_check.setChecked(choice.vectors)
+        for spin, value in (
+            (self.min_area_spin, choice.min_area_m2),
+            (self.simplify_spin, choice.simplify_m),
+        ):
+            spin.setValue(spin.minimum() if value is None else value)
+        layer = self.project.mapLayer(choice.area_layer_id) if choice.area_layer_id else None
+        if layer is not None and not satseg_kind(layer):
+            self.area_combo.setLayer(layer)
+        self.selected_check.setChecked(choice.selected_only)
+
+    def _cleaning_choice(self) -> settings.CleaningChoice:
+        """What ``_restore_cleaning`` shows again next time."""
+        area = self.area_combo.currentLayer()
+        return settings.CleaningChoice(
+            vectors=self.vectors_check.isChecked(),
+            min_area_m2=spin_value(self.min_area_spin, PARAMETERS["min_area_m2"]),
+            simplify_m=spin_value(self.simplify_spin, PARAMETERS["simplify_m"]),
+            area_layer_id=area.id() if area is not None else None,
+            selected_only=self.selected_check.isChecked(),
+        )
 
     def _select_default_layer(self) -> None:
         """Pick the first XYZ layer of the project, else the first raster file layer."""
@@ -289,6 +315,7 @@ class SegmentDialog(QDialog):
         self.models_combo.setCurrentIndex(max(0, index))
         summary, zoom = describe_model(path)
         self.model_info.setText(summary)
+        self.bands_edit.setText(settings.remembered_bands(path))  # a mapping belongs to its model
         unset = PARAMETERS["zoom"].unset
         self.zoom_spin.setSpecialValueText(f"{unset} ({zoom})" if zoom is not None else f"{unset} zoom")
         self.int8.model_changed(path)
@@ -317,11 +344,14 @@ class SegmentDialog(QDialog):
         )
 
     def accept(self) -> None:
-        """Remember the model, folder and outputs, close, and ask for the run."""
-        settings.remember_model_path(self.model_widget.filePath().strip())
+        """Remember the model, folder, outputs, cleaning, area and bands, close, and ask for the run."""
+        model = self.model_widget.filePath().strip()
+        settings.remember_model_path(model)
         settings.remember_out_dir(self.out_widget.filePath().strip())
         settings.remember_outputs(
             self.classes_check.isChecked(), self.heatmaps_check.isChecked(), self.counts_check.isChecked()
         )
+        settings.remember_cleaning(self._cleaning_choice())
+        settings.remember_bands(model, self.bands_edit.text())
         super().accept()
         self.run_requested.emit(self)
