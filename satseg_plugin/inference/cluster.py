@@ -50,8 +50,14 @@ from .blocks import (
 from .counts import COUNTS_NAME, ClassCount, CountAccumulator, write_counts_csv
 from .daskrun import CancelFlag, ClusterError, connect, new_cancel_name, parse_cluster, run_tasks
 from .errors import Cancelled, ParameterError, SatsegError, SourceError
-from .metadata import parse_hex_color
-from .outputs import CLASS_NODATA, CLASSES_NAME, HEATMAP_NODATA, HEATMAP_SCALE, heatmap_names
+from .outputs import (
+    CLASS_NODATA,
+    CLASSES_NAME,
+    HEATMAP_NODATA,
+    HEATMAP_SCALE,
+    heatmap_names,
+    style_class_band,
+)
 from .segment import ProgressFn, RunPlan, SegmentRequest, plan_run, single_process_options
 from .sources import tile_name
 from .tileplan import Grid, plan_blocks
@@ -205,14 +211,7 @@ def _build_vrt(path: Path, sources: Sequence[str], grid: Grid, nodata: float, se
 
 def _style_classes(names: Sequence[str], colors: Sequence[str]) -> Callable:
     def setup(band: Any) -> None:
-        table = gdal.ColorTable()
-        for i, color in enumerate(colors):
-            table.SetColorEntry(i, (*parse_hex_color(color), 255))
-        table.SetColorEntry(CLASS_NODATA, (0, 0, 0, 0))
-        band.SetRasterColorTable(table)
-        band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
-        band.SetRasterCategoryNames([*names, *[""] * (CLASS_NODATA - len(names)), "nodata"])
-        band.SetDescription("class")
+        style_class_band(band, names, colors)
 
     return setup
 

@@ -99,6 +99,22 @@ def quantize_probability(probability: np.ndarray, valid: np.ndarray) -> np.ndarr
     return out
 
 
+def style_class_band(band: gdal.Band, names: Sequence[str], colors: Sequence[str]) -> None:
+    """Palette, category names and description of a class raster's band, as QGIS and GDAL show them.
+
+    One colour per class, ``CLASS_NODATA`` transparent and named "nodata":
+    the single-process outputs and a cluster run's blocks and mosaic look alike.
+    """
+    table = gdal.ColorTable()
+    for i, color in enumerate(colors):
+        table.SetColorEntry(i, (*parse_hex_color(color), 255))
+    table.SetColorEntry(CLASS_NODATA, (0, 0, 0, 0))
+    band.SetRasterColorTable(table)
+    band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
+    band.SetRasterCategoryNames([*names, *[""] * (CLASS_NODATA - len(names)), "nodata"])
+    band.SetDescription("class")
+
+
 def overview_factors(width: int, height: int, smallest: int = 256) -> list[int]:
     """Overview factors 2, 4, 8, ... until the overview fits in ``smallest`` pixels."""
     factors, f = [], 2
@@ -283,17 +299,8 @@ class RunOutputs:
         try:
             if write_classes or need_classes:
                 self.classes = _Raster(self.out_dir / CLASSES_NAME, grid, gdal.GDT_Byte, ["PREDICTOR=2"])
-                band = self.classes.band
-                band.SetNoDataValue(CLASS_NODATA)
-                table = gdal.ColorTable()
-                for i, color in enumerate(class_colors):
-                    table.SetColorEntry(i, (*parse_hex_color(color), 255))
-                table.SetColorEntry(CLASS_NODATA, (0, 0, 0, 0))
-                band.SetRasterColorTable(table)
-                band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
-                names = [*self.class_names, *[""] * (CLASS_NODATA - len(self.class_names)), "nodata"]
-                band.SetRasterCategoryNames(names)
-                band.SetDescription("class")
+                self.classes.band.SetNoDataValue(CLASS_NODATA)
+                style_class_band(self.classes.band, self.class_names, class_colors)
             if write_heatmaps:
                 for name, file in zip(self.class_names, heatmap_names(self.class_names), strict=True):
                     r = _Raster(self.out_dir / file, grid, gdal.GDT_Byte, _HEATMAP_OPTIONS)
