@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,13 +118,20 @@ def test_the_dialog_offers_int8_only_where_measured_faster_and_says_so(
     slow, _ = _pair(tmp_path, "slow")
     alone = make_color_model(tmp_path / "alone.onnx")
     ratios = {fast: ([1.0, 1.1, 1.2], [0.8, 0.8, 0.8]), slow: ([1.0, 1.0, 1.0], [1.1, 1.0, 1.1])}
-    monkeypatch.setattr(int8_offer, "measure_int8_speed", lambda a, b: decide(*ratios[a], windows=2))
+    measured = threading.Event()  # held until the "measuring" state is seen: the fake takes no time
+
+    def measure(a: Path, _b: Path):
+        assert measured.wait(30)
+        return decide(*ratios[a], windows=2)
+
+    monkeypatch.setattr(int8_offer, "measure_int8_speed", measure)
 
     dialog = SegmentDialog(QgsProject.instance(), model_path=str(fast))
     dialog.url_edit.setText("http://example.org/{z}/{x}/{y}.png")
     dialog.layer_combo.setLayer(None)
     check = dialog.int8.check
     assert not check.isHidden() and not check.isEnabled() and "measuring fast-int8.onnx" in check.text()
+    measured.set()
     wait_for_task(dialog.int8.task)
     assert check.text() == "int8: 1.38x faster on this CPU (use fast-int8.onnx)" and check.isEnabled()
     assert dialog.choices().model_path == str(fast)  # offered, not imposed
