@@ -171,3 +171,29 @@ def cli(*args: object) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "satseg_plugin.inference", *map(str, args)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
+
+
+#: UTM 32N, 0.5 m pixels: the grid of the test GeoTIFFs of bands and channels.
+UTM_GT = (500000.0, 0.5, 0.0, 5000000.0, 0.0, -0.5)
+
+
+def write_utm_raster(path: Path, bands: np.ndarray, alpha: int | None = None) -> Path:
+    """A byte GeoTIFF of ``bands`` ``[B, H, W]`` on ``UTM_GT``; band ``alpha`` (1-based) tagged alpha.
+
+    GDAL would tag the 4th band of a 4-band byte GeoTIFF alpha: an RGB +
+    near-infrared survey says it is not (``PHOTOMETRIC=RGB``, ``ALPHA=NO``).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    options = ["PHOTOMETRIC=RGB", "ALPHA=NO"] if bands.shape[0] == 4 else []
+    count, height, width = bands.shape
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), width, height, count, gdal.GDT_Byte, options)
+    ds.SetGeoTransform(UTM_GT)
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32632)
+    ds.SetProjection(srs.ExportToWkt())
+    for i, band in enumerate(bands):
+        ds.GetRasterBand(i + 1).WriteArray(band)
+        if alpha == i + 1:
+            ds.GetRasterBand(i + 1).SetColorInterpretation(gdal.GCI_AlphaBand)
+    ds = None
+    return path

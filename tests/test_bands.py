@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from inference_helpers import cli, make_rgb_model, pattern_tile, save_model
+from inference_helpers import UTM_GT, cli, make_rgb_model, pattern_tile, save_model, write_utm_raster
 from onnx import helper, numpy_helper
-from osgeo import gdal, osr
+from osgeo import gdal
 
 from satseg_plugin.inference.errors import SourceError
 from satseg_plugin.inference.model import SegModel
@@ -24,7 +24,7 @@ NAMES4 = ["background", "red", "green", "blue", "near-infrared"]
 MEAN4, STD4 = [0.5, 0.5, 0.5, 0.4], [0.25, 0.25, 0.25, 0.2]
 GAIN = 20.0
 SIZE = 300
-GT = (500000.0, 0.5, 0.0, 5000000.0, 0.0, -0.5)  # UTM 32N, 0.5 m pixels
+GT = UTM_GT
 
 
 def make_4band_model(path: Path, input_bands: list[int] | None = None) -> Path:
@@ -68,22 +68,6 @@ def rgbn() -> np.ndarray:
     return np.concatenate([rgb, nir[None].astype(np.uint8)])
 
 
-def write_raster(path: Path, bands: np.ndarray, alpha: int | None = None) -> Path:
-    # GDAL would tag the 4th band of a 4-band byte GeoTIFF alpha: an RGB + near-infrared survey says it is not.
-    options = ["PHOTOMETRIC=RGB", "ALPHA=NO"] if bands.shape[0] == 4 else []
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), SIZE, SIZE, bands.shape[0], gdal.GDT_Byte, options)
-    ds.SetGeoTransform(GT)
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32632)
-    ds.SetProjection(srs.ExportToWkt())
-    for i, band in enumerate(bands):
-        ds.GetRasterBand(i + 1).WriteArray(band)
-        if alpha == i + 1:
-            ds.GetRasterBand(i + 1).SetColorInterpretation(gdal.GCI_AlphaBand)
-    ds = None
-    return path
-
-
 BBOX = (GT[0], GT[3] - SIZE * 0.5, GT[0] + SIZE * 0.5, GT[3])
 
 
@@ -104,7 +88,7 @@ def segment(model: Path, raster: Path, out: Path, **kw: object):
 
 def test_four_band_model_on_an_rgbn_raster(tmp_path: Path) -> None:
     data = rgbn()
-    raster = write_raster(tmp_path / "rgbn.tif", data)
+    raster = write_utm_raster(tmp_path / "rgbn.tif", data)
     model = make_4band_model(tmp_path / "m4.onnx")
     assert SegModel.load(model).channels == 4
     result = segment(model, raster, tmp_path / "out")
@@ -118,7 +102,7 @@ def test_four_band_model_on_an_rgbn_raster(tmp_path: Path) -> None:
 
 def test_channel_mapping_from_metadata_and_from_the_request(tmp_path: Path) -> None:
     data = rgbn()
-    raster = write_raster(tmp_path / "rgbn.tif", data)
+    raster = write_utm_raster(tmp_path / "rgbn.tif", data)
     order = [4, 1, 2, 3]  # the model wants near-infrared first
     mapped = make_4band_model(tmp_path / "mapped.onnx", input_bands=order)
     want = expected4(data[[b - 1 for b in order]])
@@ -133,14 +117,18 @@ def test_rgb_models_and_alpha_only_where_the_band_says_so(tmp_path: Path) -> Non
     data = rgbn()
     rgb_model = make_rgb_model(tmp_path / "rgb.onnx", zoom=None)
     # RGB + near-infrared: the 4th band is data, so a dark near-infrared strip is no hole.
-    got = classes(segment(rgb_model, write_raster(tmp_path / "rgbn.tif", data), tmp_path / "n").classes_path)
+    got = classes(
+        segment(rgb_model, write_utm_raster(tmp_path / "rgbn.tif", data), tmp_path / "n").classes_path
+    )
     assert (got != 255).all()
     # RGBA with the 4th band tagged alpha: alpha 0 is nodata.
     rgba = data.copy()
     rgba[3] = 255
     rgba[3, 100:150, 100:200] = 0
     got = classes(
-        segment(rgb_model, write_raster(tmp_path / "rgba.tif", rgba, alpha=4), tmp_path / "a").classes_path
+        segment(
+            rgb_model, write_utm_raster(tmp_path / "rgba.tif", rgba, alpha=4), tmp_path / "a"
+        ).classes_path
     )
     assert (got[100:150, 100:200] == 255).all() and (got[:100] != 255).all()
 
@@ -148,10 +136,10 @@ def test_rgb_models_and_alpha_only_where_the_band_says_so(tmp_path: Path) -> Non
 def test_band_errors_in_plain_words(tmp_path: Path) -> None:
     data = rgbn()
     model = make_4band_model(tmp_path / "m4.onnx")
-    rgb_only = write_raster(tmp_path / "rgb.tif", data[:3])
+    rgb_only = write_utm_raster(tmp_path / "rgb.tif", data[:3])
     with pytest.raises(SourceError, match="has 3 image band\\(s\\) and the model takes 4"):
         segment(model, rgb_only, tmp_path / "x")
-    rgbn_file = write_raster(tmp_path / "rgbn.tif", data)
+    rgbn_file = write_utm_raster(tmp_path / "rgbn.tif", data)
     with pytest.raises(SourceError, match="has bands 1 to 4, not 9"):
         segment(model, rgbn_file, tmp_path / "x", bands=[1, 2, 3, 9])
     with pytest.raises(SourceError, match="takes 4 bands but 3 were chosen"):
@@ -165,7 +153,7 @@ def test_band_errors_in_plain_words(tmp_path: Path) -> None:
 
 def test_cli_bands(tmp_path: Path) -> None:
     data = rgbn()
-    raster = write_raster(tmp_path / "rgbn.tif", data)
+    raster = write_utm_raster(tmp_path / "rgbn.tif", data)
     model = make_4band_model(tmp_path / "m4.onnx")
     bbox = ",".join(str(v) for v in BBOX)
 

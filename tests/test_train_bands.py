@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from inference_helpers import cli
-from osgeo import gdal, osr
+from inference_helpers import UTM_GT, cli, write_utm_raster
+from osgeo import gdal
 
 from satseg_plugin.inference.errors import SatsegError
 from satseg_plugin.inference.model import SegModel
@@ -32,7 +32,7 @@ from training.export import main as export_main
 from training.train import main as train_main
 
 H, W, BLOCK, TILE = 512, 1024, 32, 256
-GT = (500000.0, 0.5, 0.0, 5000000.0, 0.0, -0.5)  # UTM 32N, 0.5 m pixels
+GT = UTM_GT
 BRIGHT = "#ff0000"  # the mask colour of the bright-block class
 
 
@@ -58,18 +58,7 @@ def fourth_band(rgb: np.ndarray, bright: np.ndarray) -> np.ndarray:
 
 def write_rgbn(path: Path, bands: np.ndarray) -> Path:
     """A georeferenced 4-band GeoTIFF whose 4th band is data (an RGBN survey's), not alpha."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds = gdal.GetDriverByName("GTiff").Create(
-        str(path), W, H, 4, gdal.GDT_Byte, ["PHOTOMETRIC=RGB", "ALPHA=NO"]
-    )
-    ds.SetGeoTransform(GT)
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32632)
-    ds.SetProjection(srs.ExportToWkt())
-    for i, band in enumerate(bands):
-        ds.GetRasterBand(i + 1).WriteArray(band)
-    ds = None
-    return path
+    return write_utm_raster(path, bands)
 
 
 def write_mask(path: Path, bright: np.ndarray) -> None:
