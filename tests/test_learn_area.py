@@ -126,6 +126,8 @@ def test_run_leaves_model_report_card_and_dataset(scratch: dict) -> None:
     assert float(rows[2]["new_iou"]) == pytest.approx(sum(by_hand) / 2, abs=1e-6)
     card = (out / "MODEL_CARD.md").read_text()
     assert "held-out" in card and "| building |" in card and "from scratch" in card
+    finer = len([t for t in tiles_of(out / "train") if t.startswith(f"{ZOOM + 1}-")])
+    assert f"{len(tiles_of(out / 'train'))} to train on ({finer} of them at zoom {ZOOM + 1})" in card
     assert (
         "IoU on the held-out block" in scratch["stderr"]
     )  # the table, printed (stderr under --progress-json)
@@ -230,6 +232,7 @@ def test_finetune_with_other_classes_scores_the_base_before(
     assert run_cli(main, argv) == 0
     captured = capsys.readouterr()
     assert "new classifier" in captured.out + captured.err
+    assert f"{base} (fine-tuned from it)" in (out / "MODEL_CARD.md").read_text()  # --base-layers all
     _, rows = read_report(out / "report.csv")
     _, before = read_report(scratch["out"] / "report.csv")
     assert tiles_of(out / "heldout") == tiles_of(scratch["out"] / "heldout")

@@ -515,7 +515,11 @@ def write_card(
 ) -> None:
     """A short MODEL_CARD.md: what the model is, where it was trained, how it scores on the held-out block."""
     bbox = ", ".join(f"{v:.6f}" for v in settings["bbox"])
-    base = settings["base"] or "none (trained from scratch)"
+    base = (
+        f"{settings['base']} ({_from_base(settings)} it)"
+        if settings["base"]
+        else "none (trained from scratch)"
+    )
     counts = settings.get("tiles", {})
     lines = [
         f"# {settings['name']}: a satseg model trained on one area",
@@ -528,7 +532,9 @@ def write_card(
         f"- **Classes**: {', '.join(settings['class_names'])} (from {Path(settings['classes']).name})",
         f"- **Imagery**: {settings['source']}; **labels**: OpenStreetMap ({Path(settings['osm']).name}), "
         "© OpenStreetMap contributors, ODbL 1.0",
-        f"- **Tiles**: {counts.get('train', '?')} to train on (a share of them validates), "
+        f"- **Tiles**: {counts.get('train', '?')} to train on"
+        + (f" ({counts['finer']} of them at zoom {settings['zoom'] + 1})" if counts.get("finer") else "")
+        + " (a share of them validates), "
         f"{counts.get('heldout', '?')} held out (the eastern-most columns, never trained on)",
         "",
         "## IoU on the held-out block",
@@ -664,6 +670,11 @@ def train(args: argparse.Namespace, settings: dict[str, Any], out: Path) -> None
     trainer.main(argv)
 
 
+def _from_base(settings: dict[str, Any]) -> str:
+    """How the run started from its base, in words (runs made before --base-layers kept every layer)."""
+    return "trained from the encoder of" if settings.get("base_layers") == "encoder" else "fine-tuned from"
+
+
 def export(out: Path, settings: dict[str, Any]) -> Path:
     """python -m training.export of DIR/run/best.pt to DIR/model.onnx, metadata naming the area and date."""
     from . import export as exporter
@@ -673,7 +684,7 @@ def export(out: Path, settings: dict[str, Any]) -> Path:
     desc = (
         f"satseg model trained on the area W,S,E,N {w:.6f},{s:.6f},{e:.6f},{n:.6f} (EPSG:4326) on "
         f"{settings['date']}, "
-        + (f"fine-tuned from {Path(settings['base']).name}" if settings["base"] else "from scratch")
+        + (f"{_from_base(settings)} {Path(settings['base']).name}" if settings["base"] else "from scratch")
     )
     area = {
         "bbox": settings["bbox"],
@@ -873,6 +884,7 @@ def prepare(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "class_names": list(config.names),
         "base": str(base.path) if base else None,
         "base_classes": base.class_names if base else None,
+        "base_layers": args.base_layers if base else None,
         "minutes": args.minutes,
         "date": previous.get("date") or datetime.now(UTC).date().isoformat(),
     }
