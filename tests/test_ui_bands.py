@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from inference_helpers import write_utm_raster
 from qgis.core import QgsProject, QgsRasterLayer
-from test_bands import expected4, make_4band_model, rgbn, write_raster
+from test_bands import expected4, make_4band_model, rgbn
 from ui_helpers import wait_for_task
 
 from satseg_plugin.inference.errors import SatsegError
@@ -38,7 +39,7 @@ def test_parse_bands() -> None:
 
 
 def test_dialog_bands_for_raster_layers_only(qgis_new_project, tmp_path: Path) -> None:
-    raster = QgsRasterLayer(str(write_raster(tmp_path / "rgbn.tif", rgbn())), "rgbn")
+    raster = QgsRasterLayer(str(write_utm_raster(tmp_path / "rgbn.tif", rgbn())), "rgbn")
     xyz = QgsRasterLayer(XYZ, "tiles", "wms")
     QgsProject.instance().addMapLayers([raster, xyz])
     model = make_4band_model(tmp_path / "m4.onnx")
@@ -57,7 +58,7 @@ def test_dialog_bands_for_raster_layers_only(qgis_new_project, tmp_path: Path) -
 
 def test_task_over_a_4_band_raster_layer(qgis_iface, qgis_new_project, tmp_path: Path) -> None:
     data = rgbn()
-    path = write_raster(tmp_path / "rgbn.tif", data)
+    path = write_utm_raster(tmp_path / "rgbn.tif", data)
     layer = QgsRasterLayer(str(path), "rgbn")
     QgsProject.instance().addMapLayer(layer)
     model = make_4band_model(tmp_path / "m4.onnx")
@@ -78,7 +79,7 @@ def test_processing_bands(qgis_processing, qgis_new_project, tmp_path: Path) -> 
     import processing
 
     data = rgbn()
-    path = write_raster(tmp_path / "rgbn.tif", data)
+    path = write_utm_raster(tmp_path / "rgbn.tif", data)
     model = make_4band_model(tmp_path / "m4.onnx")
     layer = QgsRasterLayer(str(path), "rgbn")
     QgsProject.instance().addMapLayer(layer)

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from inference_helpers import write_utm_raster
 from qgis.core import QgsProject, QgsRasterLayer, QgsVectorLayer
-from test_bands import make_4band_model, rgbn, write_raster
+from test_bands import make_4band_model, rgbn
 
 from satseg_plugin.ui import settings
 from satseg_plugin.ui.segment_dialog import SegmentDialog
 
 
 def _project_layers(tmp_path: Path) -> tuple[QgsRasterLayer, QgsVectorLayer]:
-    raster = QgsRasterLayer(str(write_raster(tmp_path / "rgbn.tif", rgbn())), "rgbn")
+    raster = QgsRasterLayer(str(write_utm_raster(tmp_path / "rgbn.tif", rgbn())), "rgbn")
     area = QgsVectorLayer("Polygon?crs=EPSG:32632", "fields", "memory")
     QgsProject.instance().addMapLayers([raster, area])
     return raster, area
