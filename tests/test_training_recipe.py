@@ -418,3 +418,32 @@ def test_init_layers_encoder_keeps_only_the_encoder(
     out = capsys.readouterr().out
     assert "encoder only" in out and "--init weights: validation" not in out
     assert load_checkpoint(tmp_path / "enc" / "best.pt")["epoch"] == 1
+
+
+def test_encoder_lr_share_slows_only_the_encoder(tmp_path: Path) -> None:
+    """--encoder-lr 0 keeps every encoder weight of the --init model while the new layers learn."""
+    data = make_tiny_dataset(tmp_path / "data")
+    _train(data, tmp_path / "base", "--epochs", "1", "--lr", "0.01")
+    base = load_checkpoint(tmp_path / "base" / "best.pt")["state_dict"]
+    init = ("--init", str(tmp_path / "base" / "best.pt"), "--init-layers", "encoder")
+    _train(data, tmp_path / "frozen", "--epochs", "2", "--lr", "0.01", "--encoder-lr", "0", *init)
+    ckpt = load_checkpoint(tmp_path / "frozen" / "last.pt")
+    groups = ckpt["optimizer"]["param_groups"]
+    assert [g["lr_share"] for g in groups] == [0.0, 1.0]
+    assert groups[0]["lr"] == 0 and groups[1]["lr"] > 0
+    from training.model import SegNet
+
+    params = {n for n, _ in SegNet(3, 0.125).named_parameters()}  # BN running statistics still move
+    tuned = ckpt["state_dict"]
+    encoder = [k for k in params if k.startswith("encoder.")]
+    assert encoder and all(torch.equal(tuned[k], base[k]) for k in encoder)
+    assert not torch.equal(tuned["classifier.weight"], base["classifier.weight"])
+    # A share between 0 and 1 moves the encoder too; resuming with another grouping is one line.
+    _train(data, tmp_path / "slow", "--epochs", "1", "--lr", "0.01", "--encoder-lr", "0.1", *init)
+    slow = load_checkpoint(tmp_path / "slow" / "best.pt")["state_dict"]
+    assert not all(torch.equal(slow[k], base[k]) for k in encoder)
+    argv = ["--data", str(data), "--width", "0.125", "--validation", "0.4", "--seed", "1"]
+    with pytest.raises(SatsegError, match="resume it with the same --encoder-lr"):
+        train.main([*argv, "--out", str(tmp_path / "slow"), "--epochs", "2", "--resume"])
+    with pytest.raises(SatsegError, match="--encoder-lr must be between 0 and 1"):
+        train.main([*argv, "--out", str(tmp_path / "bad"), "--encoder-lr", "2"])

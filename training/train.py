@@ -132,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
         "decay per step (e.g. 0.995: about the last 200 steps); off by default",
     )  # fmt: skip
     p.add_argument(
+        "--encoder-lr", type=float, default=1.0, metavar="F",
+        help="the encoder's learning rate as a share of --lr (e.g. 0.1: an --init encoder moves "
+        "ten times slower than the new layers; 1 = one rate for all)",
+    )  # fmt: skip
+    p.add_argument(
         "--max-minutes", type=float, default=None, metavar="M",
         help="stop after M minutes of training (the schedule then runs by time); best.pt is kept",
     )  # fmt: skip
@@ -264,6 +269,18 @@ def init_weights(net: SegNet, path: Path, class_names: list[str], layers: str = 
     )
 
 
+def parameter_groups(net: SegNet, encoder_share: float) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups: the encoder's at ``encoder_share`` of the rate, the rest at 1.
+
+    Each group's ``lr_share`` scales the schedule's rate; a share of 0 freezes the encoder.
+    """
+    encoder = [p for n, p in net.named_parameters() if n.startswith("encoder.")]
+    rest = [p for n, p in net.named_parameters() if not n.startswith("encoder.")]
+    if encoder_share == 1:  # one group, as runs made before --encoder-lr have it in last.pt
+        return [{"params": list(net.parameters()), "lr_share": 1.0}]
+    return [{"params": encoder, "lr_share": encoder_share}, {"params": rest, "lr_share": 1.0}]
+
+
 def _log_until(path: Path, epoch: int) -> str:
     """The log file's header and rows of epochs 1..``epoch`` (last row of each epoch wins)."""
     rows: dict[int, str] = {}
@@ -304,6 +321,8 @@ def _train(args: argparse.Namespace) -> int:
         raise SatsegError("--max-minutes must be positive")
     if args.ema is not None and not 0 < args.ema < 1:
         raise SatsegError(f"--ema must be between 0 and 1 (e.g. 0.995), not {args.ema}")
+    if not 0 <= args.encoder_lr <= 1:
+        raise SatsegError(f"--encoder-lr must be between 0 and 1 (a share of --lr), not {args.encoder_lr}")
     if args.patience is not None and args.patience < 1:
         raise SatsegError("--patience must be at least 1")
     if not 0 <= args.blur <= 1 or not 0 <= args.color <= 2:
@@ -327,12 +346,13 @@ def _train(args: argparse.Namespace) -> int:
     if args.init and not args.resume:
         print(init_weights(net, args.init, ds.class_names, args.init_layers))
     net = net.to(device)
+    groups = parameter_groups(net, args.encoder_lr)
     if args.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
-            net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
+            groups, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
         )
     else:
-        opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
 
     weights = None
     if args.class_weights == "median":
@@ -364,7 +384,16 @@ def _train(args: argparse.Namespace) -> int:
             )
         net.load_state_dict(ckpt.get("train_state_dict", ckpt["state_dict"]))
         if "optimizer" in ckpt:
+            saved = len(ckpt["optimizer"]["param_groups"])
+            if saved != len(groups):
+                raise SatsegError(
+                    f"{out / 'last.pt'} was trained with "
+                    + ("one rate for all layers" if saved == 1 else "an --encoder-lr share")
+                    + "; resume it with the same --encoder-lr"
+                )
             opt.load_state_dict(ckpt["optimizer"])
+            for group, share in zip(opt.param_groups, (g["lr_share"] for g in groups), strict=True):
+                group["lr_share"] = share  # this run's shares (older checkpoints have none)
         start_epoch = int(ckpt["epoch"])
         best_miou = float(ckpt.get("best_miou", -1.0))
         best_epoch = int(ckpt.get("best_epoch", start_epoch))
@@ -468,7 +497,7 @@ def _train(args: argparse.Namespace) -> int:
                     x, y = x.to(device), y.to(device)
                     lr = schedule.lr(step, train_s + time.monotonic() - t0)
                     for group in opt.param_groups:
-                        group["lr"] = lr
+                        group["lr"] = lr * group["lr_share"]
                     logits = net(x)
                     loss = criterion(logits, y)
                     opt.zero_grad(set_to_none=True)
