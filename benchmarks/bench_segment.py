@@ -13,9 +13,12 @@ its int8 copy) on real OpenAerialMap imagery (``../shared/data/oam-osm-buildings
    from a loopback tile server (a separate process; every tile address
    answers with one of the real zoom-19 tiles) and over a real GeoTIFF made
    of the same tiles, with and without heatmaps, at overlap 0 and at the
-   model's seam-free overlap, fp32 and int8. Tiles/s counts model windows;
-   km²/s is ground area (the pixel-count table's). "area vs bare" is the
-   ground rate against bare onnxruntime's at overlap 0 (one window per tile).
+   model's seam-free overlap, fp32 and int8, on the model's own windows
+   (its ``tile_size``: 512 px for the shipped models). Mpx/s counts the
+   pixels of model windows run (bare onnxruntime on windows of that size
+   made of the same real tiles); km²/s is ground area (the pixel-count
+   table's). "area vs bare" is the ground rate against bare onnxruntime's at
+   overlap 0 (windows side by side, no pixel run twice).
 2. Seams against overlap: the model over a real contiguous block of tiles at
    several overlaps: the share of pixels whose class equals the 50 % run's,
    and how much the probability and the class change across the windows'
@@ -145,12 +148,21 @@ def load_average() -> str:
 
 
 # --- 1. throughput ---------------------------------------------------------------------------
-def real_windows(count: int) -> np.ndarray:
-    """``count`` real tiles as ``(N, 256, 256, 3)`` uint8, the same ones every time."""
+def real_windows(count: int, size: int = 256) -> np.ndarray:
+    """``count`` real ``size``-px windows as ``(N, size, size, 3)`` uint8, the same ones every time.
+
+    A window larger than a tile is real tiles side by side (each window starts at the next tile).
+    """
     from satseg_plugin.inference.imageio import decode_image, to_rgb
 
     provide = real_tile_provider()
-    return np.stack([to_rgb(decode_image(provide(ZOOM, i, 3 * i)))[0] for i in range(count)])
+    k = -(-size // 256)
+    tiles = [to_rgb(decode_image(provide(ZOOM, i, 3 * i)))[0] for i in range(count + k * k)]
+    windows = []
+    for w in range(count):
+        rows = [np.concatenate([tiles[w + r * k + c] for c in range(k)], axis=1) for r in range(k)]
+        windows.append(np.concatenate(rows, axis=0)[:size, :size])
+    return np.stack(windows)
 
 
 def bare_seconds(model: SegModel, batches: list[np.ndarray]) -> float:
@@ -193,18 +205,21 @@ def throughput(args: argparse.Namespace, folder: Path) -> None:
     overlaps = sorted({0.0, float(seam_free)})
     raster = write_real_geotiff(folder / "real.tif", side, side)
     loaded = {name: SegModel.load(path) for name, path in models.items()}
-    images = real_windows(min(tiles, 32))
+    size = loaded["fp32"].window_size
+    px = size * size  # pixels per model window
+    count = max(1, tiles * 256 * 256 // px)  # the windows bare onnxruntime runs: the tiles' pixels
+    images = real_windows(min(count, 32), size)
     batches = {}
     for name, m in loaded.items():
         x = m.normalize(images)
-        per = [x[i % len(x) : i % len(x) + args.batch] for i in range(0, tiles, args.batch)]
+        per = [x[i % len(x) : i % len(x) + args.batch] for i in range(0, count, args.batch)]
         batches[name] = [b if len(b) == args.batch else x[: args.batch] for b in per]
         bare_seconds(m, batches[name][:1])  # warm-up
     configs: list[tuple[str, Callable[[], tuple[float, int, float]]]] = []
     for name, m in loaded.items():
 
         def bare(m: SegModel = m, name: str = name) -> tuple[float, int, float]:
-            return bare_seconds(m, batches[name]), len(batches[name]) * args.batch, 0.0
+            return bare_seconds(m, batches[name]), len(batches[name]) * args.batch * px, 0.0
 
         configs.append((f"bare onnxruntime, {name}", bare))
     with ServerProcess() as server:
@@ -228,7 +243,7 @@ def throughput(args: argparse.Namespace, folder: Path) -> None:
                             seconds, result = timed_segment(
                                 model, url, side, out, overlap, args.batch, heat, raster=path
                             )
-                            return seconds, result.windows, km2(result)
+                            return seconds, result.windows * px, km2(result)
 
                         configs.append((label, pipeline))
         timed_segment(models["fp32"], server.template, 2, folder / "warm", 0, args.batch)  # warm-up
@@ -238,32 +253,32 @@ def throughput(args: argparse.Namespace, folder: Path) -> None:
             order = configs if r % 2 == 0 else configs[::-1]
             rounds.append({label: fn() for label, fn in order})
             print(f"   round {r + 1}/{args.rounds} done (load average {load_average()})", flush=True)
-    km2_per_tile = statistics.median(
+    km2_per_px = statistics.median(
         runs[label][2] / runs[label][1]
         for runs in rounds
         for label, _ in configs
         if label.startswith("xyz") and " 0 %" in label
     )
     print(
-        f"\n1. throughput: {tiles} tiles ({side} x {side}), batch {args.batch}, median of {args.rounds} "
-        f"interleaved rounds; seam-free overlap = the model's {seam_free:g} %"
+        f"\n1. throughput: {tiles} tiles ({side} x {side}), {size}-px windows, batch {args.batch}, median of "
+        f"{args.rounds} interleaved rounds; seam-free overlap = the model's {seam_free:g} %"
     )
-    print(f"   {'':58} {'tiles/s':>8} {'vs bare':>8} {'km2/s':>8} {'area vs bare':>12}")
+    print(f"   {'':58} {'Mpx/s':>8} {'vs bare':>8} {'km2/s':>8} {'area vs bare':>12}")
     for label, _ in configs:
         name = "int8" if "int8" in label else "fp32"
         bare_label = f"bare onnxruntime, {name}"
-        rate = statistics.median(runs[label][1] / runs[label][0] for runs in rounds)
+        rate = statistics.median(runs[label][1] / runs[label][0] for runs in rounds) / 1e6
         ratio = statistics.median(
             (runs[label][1] / runs[label][0]) / (runs[bare_label][1] / runs[bare_label][0]) for runs in rounds
         )
         if label.startswith("bare"):
-            area = rate * km2_per_tile
+            area = rate * 1e6 * km2_per_px
             print(f"   {label:58} {rate:8.2f} {1.0:8.3f} {area:8.4f} {1.0:12.3f}")
             continue
         area = statistics.median(runs[label][2] / runs[label][0] for runs in rounds)
         fp32_bare = "bare onnxruntime, fp32"
         area_ratio = statistics.median(
-            (runs[label][2] / runs[label][0]) / (runs[fp32_bare][1] / runs[fp32_bare][0] * km2_per_tile)
+            (runs[label][2] / runs[label][0]) / (runs[fp32_bare][1] / runs[fp32_bare][0] * km2_per_px)
             for runs in rounds
         )
         print(f"   {label:58} {rate:8.2f} {ratio:8.3f} {area:8.4f} {area_ratio:12.3f}")
@@ -281,21 +296,25 @@ def throughput(args: argparse.Namespace, folder: Path) -> None:
 
 
 def batch_sizes(args: argparse.Namespace) -> None:
-    """Bare onnxruntime tiles/s at several batch sizes, interleaved rounds."""
+    """Bare onnxruntime Mpx/s at several batch sizes of the model's windows, interleaved rounds."""
     model = SegModel.load(args.model)
-    x = model.normalize(real_windows(16))
+    size = model.window_size
+    x = model.normalize(real_windows(8, size))
     sizes = (1, 2, 4, 8)
     times: dict[int, list[float]] = {b: [] for b in sizes}
     for b in sizes:
         bare_seconds(model, [x[:b]])
     for _ in range(args.rounds):
         for b in sizes:
-            times[b].append(16 / bare_seconds(model, [x[i : i + b] for i in range(0, 16, b)]))
+            seconds = bare_seconds(model, [x[i : i + b] for i in range(0, len(x), b)])
+            times[b].append(len(x) * size * size / seconds / 1e6)
     ref = statistics.median(times[args.batch]) if args.batch in times else 1.0
-    print(f"\n   bare onnxruntime fp32 by batch size (16 windows, median of {args.rounds} rounds):")
+    print(
+        f"\n   bare onnxruntime fp32 by batch size ({len(x)} {size}-px windows, median of {args.rounds} rounds):"
+    )
     for b in sizes:
         print(
-            f"   batch {b}: {statistics.median(times[b]):6.2f} tiles/s ({statistics.median(times[b]) / ref:.2f})"
+            f"   batch {b}: {statistics.median(times[b]):6.3f} Mpx/s ({statistics.median(times[b]) / ref:.2f})"
         )
 
 

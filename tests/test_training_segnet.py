@@ -120,7 +120,8 @@ def test_export_parity_and_metadata(exported: Path, dubai_data: Path, trained: P
     model = onnx.load(str(exported))
     assert model.opset_import[0].version >= 17
     meta = parse_metadata({p.key: p.value for p in model.metadata_props}, num_outputs=len(CLASSES))
-    assert meta.class_names == CLASSES and meta.tile_size == 128 and meta.model_type == "Segmentor"
+    # Trained on 128-px tiles, it runs 512-px windows in the plugin (the graph takes any multiple of 32).
+    assert meta.class_names == CLASSES and meta.tile_size == 512 and meta.model_type == "Segmentor"
     assert meta.class_colors[1] == "#e31a1c"
     session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["image"]
@@ -137,6 +138,16 @@ def test_export_parity_and_metadata(exported: Path, dubai_data: Path, trained: P
     assert np.abs(got - ref).mean() <= 1e-5 and np.abs(got - ref).max() <= 1e-2
     assert (got.argmax(axis=1) == ref.argmax(axis=1)).mean() >= 0.999
     np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
+    # The plugin runs it on its 512-px windows; any multiple of 32 agrees with torch too.
+    from satseg_plugin.inference.model import SegModel
+
+    assert SegModel.load(exported).window_size == 512
+    wide = np.concatenate([np.concatenate(list(images), axis=1)] * 2, axis=0)[None, :256, :352]
+    x = normalize(wide)
+    got = session.run(None, {"image": x})[0]
+    with torch.inference_mode():
+        ref = net(torch.from_numpy(x)).numpy()
+    assert got.shape == (1, len(CLASSES), 256, 352) and np.abs(got - ref).mean() <= 1e-5
 
     int8 = exported.with_name("model.int8.onnx")
     q = onnx.load(str(int8))
@@ -150,16 +161,14 @@ def test_export_metadata_is_what_deepness_reads(exported: Path) -> None:
     assert raw["model_type"] == "Segmentor"
     assert raw["class_names"] == {str(i): n for i, n in enumerate(CLASSES)}
     assert set(raw["class_colors"]) == {str(i) for i in range(len(CLASSES))}
-    assert raw["tile_size"] == 128 and raw["tiles_overlap"] == 13  # the seam-free default
+    # The seam-free 13 % of a 128-px training tile (16 px) is 4 % (20 px) of the 512-px window.
+    assert raw["tile_size"] == 512 and raw["tiles_overlap"] == 4
     assert raw["standardization_mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert raw["standardization_std"] == pytest.approx([0.229, 0.224, 0.225])
     assert "resolution" in raw and raw["zoom"] is None and raw["satseg_schema"] == 1
     dims = onnx.load(str(exported)).graph.input[0].type.tensor_type.shape.dim
-    assert not dims[0].HasField("dim_value") and [d.dim_value for d in dims[1:]] == [
-        3,
-        128,
-        128,
-    ]  # dynamic batch
+    assert [d.dim_value for d in dims] == [0, 3, 0, 0]  # dynamic batch, height and width
+    assert [d.dim_param for d in dims][2:] == ["32*rows", "32*columns"]
 
 
 def test_export_reports_parity_and_int8_speed_and_miou(exported: Path, trained: Path) -> None:
@@ -170,6 +179,8 @@ def test_export_reports_parity_and_int8_speed_and_miou(exported: Path, trained: 
         printed,
     )
     assert parity and float(parity.group(2)) <= 1e-5 and float(parity.group(4)) >= 99.9, printed
+    window = re.search(r"parity on a 512-px window of them: \|onnxruntime - torch\| mean (\S+),", printed)
+    assert window and float(window.group(1)) <= 1e-5, printed
     fp = re.search(r"float32 ([\d.]+) tiles/s, mIoU ([\d.]+)", printed)
     q = re.search(r"int8 +([\d.]+) tiles/s, mIoU ([\d.]+) +\(x([\d.]+) speed, ([-+][\d.]+) mIoU\)", printed)
     assert fp and q, printed
@@ -186,7 +197,7 @@ def test_export_that_disagrees_with_torch_leaves_no_file(
     capsys.readouterr()
     assert run_cli(export.main, argv) == 2
     err = capsys.readouterr().err
-    assert "the ONNX export disagrees with torch on 4 tiles" in err and "no file written" in err, err
+    assert "the ONNX export disagrees with torch on 4 real tiles" in err and "no file written" in err, err
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 

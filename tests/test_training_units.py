@@ -386,3 +386,23 @@ def test_export_uses_the_overlap_the_checkpoint_stores() -> None:
     assert export_overlap({"tiles_overlap": 40}, 10) == 10  # --overlap wins
     with pytest.raises(ParameterError, match=r"overlap must be in \[0, 100\), not 100"):
         export_overlap({}, 100)
+
+
+def test_export_keeps_the_overlap_in_pixels_on_a_larger_window() -> None:
+    """13 % of a 256-px training tile is 32 px of overlap; on a 512-px window that is 7 % (36 px)."""
+    from satseg_plugin.inference.errors import SatsegError
+    from satseg_plugin.inference.tileplan import plan_windows
+    from training.export import check_window, export_overlap, overlap_pixels
+
+    ckpt = {"tiles_overlap": 13, "tile_size": 256}
+    assert overlap_pixels(256, 13) == 32 and overlap_pixels(512, 6) == 30 and overlap_pixels(512, 7) == 36
+    assert export_overlap(ckpt, None, 512) == 7  # the least percent with at least the 32 px
+    assert export_overlap(ckpt, None, 256) == 13 and export_overlap(ckpt, None) == 13
+    assert export_overlap({"tiles_overlap": 0, "tile_size": 256}, None, 512) == 0
+    assert export_overlap(ckpt, 25, 512) == 25  # --overlap is a percent of the window, as given
+    w = plan_windows(4096, 4096, 512, 7)
+    assert (w.size, w.stride) == (512, 476)
+    assert check_window(512) == 512 and check_window(32) == 32
+    for bad in (0, 500, 16):
+        with pytest.raises(SatsegError, match="--window must be a multiple of 32 px"):
+            check_window(bad)

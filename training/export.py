@@ -3,10 +3,15 @@
     python -m training.export runs/NAME/best.pt --out model.onnx [--int8]
 
 The graph (``torch.onnx.export(..., dynamo=True)``, opset 18) takes ``image``
-float32 ``[N, 3, S, S]`` (N dynamic; RGB normalised with MEAN/STD; a model
-trained on an N-band dataset ``[N, B, S, S]`` standardised with the dataset's
-band statistics, which the metadata carries with ``input_bands``) and returns
-``probabilities`` float32 ``[N, C, S, S]`` (softmax). The file carries the
+float32 ``[N, 3, H, W]`` (N dynamic, H and W any multiple of 32: SegNet is fully
+convolutional; RGB normalised with MEAN/STD; a model trained on an N-band dataset
+``[N, B, H, W]`` standardised with the dataset's band statistics, which the
+metadata carries with ``input_bands``) and returns ``probabilities`` float32
+``[N, C, H, W]`` (softmax). Its ``tile_size`` metadata is the window the plugin
+runs (``--window``, 512 px by default, whatever the training tiles were), with
+an overlap that keeps the checkpoint's margin in pixels: on a 512-px window the
+same 32 px are 7 % of the work instead of 13 %, for the same classes
+(``benchmarks/README.md``). The file carries the
 metadata of ``satseg_plugin.inference.metadata`` (Deepness keys and ours). The
 export succeeds only when onnxruntime's output on real dataset tiles agrees with
 torch's: mean |difference| at most ``--tolerance`` (1e-5) and the same class on
@@ -42,6 +47,7 @@ from satseg_plugin.inference.cli import run_cli
 from satseg_plugin.inference.errors import ModelError, SatsegError
 from satseg_plugin.inference.metadata import DEFAULT_OVERLAP_PERCENT, MEAN, STD, ModelMetadata, build_metadata
 from satseg_plugin.inference.params import PARAMETERS
+from satseg_plugin.inference.tileplan import plan_windows
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import load_dataset, normalize, read_tiles, split_indices
@@ -52,28 +58,61 @@ from .predictor import load_predictor
 OPSET = 18
 TOLERANCE = 1e-5
 MIN_AGREEMENT = 0.999
+#: The window the exported model runs in the plugin by default (``tile_size`` metadata).
+DEFAULT_WINDOW = 512
+#: Window sides the graph takes: SegNet's five 2x2 poolings need a multiple of 32.
+WINDOW_STEP = 32
 
 
-def export_overlap(ckpt: dict, given: float | None) -> int:
-    """The ``tiles_overlap`` to export: ``given`` (``--overlap``), else the checkpoint's, else the default.
+def overlap_pixels(size: int, percent: float) -> int:
+    """The overlap in pixels that ``size``-pixel windows at ``percent`` get (``plan_windows``' rounding)."""
+    windows = plan_windows(size, size, size, percent)
+    return windows.size - windows.stride
 
-    ``ParameterError`` (the segment run's message, ``inference.params``) outside [0, 100).
+
+def export_overlap(ckpt: dict, given: float | None, window: int | None = None) -> int:
+    """The ``tiles_overlap`` to export, a percent of ``window`` (default: the checkpoint's tile size).
+
+    ``given`` (``--overlap``) as it is; else the least percent whose overlap on
+    ``window`` keeps the pixels that the checkpoint's ``tiles_overlap`` (or the
+    default) gives its training tiles: the margin a window's edge needs is a
+    number of pixels, not a share. ``ParameterError`` (the segment run's
+    message, ``inference.params``) outside [0, 100).
     """
+    if given is not None:
+        return int(PARAMETERS["overlap_percent"].check(given))
     stored = ckpt.get("tiles_overlap")
-    value = given if given is not None else (stored if stored is not None else DEFAULT_OVERLAP_PERCENT)
-    return int(PARAMETERS["overlap_percent"].check(value))
+    percent = int(
+        PARAMETERS["overlap_percent"].check(stored if stored is not None else DEFAULT_OVERLAP_PERCENT)
+    )
+    tile = int(ckpt.get("tile_size") or 256)
+    if window is None or window == tile:
+        return percent
+    margin = overlap_pixels(tile, percent)
+    return next(p for p in range(100) if overlap_pixels(window, p) >= margin)
+
+
+def check_window(window: int) -> int:
+    """``window`` when it is a positive multiple of ``WINDOW_STEP``; else ``SatsegError``."""
+    if window < WINDOW_STEP or window % WINDOW_STEP:
+        raise SatsegError(f"--window must be a multiple of {WINDOW_STEP} px (e.g. 256 or 512), not {window}")
+    return window
 
 
 def metadata_for(
-    ckpt: dict, overlap: int, description: str | None = None, extra: dict[str, str] | None = None
+    ckpt: dict,
+    overlap: int,
+    description: str | None = None,
+    extra: dict[str, str] | None = None,
+    window: int | None = None,
 ) -> dict[str, str]:
     """The ONNX ``metadata_props`` of a checkpoint (all values JSON strings), with an optional
-    ``description`` and ``extra`` keys (JSON strings too)."""
+    ``description``, ``extra`` keys (JSON strings too) and the ``window`` it runs (default: its tile size)."""
     return build_metadata(
         ModelMetadata(
             class_names=list(ckpt["class_names"]),
             class_colors=list(ckpt["class_colors"]),
-            tile_size=int(ckpt.get("tile_size") or 256),
+            tile_size=window or int(ckpt.get("tile_size") or 256),
             tiles_overlap=overlap,
             resolution_cm=ckpt.get("resolution_cm"),
             mean=tuple(ckpt.get("mean") or (0.485, 0.456, 0.406)),
@@ -129,6 +168,7 @@ def export_onnx(net: torch.nn.Module, tile_size: int, out: Path, props: dict[str
     """Write ``SoftmaxSegNet(net)`` as a self-contained ONNX file with ``props`` as metadata.
 
     The input's band count is the network's (``SegNet.in_channels``): the plugin reads it from the graph.
+    Height and width are dynamic (multiples of ``WINDOW_STEP``); ``tile_size`` only shapes the example.
     """
     import onnx
 
@@ -148,7 +188,13 @@ def export_onnx(net: torch.nn.Module, tile_size: int, out: Path, props: dict[str
             opset_version=OPSET,
             input_names=["image"],
             output_names=["probabilities"],
-            dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1)}},
+            dynamic_shapes={
+                "image": {
+                    0: torch.export.Dim("batch", min=1),
+                    2: WINDOW_STEP * torch.export.Dim("rows", min=1, max=512),
+                    3: WINDOW_STEP * torch.export.Dim("columns", min=1, max=512),
+                }
+            },
             verbose=False,
         )
     if program is None:
@@ -194,6 +240,14 @@ def parity(
     diff = np.abs(got - ref)
     agreement = float((got.argmax(axis=1) == ref.argmax(axis=1)).mean())
     return Parity(float(diff.max()), float(diff.mean()), agreement)
+
+
+def mosaic(tiles: np.ndarray, size: int) -> np.ndarray:
+    """One ``[1, size, size, B]`` image of real pixels: ``tiles`` (``[n, S, S, B]``) side by side, repeated."""
+    n, tile = len(tiles), tiles.shape[1]
+    k = -(-size // tile)
+    rows = [np.concatenate([tiles[(r * k + c) % n] for c in range(k)], axis=1) for r in range(k)]
+    return np.concatenate(rows, axis=0)[None, :size, :size]
 
 
 class _Calibration:
@@ -264,11 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="dataset folder whose tiles check the export (default: the one the checkpoint was trained on)",
     )  # fmt: skip
     p.add_argument(
+        "--window", type=int, default=DEFAULT_WINDOW, metavar="PX",
+        help="the window the plugin runs the model on (tile_size metadata), a multiple of 32; the graph "
+        "takes any multiple of 32, so this only sets the default",
+    )  # fmt: skip
+    p.add_argument(
         "--overlap",
         type=int,
         default=None,
-        help="tiles_overlap metadata, percent (default: the checkpoint's tiles_overlap, which train "
-        f"stores; {DEFAULT_OVERLAP_PERCENT} for a checkpoint without one)",
+        help="tiles_overlap metadata, percent of --window (default: the percent that keeps the pixels "
+        f"of the checkpoint's tiles_overlap, which train stores; {DEFAULT_OVERLAP_PERCENT} % of a "
+        "training tile for a checkpoint without one)",
     )
     p.add_argument("--check-tiles", type=int, default=4, help="validation tiles for the parity check")
     p.add_argument(
@@ -295,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     ckpt = load_checkpoint(args.weights)
-    overlap = export_overlap(ckpt, args.overlap)
+    window = check_window(args.window)
+    overlap = export_overlap(ckpt, args.overlap, window)
     net = model_from_checkpoint(ckpt, str(args.weights))
     data = args.data or (Path(ckpt["data"]) if ckpt.get("data") else None)
     if data is None or not data.is_dir():
@@ -317,21 +378,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         ds.groups, float(ckpt.get("val_fraction", 0.2)), int(ckpt.get("seed", 0))
     )
     check_idx = (val_idx or train_idx)[: max(1, args.check_tiles)]
-    props = metadata_for(ckpt, overlap, args.description, dict(parse_meta_option(m) for m in args.meta))
+    extra = dict(parse_meta_option(m) for m in args.meta)
+    props = metadata_for(ckpt, overlap, args.description, extra, window)
     out: Path = args.out
     if out.suffix.lower() != ".onnx":
         raise SatsegError(f"--out should end in .onnx: {out}")
 
     print(f"exporting {args.weights} (width {ckpt['width']}, {len(ckpt['class_names'])} classes) to {out}")
     export_onnx(net, ds.tile_size, out, props)
-    check = parity(net, out, read_tiles(ds.cache, check_idx)[0], mean, std)
-    if not (check.mean_abs <= args.tolerance and check.agreement >= args.min_agreement):
-        out.unlink()
-        raise ModelError(
-            f"the ONNX export disagrees with torch on {len(check_idx)} tiles ({check.describe()}; allowed: mean "
-            f"<= {args.tolerance:g}, same class >= {100 * args.min_agreement:g} %); no file written"
-        )
-    print(f"parity on {len(check_idx)} real tiles: {check.describe()}")
+    tiles = read_tiles(ds.cache, check_idx)[0]
+    checks = [(f"{len(check_idx)} real tiles", tiles)]
+    if window != ds.tile_size:  # and the window the plugin will run, made of the same pixels
+        checks.append((f"a {window}-px window of them", mosaic(tiles, window)))
+    for what, images in checks:
+        check = parity(net, out, images, mean, std)
+        if not (check.mean_abs <= args.tolerance and check.agreement >= args.min_agreement):
+            out.unlink()
+            raise ModelError(
+                f"the ONNX export disagrees with torch on {what} ({check.describe()}; allowed: mean "
+                f"<= {args.tolerance:g}, same class >= {100 * args.min_agreement:g} %); no file written"
+            )
+        print(f"parity on {what}: {check.describe()}")
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
     if args.int8:
