@@ -244,7 +244,7 @@ def _info(args: argparse.Namespace) -> int:
     print(f"model: {model.path}")
     for i, (name, color) in enumerate(zip(m.class_names, m.class_colors, strict=True)):
         print(f"  class {i}: {name} {color}")
-    print(f"tile size: {m.tile_size} px, overlap {m.tiles_overlap} %")
+    print(f"windows: {m.tile_size} px, overlap {m.tiles_overlap} %")
     print(f"zoom: {m.zoom}, resolution: {m.resolution_cm} cm/px")
     print(
         f"input: {model.channels} bands" + (f" (raster bands {list(m.input_bands)})" if m.input_bands else "")

@@ -47,7 +47,7 @@ def _model_lines(model_path: str) -> list[str]:
     meta = model.metadata
     out = [
         f"  classes: {', '.join(f'{n} ({c})' for n, c in zip(meta.class_names, meta.class_colors, strict=True))}",
-        f"  tile size: {meta.tile_size} px, overlap {meta.tiles_overlap} %",
+        f"  windows: {meta.tile_size} px, overlap {meta.tiles_overlap} %",
         f"  zoom: {meta.zoom}, resolution: {meta.resolution_cm} cm/px",
         f"  normalisation: mean {list(meta.mean)}, std {list(meta.std)}",
         f"  model type: {meta.model_type}, satseg schema: {meta.schema}",

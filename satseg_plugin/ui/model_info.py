@@ -30,7 +30,7 @@ def describe_model(path: str) -> tuple[str, int | None]:
     except SatsegError as exc:
         return str(exc), None
     meta = model.metadata
-    parts = [", ".join(meta.class_names), f"tiles {meta.tile_size} px"]
+    parts = [", ".join(meta.class_names), f"windows {meta.tile_size} px"]
     if model.channels != 3:  # an RGB model is the normal case; others need a raster of those bands
         bands = f" (raster bands {', '.join(map(str, meta.input_bands))})" if meta.input_bands else ""
         parts.append(f"{model.channels} input bands{bands}")
