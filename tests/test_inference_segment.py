@@ -446,3 +446,35 @@ def test_cli_segment_info_and_errors(model: Path, pattern_server: TileServer, tm
         tmp_path / "x",
     )
     assert bad_bbox.returncode == 2 and "MINX,MINY,MAXX,MAXY" in bad_bbox.stderr
+
+
+def test_window_option_runs_other_window_sizes(
+    model: Path, pattern_server: TileServer, tmp_path: Path
+) -> None:
+    """--window: the same classes from windows of another size; a fixed-input model keeps its own."""
+    from inference_helpers import rgb_logits_weights, save_model
+    from onnx import helper, numpy_helper
+
+    from satseg_plugin.inference.errors import ParameterError
+    from satseg_plugin.inference.metadata import ModelMetadata, build_metadata
+    from satseg_plugin.inference.tileplan import plan_windows
+
+    bbox = tile_rect(T0.x, T0.y, T0.x + 3, T0.y + 2)
+    default = run(model, pattern_server.template, tmp_path / "default", bbox=bbox)
+    small = run(model, pattern_server.template, tmp_path / "small", bbox=bbox, window=128)
+    assert (default.windows, small.windows) == (6, 24)  # 3 x 2 tiles of 256 px, then of 128
+    assert plan_windows(768, 512, 128, 0).count == 24
+    np.testing.assert_array_equal(read(default.classes_path)[0], read(small.classes_path)[0])
+    with pytest.raises(ParameterError, match="multiple of 32 px"):
+        run(model, pattern_server.template, tmp_path / "odd", bbox=bbox, window=100)
+    w, b = rgb_logits_weights()
+    fixed = save_model(
+        tmp_path / "fixed.onnx",
+        [helper.make_node("Conv", ["image", "w", "b"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+        4, build_metadata(ModelMetadata(NAMES, ["#000000"] * 4, 256, 0, None, zoom=Z)), ["N", 3, 256, 256],
+    )  # fmt: skip
+    with pytest.raises(ParameterError, match="takes 256-px windows only"):
+        run(fixed, pattern_server.template, tmp_path / "fixed", bbox=bbox, window=512)
+    assert run(fixed, pattern_server.template, tmp_path / "same", bbox=bbox, window=256).windows == 6

@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="tiles_overlap metadata, percent of --window (default: the percent that keeps the pixels "
-        f"of the checkpoint's tiles_overlap, which train stores; {DEFAULT_OVERLAP_PERCENT} % of a "
+        f"of the checkpoint's tiles_overlap, which train stores; {DEFAULT_OVERLAP_PERCENT} %% of a "
         "training tile for a checkpoint without one)",
     )
     p.add_argument("--check-tiles", type=int, default=4, help="validation tiles for the parity check")

@@ -131,6 +131,13 @@ SEGMENT_PARAMETERS: tuple[RunParameter, ...] = (
         minimum=0, maximum=100, below_maximum=True, unset="the model's", metavar="PERCENT",
     ),
     RunParameter(
+        "window", int, None, "--window", "WINDOW", "Window size (px)",
+        "side of the model windows in pixels, a multiple of 32; larger windows compute less overlap "
+        "and hold more memory (a model with a fixed input size runs only that size)",
+        minimum=32, maximum=4096, unset="the model's", advanced=True, metavar="PX",
+        where=frozenset({CLI, PROCESSING}),
+    ),
+    RunParameter(
         "batch_size", int, 4, "--batch-size", "BATCH_SIZE", "Batch size",
         "windows per model call", minimum=1, maximum=1024, advanced=True,
         where=frozenset({CLI, PROCESSING}),

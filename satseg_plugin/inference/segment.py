@@ -64,7 +64,9 @@ class SegmentRequest:
     Exactly one of ``tiles_url`` (an XYZ template or TileJSON URL, a token may be
     in it or in the environment variable ``token_env``) and ``raster_path`` (any
     raster GDAL opens). ``bbox`` is ``(minx, miny, maxx, maxy)`` in ``bbox_crs``.
-    ``zoom`` None means the model's. ``overlap_percent`` None means the model's.
+    ``zoom`` None means the model's. ``overlap_percent`` None means the model's,
+    and so does ``window`` (the side of the model windows in pixels, a multiple
+    of 32; a model with a fixed input size runs that size only).
     ``write_vectors`` adds ``classes.gpkg`` (one polygon per region of a class);
     ``min_area_m2`` merges regions below that ground area into their neighbours
     in the class raster, the polygons and the counts alike; ``simplify_m``
@@ -87,6 +89,7 @@ class SegmentRequest:
     write_heatmaps: bool = True
     write_counts: bool = True
     overlap_percent: float | None = None
+    window: int | None = None
     batch_size: int = 4
     cache_dir: str | os.PathLike[str] | None = None
     token_env: str = DEFAULT_TOKEN_ENV
@@ -111,6 +114,23 @@ SINGLE_PROCESS_OPTIONS = {
     "mask_path": "--mask",
     "bands": "--bands",
 }
+
+
+def window_size(model: SegModel, asked: int | None) -> int:
+    """The side of the run's windows: ``asked`` (``--window``), else the model's.
+
+    ``ParameterError`` when the model's input is fixed at another size, or ``asked``
+    is not a multiple of 32 (SegNet's five poolings, and most segmentation networks').
+    """
+    if asked is None or asked == model.window_size:
+        return model.window_size
+    if model.fixed_size is not None:
+        raise ParameterError(
+            f"{model.path.name} takes {model.window_size}-px windows only (a fixed input size), not {asked}"
+        )
+    if asked % 32:
+        raise ParameterError(f"the window must be a multiple of 32 px (e.g. 256 or 512), not {asked}")
+    return asked
 
 
 def single_process_options(req: SegmentRequest) -> list[str]:
@@ -193,7 +213,7 @@ def plan_run(
     if model is None:
         model = SegModel.load(req.model, allow_generic_names=req.allow_generic_names)
     check_extent(req.bbox, req.bbox_crs)  # before the network or any file
-    size = model.window_size
+    size = window_size(model, req.window)
     overlap_percent = model.metadata.tiles_overlap if req.overlap_percent is None else req.overlap_percent
     if req.tiles_url and (model.channels != 3 or req.bands):
         raise SourceError(
@@ -336,7 +356,7 @@ def infer_windows(
     column ``x0``) go through the model ``batch_size`` at a time; ``on_batch(n)``
     after each batch, ``Cancelled`` when ``cancelled()`` turns true before one.
     """
-    size = model.window_size
+    size = pixels.shape[0]  # the plan's window: the model's, or the request's
     for b in range(0, len(positions), batch_size):
         if cancelled():
             raise Cancelled("cancelled")
