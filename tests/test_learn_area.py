@@ -126,6 +126,7 @@ def test_run_leaves_model_report_card_and_dataset(scratch: dict) -> None:
     assert float(rows[2]["new_iou"]) == pytest.approx(sum(by_hand) / 2, abs=1e-6)
     card = (out / "MODEL_CARD.md").read_text()
     assert "held-out" in card and "| building |" in card and "from scratch" in card
+    assert f"**In short**: held-out mIoU {100 * float(rows[2]['new_iou']):.1f} %." in card
     finer = len([t for t in tiles_of(out / "train") if t.startswith(f"{ZOOM + 1}-")])
     assert f"{len(tiles_of(out / 'train'))} to train on ({finer} of them at zoom {ZOOM + 1})" in card
     assert (
@@ -354,7 +355,9 @@ def test_ctrl_c_keeps_the_dataset_then_export_best_and_resume(
     assert "resuming after epoch" in stderr and "8 already there" in stderr
     assert sum(server.requests.values()) - served <= 9  # only the probe: every image was kept
     assert int(load_checkpoint(out / "run" / "last.pt")["epoch"]) == epochs_before + 1
-    assert json.loads(stdout.splitlines()[-1])["phase"] == "done"
+    done = json.loads(stdout.splitlines()[-1])
+    assert done["phase"] == "done" and done["verdict"].startswith("held-out mIoU ")
+    assert done["message"] == f"model {done['model']}: {done['verdict']}"
 
 
 def test_dataset_from_a_raster_matches_the_tiles(area: Path, tmp_path: Path) -> None:
@@ -431,3 +434,17 @@ def test_imagery_without_the_finer_zoom_trains_on_the_run_zoom_alone(
         t for t in tiles_of(out / "dataset") if t not in tiles_of(out / "heldout")
     ]
     assert json.loads((out / "learn_area.json").read_text())["tiles"]["finer"] == 0
+
+
+def test_verdict_says_when_the_base_does_better() -> None:
+    """The done line's summary: the new mean IoU, and a plain warning when the base scored higher."""
+    from training.learn_area import verdict
+
+    def rows(base: str, new: str) -> list[dict[str, str]]:
+        return [{"class": "mean", "pixels": "10", "base_iou": base, "new_iou": new, "change": ""}]
+
+    assert verdict(rows("0.55", "0.61")) == "held-out mIoU 61.0 % (base model 55.0 %, +6.0 points)"
+    worse = verdict(rows("0.55", "0.50"))
+    assert worse.startswith("held-out mIoU 50.0 %, below the base model's 55.0 %: the base does better")
+    assert verdict(rows("", "0.5")) == "held-out mIoU 50.0 %"  # from scratch: no base
+    assert verdict(rows("", "")) == "no held-out pixel to score"

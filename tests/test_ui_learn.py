@@ -116,6 +116,12 @@ def test_protocol_lines_are_parsed_and_described() -> None:
         "r.csv",
         "c.md",
     )
+    assert result.verdict == ""  # a done line from before the verdict
+    _, result = parse_line(
+        '{"phase": "done", "fraction": 1, "model": "m.onnx", "report": "r.csv", "card": "c.md", '
+        '"verdict": "held-out mIoU 61.0 % (base model 55.0 %, +6.0 points)"}'
+    )
+    assert result.verdict == "held-out mIoU 61.0 % (base model 55.0 %, +6.0 points)"
     assert parse_line('{"phase": "dataset", "fraction": 7}')[0].fraction == 1.0  # clamped
     for noise in ("", "warning: something", "{not json", '{"phase": "dancing"}', "[1, 2]"):
         assert parse_line(noise) is None
@@ -335,6 +341,8 @@ def test_task_shows_progress_then_the_table_lists_the_model_and_offers_to_segmen
         "class", "iou_before", "iou_after"
     ]  # fmt: skip
     assert [table.item(1, c).text() for c in range(3)] == ["building", "0.3125", "0.625"]
+    verdict = task.report_dialog.verdict.text()  # the done line's summary, above the table
+    assert verdict == "<b>Held-out mIoU 76.2 %, below the base model's 80.0 %: the base does better.</b>"
     end = time.monotonic() + 10
     while task.segment_button is None and time.monotonic() < end:  # pushed after QGIS's own message
         QgsApplication.processEvents()

@@ -467,6 +467,25 @@ def report_rows(
     return rows
 
 
+def verdict(rows: list[dict[str, str]]) -> str:
+    """One line on the held-out block: the new model's mean IoU, and how it stands against the base's.
+
+    A new model below its base says so: a short run or a small area can end worse than where it started.
+    """
+    new, base = rows[-1]["new_iou"], rows[-1]["base_iou"]
+    if not new:
+        return "no held-out pixel to score"
+    text = f"held-out mIoU {100 * float(new):.1f} %"
+    if not base:
+        return text
+    if float(new) < float(base):
+        return (
+            f"{text}, below the base model's {100 * float(base):.1f} %: the base does better on this "
+            "area's held-out block (train longer or over more ground, or keep the base)"
+        )
+    return f"{text} (base model {100 * float(base):.1f} %, {100 * (float(new) - float(base)):+.1f} points)"
+
+
 def format_table(rows: list[dict[str, str]]) -> str:
     """The before/after table as text, IoU in percent."""
 
@@ -551,6 +570,8 @@ def write_card(
             f"| {r['class']} | {r['pixels']} | {pct(r['base_iou'])} | {pct(r['new_iou'])} | {pct(r['change'], True)} |"
         )
     lines += [
+        "",
+        f"**In short**: {verdict(rows)}.",
         "",
         "The held-out block is ground next to the training tiles, labelled by the same OpenStreetMap data: "
         "it says how the model does on this area's imagery, not elsewhere. OpenStreetMap is incomplete (roofs "
@@ -724,16 +745,17 @@ def finish(out: Path, settings: dict[str, Any], progress: Progress) -> dict[str,
         f"IoU on the held-out block ({settings['tiles']['heldout']} tiles):\n{table}",
         file=sys.stderr if progress.stream else sys.stdout,
     )
-    mean = rows[-1]["new_iou"]
+    summary = verdict(rows)
     progress(
         "done",
         1.0,
-        f"model {model}" + (f": held-out mIoU {100 * float(mean):.1f} %" if mean else ""),
+        f"model {model}: {summary}",
         model=str(model),
         report=str(report),
         card=str(card),
+        verdict=summary,
     )
-    return {"model": str(model), "report": str(report), "card": str(card)}
+    return {"model": str(model), "report": str(report), "card": str(card), "verdict": summary}
 
 
 def _read_settings(out: Path) -> dict[str, Any]:

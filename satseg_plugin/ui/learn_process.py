@@ -112,6 +112,7 @@ class LearnResult:
     model: str
     report: str
     card: str
+    verdict: str = ""  # one line: the held-out mIoU against the base's (runs before it: empty)
 
 
 def format_seconds(seconds: float) -> str:
@@ -155,7 +156,7 @@ def parse_line(line: str) -> tuple[LearnProgress, LearnResult | None] | None:
     if progress.phase == "done":
         paths = [obj.get(k) for k in ("model", "report", "card")]
         if all(isinstance(p, str) and p for p in paths):
-            result = LearnResult(*paths)  # type: ignore[arg-type]
+            result = LearnResult(*paths, verdict=str(obj.get("verdict") or ""))  # type: ignore[arg-type]
     return progress, result
 
 

@@ -45,6 +45,11 @@ class ReportDialog(QDialog):
                 self.table.setItem(r, c, item)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
+        self.verdict = QLabel(
+            f"<b>{result.verdict[:1].upper()}{result.verdict[1:]}.</b>" if result.verdict else ""
+        )
+        self.verdict.setObjectName("satsegLearnVerdict")
+        self.verdict.setWordWrap(True)
         info = QLabel(
             f"Held-out IoU per class of the base model and of the new one.<br>Model: {result.model}<br>"
             f"Model card: {result.card}<br>Report: {result.report}"
@@ -54,6 +59,8 @@ class ReportDialog(QDialog):
         buttons = QDialogButtonBox(QDialogButtonBox.Close)
         buttons.rejected.connect(self.close)
         layout = QVBoxLayout(self)
+        if result.verdict:
+            layout.addWidget(self.verdict)
         layout.addWidget(self.table)
         layout.addWidget(info)
         layout.addWidget(buttons)
