@@ -182,11 +182,12 @@ def timed_segment(
     batch: int,
     heatmaps: bool = True,
     raster: Path | None = None,
+    window: int | None = None,
 ) -> tuple[float, SegmentResult]:
     req = SegmentRequest(
         model=model, bbox=extent(n, n), bbox_crs="EPSG:3857", tiles_url=url,
         raster_path=str(raster) if raster else None, out_dir=out, overlap_percent=overlap,
-        batch_size=batch, write_heatmaps=heatmaps,
+        batch_size=batch, write_heatmaps=heatmaps, window=window,
     )  # fmt: skip
     start = time.perf_counter()
     result = run_segment(req)
@@ -246,6 +247,18 @@ def throughput(args: argparse.Namespace, folder: Path) -> None:
                             return seconds, result.windows * px, km2(result)
 
                         configs.append((label, pipeline))
+        if size != 256:  # the windows of the training tiles, at their seam-free 32 px (13 %)
+            for heat in (False, True):
+                label = f"xyz, fp32, 256-px windows, overlap 13 %, {'heatmaps + ' if heat else ''}classes + counts"
+
+                def small(heat: bool = heat, label: str = label) -> tuple[float, int, float]:
+                    out = folder / f"run-{abs(hash(label))}"
+                    seconds, result = timed_segment(
+                        models["fp32"], server.template, side, out, 13, args.batch, heat, window=256
+                    )
+                    return seconds, result.windows * 256 * 256, km2(result)
+
+                configs.append((label, small))
         timed_segment(models["fp32"], server.template, 2, folder / "warm", 0, args.batch)  # warm-up
         print(f"   load average before: {load_average()}", flush=True)
         rounds: list[dict[str, tuple[float, int, float]]] = []
@@ -395,8 +408,9 @@ def seams(args: argparse.Namespace, folder: Path) -> None:
         for overlap in SEAM_OVERLAPS:
             req = SegmentRequest(
                 model=args.model, out_dir=folder / f"seam{overlap:g}", overlap_percent=overlap,
-                batch_size=args.batch, tiles_url=None if "raster_path" in base else server.template, **base,
-            )  # fmt: skip
+                batch_size=args.batch, tiles_url=None if "raster_path" in base else server.template,
+                window=meta.tile_size, **base,
+            )  # fmt: skip  # the model's own windows, whose edges are known below
             result = run_segment(req)
             classes = gdal.Open(result.classes_path).ReadAsArray()
             heats = [

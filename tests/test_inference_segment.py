@@ -478,3 +478,19 @@ def test_window_option_runs_other_window_sizes(
     with pytest.raises(ParameterError, match="takes 256-px windows only"):
         run(fixed, pattern_server.template, tmp_path / "fixed", bbox=bbox, window=512)
     assert run(fixed, pattern_server.template, tmp_path / "same", bbox=bbox, window=256).windows == 6
+    # A 512-px model (7 %: 36 px) chooses, among 256 to 512 px, the side that runs the fewest pixels
+    # over 768 x 512: n = ceil((L + 36 - s) / (s - 36)) + 1 per axis; 320 px: 3 x 2 windows, 0.61 Mpx
+    # (256 px: 4 x 3, 0.79 Mpx; 512 px: 2 x 2, 1.05 Mpx).
+    from inference_helpers import COLORS
+
+    big = make_rgb_model(
+        tmp_path / "big.onnx", props=build_metadata(ModelMetadata(NAMES, COLORS, 512, 7, None, zoom=Z))
+    )
+    chosen = run(big, pattern_server.template, tmp_path / "big", bbox=bbox)
+    cost = {
+        s: (math.ceil((768 + 36 - s) / (s - 36)) + 1) * (math.ceil((512 + 36 - s) / (s - 36)) + 1) * s * s
+        for s in range(256, 513, 32)
+    }
+    best = min(cost, key=lambda s: (cost[s], -s))
+    assert best == 320 and chosen.windows * best * best == cost[best] == 614_400 < cost[512]
+    np.testing.assert_array_equal(read(chosen.classes_path)[0], read(default.classes_path)[0])

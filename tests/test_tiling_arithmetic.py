@@ -15,6 +15,8 @@ from satseg_plugin.inference.blend import EDGE_WEIGHT, BandBlender, window_weigh
 from satseg_plugin.inference.errors import ParameterError
 from satseg_plugin.inference.tileplan import (
     Windows,
+    fewest_pixels_windows,
+    overlap_pixels,
     plan_stripes,
     plan_windows,
     starts_inside,
@@ -90,3 +92,20 @@ def test_band_blender_weights_two_windows() -> None:
     assert not probs.any() and not valid.any()
     with pytest.raises(ValueError, match="not the band's top row"):
         band.add(ones, np.ones((4, 4), bool), 0, 0)
+
+
+def test_fewest_pixels_windows_picks_the_side_that_overshoots_least() -> None:
+    """A screen-sized 1920 x 1080 extent with a 36-px margin: 320-px windows beat 512 and 256 px."""
+    margin = overlap_pixels(512, 7)
+    assert margin == 36 and overlap_pixels(416, 100 * 36 / 416) == 36  # the same pixels at any side
+    sizes = list(range(256, 513, 32))
+    w = fewest_pixels_windows(1920, 1080, sizes, lambda s: 100 * margin / s)
+    # By hand: side s, stride s - 36, n = ceil((L + 36 - s) / (s - 36)) + 1 per axis. 320 px: 7 x 4
+    # windows, 2.87 Mpx; 256 px: 9 x 5, 2.95 Mpx; 448 px: 5 x 3, 3.01 Mpx; 512 px: 5 x 3, 3.93 Mpx.
+    assert (w.size, w.stride, w.x0, w.nx, w.ny) == (320, 284, -18, 7, 4)
+    assert w.count * w.size**2 == 2_867_200
+    # A large square: 448 px (20 x 20, 80.3 Mpx) against 512 (18 x 18, 84.9) and 256 (38 x 38, 94.6).
+    big = fewest_pixels_windows(8192, 8192, sizes, lambda s: 100 * margin / s)
+    assert (big.size, big.nx) == (448, 20)
+    # Equal pixels go to the larger windows (fewer model calls): four 512s or sixteen 256s, no margin.
+    assert fewest_pixels_windows(1024, 1024, [256, 512], lambda s: 0).size == 512

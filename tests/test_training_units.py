@@ -391,8 +391,8 @@ def test_export_uses_the_overlap_the_checkpoint_stores() -> None:
 def test_export_keeps_the_overlap_in_pixels_on_a_larger_window() -> None:
     """13 % of a 256-px training tile is 32 px of overlap; on a 512-px window that is 7 % (36 px)."""
     from satseg_plugin.inference.errors import SatsegError
-    from satseg_plugin.inference.tileplan import plan_windows
-    from training.export import check_window, export_overlap, overlap_pixels
+    from satseg_plugin.inference.tileplan import overlap_pixels, plan_windows
+    from training.export import check_window, export_overlap
 
     ckpt = {"tiles_overlap": 13, "tile_size": 256}
     assert overlap_pixels(256, 13) == 32 and overlap_pixels(512, 6) == 30 and overlap_pixels(512, 7) == 36

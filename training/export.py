@@ -47,7 +47,7 @@ from satseg_plugin.inference.cli import run_cli
 from satseg_plugin.inference.errors import ModelError, SatsegError
 from satseg_plugin.inference.metadata import DEFAULT_OVERLAP_PERCENT, MEAN, STD, ModelMetadata, build_metadata
 from satseg_plugin.inference.params import PARAMETERS
-from satseg_plugin.inference.tileplan import plan_windows
+from satseg_plugin.inference.tileplan import overlap_pixels
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import load_dataset, normalize, read_tiles, split_indices
@@ -62,12 +62,6 @@ MIN_AGREEMENT = 0.999
 DEFAULT_WINDOW = 512
 #: Window sides the graph takes: SegNet's five 2x2 poolings need a multiple of 32.
 WINDOW_STEP = 32
-
-
-def overlap_pixels(size: int, percent: float) -> int:
-    """The overlap in pixels that ``size``-pixel windows at ``percent`` get (``plan_windows``' rounding)."""
-    windows = plan_windows(size, size, size, percent)
-    return windows.size - windows.stride
 
 
 def export_overlap(ckpt: dict, given: float | None, window: int | None = None) -> int:

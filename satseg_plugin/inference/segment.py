@@ -39,8 +39,9 @@ from .tileplan import (
     Windows,
     check_bbox,
     check_extent,
+    fewest_pixels_windows,
+    overlap_pixels,
     plan_stripes,
-    plan_windows,
     srs_from_user,
     transform_bounds,
     xyz_grid,
@@ -116,21 +117,36 @@ SINGLE_PROCESS_OPTIONS = {
 }
 
 
-def window_size(model: SegModel, asked: int | None) -> int:
-    """The side of the run's windows: ``asked`` (``--window``), else the model's.
+def window_sizes(model: SegModel, asked: int | None) -> list[int]:
+    """The window sides a run may choose from: ``[asked]`` (``--window``), else the model's and smaller.
 
-    ``ParameterError`` when the model's input is fixed at another size, or ``asked``
-    is not a multiple of 32 (SegNet's five poolings, and most segmentation networks').
+    A model with a dynamic input runs any multiple of 32 from half its window (not
+    below 256 px, the XYZ tile) up to its window: ``fewest_pixels_windows`` picks
+    the one that covers the extent with the fewest pixels. ``ParameterError`` when
+    the model's input is fixed at another size than ``asked``, or ``asked`` is not
+    a multiple of 32 (SegNet's five poolings, and most segmentation networks').
     """
-    if asked is None or asked == model.window_size:
-        return model.window_size
-    if model.fixed_size is not None:
+    largest = model.window_size
+    if asked is None:
+        if model.fixed_size is not None or largest % 32:
+            return [largest]
+        return list(range(min(largest, max(256, largest // 2)), largest + 1, 32))
+    if asked != largest and model.fixed_size is not None:
         raise ParameterError(
             f"{model.path.name} takes {model.window_size}-px windows only (a fixed input size), not {asked}"
         )
-    if asked % 32:
+    if asked % 32 and asked != largest:
         raise ParameterError(f"the window must be a multiple of 32 px (e.g. 256 or 512), not {asked}")
-    return asked
+    return [asked]
+
+
+def _overlap_for(model: SegModel, asked: float | None) -> Callable[[int], float]:
+    """Overlap in percent of a window of each side: ``asked`` as it is, else the model's margin in pixels."""
+    if asked is not None:
+        return lambda _size: float(asked)
+    percent = model.metadata.tiles_overlap
+    margin = overlap_pixels(model.window_size, percent)
+    return lambda size: percent if size == model.window_size else 100 * margin / size
 
 
 def single_process_options(req: SegmentRequest) -> list[str]:
@@ -213,8 +229,8 @@ def plan_run(
     if model is None:
         model = SegModel.load(req.model, allow_generic_names=req.allow_generic_names)
     check_extent(req.bbox, req.bbox_crs)  # before the network or any file
-    size = window_size(model, req.window)
-    overlap_percent = model.metadata.tiles_overlap if req.overlap_percent is None else req.overlap_percent
+    sizes = window_sizes(model, req.window)
+    overlap_for = _overlap_for(model, req.overlap_percent)
     if req.tiles_url and (model.channels != 3 or req.bands):
         raise SourceError(
             f"{model.path.name} takes {model.channels} image bands; XYZ tiles are RGB: segment a raster "
@@ -231,7 +247,7 @@ def plan_run(
                 f"the extent is {grid.width:,} x {grid.height:,} pixels at zoom {grid.zoom}: "
                 "zoom in, or choose a lower zoom"
             )
-        windows = plan_windows(grid.width, grid.height, size, overlap_percent)
+        windows = fewest_pixels_windows(grid.width, grid.height, sizes, overlap_for)
         # What the user asked for; the tiles around it that windows read for context are not counted.
         inside = {tuple(t) for t in xyz_tiles_for(grid)} if tile_set else None
         tiles = xyz_tile_count(grid)
@@ -245,7 +261,7 @@ def plan_run(
         bands = req.bands or model.metadata.input_bands
         source = RasterSource(str(req.raster_path), req.bbox, req.bbox_crs, res, bands, model.channels)
         grid = source.grid
-        windows = plan_windows(grid.width, grid.height, size, overlap_percent)
+        windows = fewest_pixels_windows(grid.width, grid.height, sizes, overlap_for)
         tiles = windows.count
         inside = None
         if not open_source:
@@ -258,7 +274,7 @@ def plan_run(
         if source is not None:
             source.close()
         raise
-    return RunPlan(model, grid, windows, size - windows.stride, tiles, source, inside, template, area)
+    return RunPlan(model, grid, windows, windows.size - windows.stride, tiles, source, inside, template, area)
 
 
 def count_tiles(req: SegmentRequest) -> int:

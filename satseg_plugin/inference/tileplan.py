@@ -13,6 +13,7 @@ border pixels included, lies away from a window's weakest edge.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import mercantile
@@ -218,6 +219,25 @@ def plan_windows(width: int, height: int, size: int, overlap_percent: float) -> 
         return max(1, math.ceil((n + 2 * pad - size) / stride) + 1)
 
     return Windows(size, stride, -pad, -pad, count(width), count(height))
+
+
+def overlap_pixels(size: int, percent: float) -> int:
+    """The overlap in pixels of ``size``-pixel windows at ``percent`` (``plan_windows``' rounding)."""
+    windows = plan_windows(size, size, size, percent)
+    return windows.size - windows.stride
+
+
+def fewest_pixels_windows(
+    width: int, height: int, sizes: Sequence[int], overlap_percent: Callable[[int], float]
+) -> Windows:
+    """Of the windows of each side in ``sizes`` (each at ``overlap_percent(side)``) over ``width`` x
+    ``height``, those that run the fewest pixels; among equals, the larger windows (fewer calls).
+
+    Whole windows overshoot an extent's edges: on a 1920 x 1080 extent, 512-px windows at 36 px of
+    overlap run 3.9 Mpx, 416-px ones 2.6 Mpx, 256-px ones at 32 px 3.0 Mpx.
+    """
+    plans = [plan_windows(width, height, s, overlap_percent(s)) for s in sizes]
+    return min(plans, key=lambda w: (w.count * w.size * w.size, -w.size))
 
 
 def starts_inside(length: int, size: int, stride: int) -> list[int]:
