@@ -65,9 +65,10 @@ class SegmentRequest:
     Exactly one of ``tiles_url`` (an XYZ template or TileJSON URL, a token may be
     in it or in the environment variable ``token_env``) and ``raster_path`` (any
     raster GDAL opens). ``bbox`` is ``(minx, miny, maxx, maxy)`` in ``bbox_crs``.
-    ``zoom`` None means the model's. ``overlap_percent`` None means the model's,
-    and so does ``window`` (the side of the model windows in pixels, a multiple
-    of 32; a model with a fixed input size runs that size only).
+    ``zoom`` None means the model's. ``overlap_percent`` None means the model's.
+    ``window`` is the side of the model windows in pixels, a multiple of 32 (a
+    model with a fixed input size runs that size only); None: the side from 256
+    px up to the model's that covers the extent with the fewest pixels.
     ``write_vectors`` adds ``classes.gpkg`` (one polygon per region of a class);
     ``min_area_m2`` merges regions below that ground area into their neighbours
     in the class raster, the polygons and the counts alike; ``simplify_m``
