@@ -244,7 +244,7 @@ def throughput(args: argparse.Namespace, folder: Path) -> None:
                             seconds, result = timed_segment(
                                 model, url, side, out, overlap, args.batch, heat, raster=path
                             )
-                            return seconds, result.windows * px, km2(result)
+                            return seconds, result.windows * result.window_size**2, km2(result)
 
                         configs.append((label, pipeline))
         if size != 256:  # the windows of the training tiles, at their seam-free 32 px (13 %)
@@ -256,7 +256,7 @@ def throughput(args: argparse.Namespace, folder: Path) -> None:
                     seconds, result = timed_segment(
                         models["fp32"], server.template, side, out, 13, args.batch, heat, window=256
                     )
-                    return seconds, result.windows * 256 * 256, km2(result)
+                    return seconds, result.windows * result.window_size**2, km2(result)
 
                 configs.append((label, small))
         timed_segment(models["fp32"], server.template, 2, folder / "warm", 0, args.batch)  # warm-up
@@ -273,7 +273,7 @@ def throughput(args: argparse.Namespace, folder: Path) -> None:
         if label.startswith("xyz") and " 0 %" in label
     )
     print(
-        f"\n1. throughput: {tiles} tiles ({side} x {side}), {size}-px windows, batch {args.batch}, median of "
+        f"\n1. throughput: {tiles} tiles ({side} x {side}), windows up to {size} px, batch {args.batch}, median of "
         f"{args.rounds} interleaved rounds; seam-free overlap = the model's {seam_free:g} %"
     )
     print(f"   {'':58} {'Mpx/s':>8} {'vs bare':>8} {'km2/s':>8} {'area vs bare':>12}")

@@ -493,4 +493,5 @@ def test_window_option_runs_other_window_sizes(
     }
     best = min(cost, key=lambda s: (cost[s], -s))
     assert best == 320 and chosen.windows * best * best == cost[best] == 614_400 < cost[512]
+    assert (chosen.window_size, default.window_size, small.window_size) == (320, 256, 128)
     np.testing.assert_array_equal(read(chosen.classes_path)[0], read(default.classes_path)[0])

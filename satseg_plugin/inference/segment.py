@@ -173,6 +173,7 @@ class SegmentResult:
     polygons: int = 0  # its features
     min_area_pixels: int = 0  # the sieve threshold used (0: no sieve)
     windows_run: int = 0  # windows the model ran: those with imagery under them
+    window_size: int = 0  # their side in pixels, as the run chose it (``fewest_pixels_windows``)
 
 
 @dataclass
@@ -617,6 +618,7 @@ def _run_segment(
             grid=plan.grid,
             windows=total,
             windows_run=plan.model.windows_run,
+            window_size=plan.windows.size,
             vectors_path=vectors_path,
             polygons=polygons,
             min_area_pixels=sieve_px,
