@@ -9,9 +9,10 @@ convolutional; RGB normalised with MEAN/STD; a model trained on an N-band datase
 metadata carries with ``input_bands``) and returns ``probabilities`` float32
 ``[N, C, H, W]`` (softmax). Its ``tile_size`` metadata is the window the plugin
 runs (``--window``, 512 px by default, whatever the training tiles were), with
-an overlap that keeps the checkpoint's margin in pixels: on a 512-px window the
-same 32 px are 7 % of the work instead of 13 %, for the same classes
-(``benchmarks/README.md``). The file carries the
+an overlap that keeps the checkpoint's margin in pixels: the 32 px that are 13 %
+of a 256-px training tile become 7 % (36 px, the least whole percent with at
+least 32) of a 512-px window, for the same classes (``benchmarks/README.md``).
+The file carries the
 metadata of ``satseg_plugin.inference.metadata`` (Deepness keys and ours). The
 export succeeds only when onnxruntime's output on real dataset tiles agrees with
 torch's: mean |difference| at most ``--tolerance`` (1e-5) and the same class on
