@@ -151,18 +151,16 @@ def load_average() -> str:
 def real_windows(count: int, size: int = 256) -> np.ndarray:
     """``count`` real ``size``-px windows as ``(N, size, size, 3)`` uint8, the same ones every time.
 
-    A window larger than a tile is real tiles side by side (each window starts at the next tile).
+    A window larger than a tile is real tiles side by side (``training.export.mosaic``; each
+    window starts at the next tile).
     """
     from satseg_plugin.inference.imageio import decode_image, to_rgb
+    from training.export import mosaic
 
     provide = real_tile_provider()
     k = -(-size // 256)
-    tiles = [to_rgb(decode_image(provide(ZOOM, i, 3 * i)))[0] for i in range(count + k * k)]
-    windows = []
-    for w in range(count):
-        rows = [np.concatenate([tiles[w + r * k + c] for c in range(k)], axis=1) for r in range(k)]
-        windows.append(np.concatenate(rows, axis=0)[:size, :size])
-    return np.stack(windows)
+    tiles = np.stack([to_rgb(decode_image(provide(ZOOM, i, 3 * i)))[0] for i in range(count + k * k)])
+    return np.concatenate([mosaic(tiles[w : w + k * k], size) for w in range(count)])
 
 
 def bare_seconds(model: SegModel, batches: list[np.ndarray]) -> float:

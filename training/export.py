@@ -48,7 +48,7 @@ from satseg_plugin.inference.cli import run_cli
 from satseg_plugin.inference.errors import ModelError, SatsegError
 from satseg_plugin.inference.metadata import DEFAULT_OVERLAP_PERCENT, MEAN, STD, ModelMetadata, build_metadata
 from satseg_plugin.inference.params import PARAMETERS
-from satseg_plugin.inference.tileplan import overlap_pixels
+from satseg_plugin.inference.tileplan import WINDOW_STEP, overlap_pixels
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import load_dataset, normalize, read_tiles, split_indices
@@ -61,8 +61,6 @@ TOLERANCE = 1e-5
 MIN_AGREEMENT = 0.999
 #: The window the exported model runs in the plugin by default (``tile_size`` metadata).
 DEFAULT_WINDOW = 512
-#: Window sides the graph takes: SegNet's five 2x2 poolings need a multiple of 32.
-WINDOW_STEP = 32
 
 
 def export_overlap(ckpt: dict, given: float | None, window: int | None = None) -> int:

@@ -34,6 +34,7 @@ from .runfolder import output_folder
 from .sources import RasterSource, XyzSource, tile_name
 from .staging import publish, staging_folder
 from .tileplan import (
+    WINDOW_STEP,
     Grid,
     Stripe,
     Windows,
@@ -129,15 +130,17 @@ def window_sizes(model: SegModel, asked: int | None) -> list[int]:
     """
     largest = model.window_size
     if asked is None:
-        if model.fixed_size is not None or largest % 32:
+        if model.fixed_size is not None or largest % WINDOW_STEP:
             return [largest]
-        return list(range(min(largest, max(256, largest // 2)), largest + 1, 32))
+        return list(range(min(largest, max(256, largest // 2)), largest + 1, WINDOW_STEP))
     if asked != largest and model.fixed_size is not None:
         raise ParameterError(
             f"{model.path.name} takes {model.window_size}-px windows only (a fixed input size), not {asked}"
         )
-    if asked % 32 and asked != largest:
-        raise ParameterError(f"the window must be a multiple of 32 px (e.g. 256 or 512), not {asked}")
+    if asked % WINDOW_STEP and asked != largest:
+        raise ParameterError(
+            f"the window must be a multiple of {WINDOW_STEP} px (e.g. 256 or 512), not {asked}"
+        )
     return [asked]
 
 

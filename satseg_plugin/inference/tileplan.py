@@ -29,6 +29,8 @@ HALF_WORLD = 20037508.342789244
 XYZ_TILE = 256
 #: The latitude where Web Mercator (and so the XYZ grid) ends, north and south.
 MAX_LATITUDE = 85.0511287798066
+#: Window sides a SegNet takes (its five 2x2 poolings): exports accept, and runs choose, multiples of it.
+WINDOW_STEP = 32
 #: An XYZ tile as ``(x, y, z)``.
 Tile = tuple[int, int, int]
 
