@@ -27,6 +27,7 @@ from satseg_plugin.inference.int8speed import (
     Int8Speed,
     cached_int8_speed,
     decide,
+    int8_note,
     int8_twin,
     lookup_int8_speed,
     measure_and_cache,
@@ -100,6 +101,30 @@ def test_the_cache_measures_once_per_files_cpu_and_onnxruntime(tmp_path: Path, m
     assert lookup_int8_speed(fp32, cache) is None and cached_int8_speed(fp32, cache, measure) == first
     with pytest.raises(ModelError, match="no int8 copy"):
         measure_and_cache(tmp_path / "alone.onnx", cache, measure)
+
+
+def test_a_run_given_a_file_says_what_is_known_of_int8_here(tmp_path: Path) -> None:
+    cache = tmp_path / "int8_speed.json"
+    fast, fast8 = _pair(tmp_path, "fast")
+    slow, slow8 = _pair(tmp_path, "slow")
+    alone = make_color_model(tmp_path / "alone.onnx")
+    # nothing measured yet: the fp32 runs say nothing, an int8 copy says it is unmeasured
+    assert int8_note(fast, cache) is None and int8_note(alone, cache) is None
+    assert int8_note(fast8, cache).startswith(
+        "int8: fast-int8.onnx is an int8 copy whose speed against fast.onnx was not measured on this CPU"
+    )
+    measure_and_cache(fast, cache, lambda a, b: decide([1.2], [1.0], windows=2))
+    measure_and_cache(slow, cache, lambda a, b: decide([0.9], [1.0], windows=2))
+    assert int8_note(fast, cache) == "int8: fast-int8.onnx runs 1.20x faster on this CPU"
+    assert int8_note(fast8, cache) == "int8: fast-int8.onnx runs 1.20x the speed of fast.onnx on this CPU"
+    assert int8_note(slow, cache) is None  # the slower copy is not worth a line
+    assert (
+        int8_note(slow8, cache)
+        == "int8: slow-int8.onnx is not faster on this CPU (0.90x slow.onnx): run slow.onnx"
+    )
+    orphan = tmp_path / "orphan-int8.onnx"
+    shutil.copyfile(fast8, orphan)  # no fp32 model beside it: nothing to compare with
+    assert "was not measured" in int8_note(orphan, cache)
 
 
 @pytest.fixture()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 from osgeo import gdal
-from qgis.core import QgsProcessingException, QgsProject, QgsRasterLayer
+from qgis.core import QgsProcessingException, QgsProcessingFeedback, QgsProject, QgsRasterLayer
 from tileserver import TileServer
 from ui_helpers import CLASS_NAMES, tiles_rect_3857, xyz_source
 
@@ -104,6 +104,33 @@ def test_processing_reports_a_bad_model_as_an_error(
         )
     assert "not found" not in str(info.value) and "Traceback" not in str(info.value)
     assert "bad.onnx" in str(info.value) or "model" in str(info.value)
+
+
+def test_processing_says_what_is_known_of_an_int8_copy_it_is_given(
+    processing, color_model: Path, area2_server: TileServer, tmp_path: Path
+) -> None:
+    shutil.copyfile(color_model, tmp_path / "colors.onnx")
+    int8 = tmp_path / "colors-int8.onnx"
+    shutil.copyfile(color_model, int8)  # the same graph: the note is this test's subject, not int8 itself
+    infos: list[str] = []
+
+    class Feedback(QgsProcessingFeedback):
+        def pushInfo(self, info: str) -> None:  # noqa: N802 - Qt's name
+            infos.append(info)
+            super().pushInfo(info)
+
+    processing.run(
+        "satseg:segment_extent",
+        {"MODEL": str(int8), "SOURCE_URL": area2_server.template, "EXTENT": EXTENT,
+         "WRITE_HEATMAPS": False, "OUTPUT_FOLDER": str(tmp_path / "out")},
+        feedback=Feedback(),
+    )  # fmt: skip
+    assert any(
+        i.startswith(
+            "int8: colors-int8.onnx is an int8 copy whose speed against colors.onnx was not measured"
+        )
+        for i in infos
+    ), infos
 
 
 def qgis_process_exe() -> str | None:

@@ -230,3 +230,33 @@ def cached_int8_speed(
     if int8_twin(fp32_path) is None:
         return None
     return lookup_int8_speed(fp32_path, cache_file) or measure_and_cache(fp32_path, cache_file, measure)
+
+
+def int8_note(model_path: str | os.PathLike[str], cache_file: str | os.PathLike[str]) -> str | None:
+    """What a run that names its model file (Processing, the CLI) should say about int8; None: nothing.
+
+    The dialog swaps in the int8 copy only where it was measured faster; a run given a file runs
+    that file, so it says what is known on this machine instead: the int8 copy it was given is
+    slower or not measured, or the fp32 model it was given has a copy measured faster. Reads
+    the cache only (no measurement: a batch of runs should not time models).
+    """
+    path = Path(model_path)
+    if path.stem.endswith("-int8"):
+        fp32 = path.with_name(f"{path.stem[:-5]}{path.suffix}")
+        speed = lookup_int8_speed(fp32, cache_file) if fp32.is_file() else None
+        if speed is None:
+            return (
+                f"int8: {path.name} is an int8 copy whose speed against {fp32.name} was not measured on this "
+                "CPU (the Segment extent dialog measures it); on CPUs without fast integer instructions "
+                "int8 runs slower than fp32"
+            )
+        if speed.offered:
+            return f"int8: {path.name} runs {speed.ratio:.2f}x the speed of {fp32.name} on this CPU"
+        return (
+            f"int8: {path.name} is not faster on this CPU ({speed.ratio:.2f}x {fp32.name}): run {fp32.name}"
+        )
+    speed = lookup_int8_speed(path, cache_file)
+    if speed is not None and speed.offered:
+        twin = int8_twin(path)
+        return f"int8: {twin.name if twin else 'its int8 copy'} runs {speed.ratio:.2f}x faster on this CPU"
+    return None

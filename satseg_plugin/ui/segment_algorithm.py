@@ -182,9 +182,11 @@ class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
     def processAlgorithm(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
+        from .int8_offer import int8_speed_file
         from .segment_flow import crs_for_gdal
 
         with processing_errors("cancelled; no file was written"):
+            from ..inference.int8speed import int8_note
             from ..inference.mask import mask_bounds
             from ..inference.segment import SegmentRequest, run_segment
 
@@ -222,6 +224,9 @@ class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
                 **values,
             )
             feedback.pushInfo(f"imagery: {source.label}; extent {extent.toString()} in {crs.authid()}")
+            note = int8_note(request.model, int8_speed_file())
+            if note:
+                feedback.pushInfo(note)
 
             def progress(fraction: float, message: str) -> None:
                 feedback.setProgress(100.0 * float(fraction))
