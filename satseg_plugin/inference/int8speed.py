@@ -233,7 +233,7 @@ def cached_int8_speed(
 
 
 def int8_note(model_path: str | os.PathLike[str], cache_file: str | os.PathLike[str]) -> str | None:
-    """What a run that names its model file (Processing, the CLI) should say about int8; None: nothing.
+    """What a run that names its model file (the Processing algorithm) should say about int8; None: nothing.
 
     The dialog swaps in the int8 copy only where it was measured faster; a run given a file runs
     that file, so it says what is known on this machine instead: the int8 copy it was given is
