@@ -15,7 +15,7 @@ from typing import Any
 from .cli import join_negative_values, run_cli
 from .counts import format_table
 from .errors import ExtentError, ModelError, SatsegError
-from .int8speed import int8_twin, measure_int8_speed
+from .int8speed import int8_original, int8_twin, measure_int8_speed
 from .mask import mask_bounds
 from .model import DEFAULT_MODEL_NAME, SegModel, default_model_path
 from .params import add_cli_arguments, check_values, cli_values
@@ -252,11 +252,9 @@ def _info(args: argparse.Namespace) -> int:
     print(f"normalisation: mean {list(m.mean)}, std {list(m.std)}")
     print(f"execution providers: {', '.join(model.session.get_providers())}")
     if args.int8_speed:
-        twin = int8_twin(model.path)
-        if model.path.stem.endswith("-int8"):
-            print(
-                f"int8: this is an int8 copy; measure its model: info {model.path.stem[:-5]}.onnx --int8-speed"
-            )
+        twin, original = int8_twin(model.path), int8_original(model.path)
+        if original is not None:
+            print(f"int8: this is an int8 copy; measure its model: info {original.name} --int8-speed")
         elif twin is None:
             print(f"int8: no int8 copy ({model.path.stem}-int8.onnx) beside the model")
         else:  # measured now, as the dialog measures it (the dialog caches; a command line has no profile)

@@ -81,6 +81,13 @@ def int8_twin(path: str | os.PathLike[str]) -> Path | None:
     return twin if twin.is_file() else None
 
 
+def int8_original(path: str | os.PathLike[str]) -> Path | None:
+    """The model ``<stem>.onnx`` that the int8 copy at ``path`` (``<stem>-int8.onnx``) belongs to; None
+    for a file that is not named as an int8 copy. The model itself may be missing."""
+    p = Path(path)
+    return p.with_name(f"{p.stem[:-5]}{p.suffix}") if p.stem.endswith("-int8") else None
+
+
 def decide(fp32_times: Sequence[float], int8_times: Sequence[float], windows: int) -> Int8Speed:
     """An ``Int8Speed`` from per-round seconds of the same batch (round ``i`` of each list together).
 
@@ -241,8 +248,8 @@ def int8_note(model_path: str | os.PathLike[str], cache_file: str | os.PathLike[
     the cache only (no measurement: a batch of runs should not time models).
     """
     path = Path(model_path)
-    if path.stem.endswith("-int8"):
-        fp32 = path.with_name(f"{path.stem[:-5]}{path.suffix}")
+    fp32 = int8_original(path)
+    if fp32 is not None:
         speed = lookup_int8_speed(fp32, cache_file) if fp32.is_file() else None
         if speed is None:
             return (
@@ -255,8 +262,7 @@ def int8_note(model_path: str | os.PathLike[str], cache_file: str | os.PathLike[
         return (
             f"int8: {path.name} is not faster on this CPU ({speed.ratio:.2f}x {fp32.name}): run {fp32.name}"
         )
-    speed = lookup_int8_speed(path, cache_file)
+    speed = lookup_int8_speed(path, cache_file)  # None without a copy beside the model
     if speed is not None and speed.offered:
-        twin = int8_twin(path)
-        return f"int8: {twin.name if twin else 'its int8 copy'} runs {speed.ratio:.2f}x faster on this CPU"
+        return f"int8: {path.stem}-int8{path.suffix} runs {speed.ratio:.2f}x faster on this CPU"
     return None
