@@ -76,6 +76,30 @@ def test_layout_manifest_and_scenes(dubai: Path) -> None:
     assert manifest["pixels_per_class"]["background"] == 0  # nothing unknown became background
 
 
+def test_split_by_image_groups_each_image_so_one_scene_can_be_split(
+    dubai: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    from training.data import split_indices
+
+    out = tmp_path / "by-image"
+    argv = ("--colors", COLORS, "--out", out, "--scenes", "tile2", "--split-by", "image")
+    assert run_import(shared_data / "dubai-aerial", *argv) == 0
+    assert json.loads((out / "manifest.json").read_text())["split_by"] == "image"
+    assert json.loads((dubai / "manifest.json").read_text())["split_by"] == "scene"
+    with (out / "scenes.csv").open() as f:
+        groups = {r["id"]: r["scene"] for r in csv.DictReader(f)}
+    ids = (out / "sample.txt").read_text().split()
+    assert ids == (dubai / "sample.txt").read_text().split()  # the same tiles, grouped otherwise
+    assert groups == {i: i.rsplit("-", 2)[0] for i in ids}  # tile2-image_part_00K
+    assert len(set(groups.values())) == 9
+    names = [groups[i] for i in ids]
+    train, val = split_indices(names, 0.2, seed=0)
+    # nine images of six tiles each: two of them (12 of 54 tiles) are the closest to 20 %,
+    # each whole on one side; by scene the single scene cannot be split at all
+    assert len(val) == 12 and {names[i] for i in val}.isdisjoint(names[i] for i in train)
+    assert split_indices(["tile2"] * len(ids), 0.2, seed=0)[1] == []
+
+
 def test_tile_matches_source_pixels(dubai: Path, shared_data: Path) -> None:
     src_img = read_image(shared_data / "dubai-aerial/tile2/images/image_part_007.jpg")
     src_mask = read_image(shared_data / "dubai-aerial/tile2/masks/image_part_007.png")

@@ -31,7 +31,9 @@ Output (the dataset layout of docs/design.md): ``images/<id>.png``,
 ``labels/color/<id>.png`` (every byte = class index, 255 = ignore),
 ``sample.txt``, ``sample-filtered.txt`` (tiles with at least ``--min-labelled``
 labelled pixels), ``scenes.csv``, ``skipped.csv`` and ``manifest.json``
-(``kind`` "masks"). Tile ids are ``<scene>-<part>-<row>-<col>``.
+(``kind`` "masks"). Tile ids are ``<scene>-<part>-<row>-<col>``. ``scenes.csv``
+groups the tiles for the validation split by scene, or with ``--split-by image``
+by ``<scene>-<part>`` (one scene of many images can then be split at all).
 
 ``--scale F`` resamples each image (bilinear, or average when shrinking) and its
 labels (nearest, or mode when shrinking) by ``F`` before cutting, so that masks
@@ -304,6 +306,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="import only these scenes, comma-separated (default: all)",
     )  # fmt: skip
     parser.add_argument(
+        "--split-by", choices=("scene", "image"), default="scene",
+        help="what the validation split keeps whole (scenes.csv): each scene, so neighbouring images "
+        "never straddle it; or each image, for a source of one or few scenes, where neighbouring "
+        "images of a scene may then sit on both sides (default: scene)",
+    )  # fmt: skip
+    parser.add_argument(
         "--min-labelled", type=int, default=1, metavar="N",
         help="a tile goes to sample-filtered.txt when it has at least N labelled pixels (default: 1)",
     )  # fmt: skip
@@ -361,6 +369,7 @@ def run(args: argparse.Namespace) -> int:
     filtered: list[str] = []
     scene_rows: list[str] = []
     skipped: list[str] = []
+    by_image = getattr(args, "split_by", "scene") == "image"
     with ProgressBar(len(pairs), "import-masks") as bar:
         for scene, part, image_path, mask_path in pairs:
             try:
@@ -405,7 +414,7 @@ def run(args: argparse.Namespace) -> int:
                         pixels += counts[:n]
                         ignored += int(counts[IGNORE_INDEX])
                         ids.append(tile_id)
-                        scene_rows.append(f"{tile_id},{scene}")
+                        scene_rows.append(f"{tile_id},{scene}-{part}" if by_image else f"{tile_id},{scene}")
                         if int(counts[:n].sum()) >= args.min_labelled:
                             filtered.append(tile_id)
 
@@ -432,6 +441,7 @@ def run(args: argparse.Namespace) -> int:
         "source": str(src.resolve()),
         "colors_file": str(Path(args.colors).resolve()),
         "scenes": used_scenes,
+        "split_by": "image" if by_image else "scene",
         "tiles": len(ids),
         "tiles_filtered": len(filtered),
         "skipped": len(skipped),
