@@ -188,6 +188,24 @@ def test_export_reports_parity_and_int8_speed_and_miou(exported: Path, trained: 
     assert float(fp.group(2)) > 0.05 and float(q.group(2)) > 0.05
 
 
+def test_parity_allows_one_moved_patch_not_a_graph_off_everywhere() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(1, 2, 512, 512)).astype(np.float32)
+    ref = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    # A max-pool near-tie: a 32 x 32 patch moved by 0.02 (0.4 % of the pixels), the rest equal.
+    tie = ref.copy()
+    tie[:, 0, 100:132, 200:232] += 0.02
+    tie[:, 1, 100:132, 200:232] -= 0.02
+    check = export.compare(ref, tie)
+    assert check.mean_abs == pytest.approx(0.02 * 32 * 32 / 512**2, rel=1e-3) and check.max_abs > 0.019
+    assert check.mean_abs > 1e-5 and check.passes(export.TOLERANCE, export.MIN_AGREEMENT)
+    # A graph slightly off on every pixel (a normalisation or padding slip) is refused.
+    drift = ref + np.float32(2e-4) * np.array([1, -1], np.float32)[None, :, None, None]
+    check = export.compare(ref, drift)
+    assert check.agreement > 0.999 and not check.passes(export.TOLERANCE, export.MIN_AGREEMENT)
+    assert not export.compare(ref, ref[:, ::-1]).passes(1, export.MIN_AGREEMENT)  # classes swapped
+
+
 def test_export_that_disagrees_with_torch_leaves_no_file(
     trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

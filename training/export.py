@@ -15,12 +15,15 @@ least 32) of a 512-px window, for the same classes (``benchmarks/README.md``).
 The file carries the
 metadata of ``satseg_plugin.inference.metadata`` (Deepness keys and ours). The
 export succeeds only when onnxruntime's output on real dataset tiles agrees with
-torch's: mean |difference| at most ``--tolerance`` (1e-5) and the same class on
+torch's: mean |difference| at most ``--tolerance`` (1e-4) and the same class on
 at least ``--min-agreement`` (99.9 %) of the pixels; otherwise no file is left.
 The largest single difference is printed but not judged: in a trained network,
 two nearly equal values in a max-pooling window can swap places between the two
-runtimes, and the unpooling then moves a value a pixel over, which alone can
-move one pixel's probability by 1e-3 while the other pixels agree to 1e-7.
+runtimes, and the unpooling then moves a value a pixel over, which can move the
+probabilities of a patch of pixels by 1e-2 while the others agree to 1e-7. One
+such patch in a 512-px window of a shipped-recipe model gave a mean of 1.6e-5
+with 99.998 % of the pixels of the same class, so the mean may reach 1e-4; a
+wrong graph (normalisation, padding, unpooling) is off by far more.
 
 ``--int8`` also writes ``<out>.int8.onnx``: onnxruntime static quantisation
 (QDQ, per-channel int8 weights) calibrated on training tiles, and prints its
@@ -57,7 +60,7 @@ from .model import SoftmaxSegNet
 from .predictor import load_predictor
 
 OPSET = 18
-TOLERANCE = 1e-5
+TOLERANCE = 1e-4
 MIN_AGREEMENT = 0.999
 #: The window the exported model runs in the plugin by default (``tile_size`` metadata).
 DEFAULT_WINDOW = 512
@@ -206,6 +209,10 @@ class Parity:
     mean_abs: float
     agreement: float  # share of pixels whose most probable class is the same
 
+    def passes(self, tolerance: float, min_agreement: float) -> bool:
+        """Whether the mean difference is within ``tolerance`` and the classes agree enough."""
+        return self.mean_abs <= tolerance and self.agreement >= min_agreement
+
     def describe(self) -> str:
         return (
             f"|onnxruntime - torch| mean {self.mean_abs:.2e}, max {self.max_abs:.2e}; "
@@ -230,6 +237,11 @@ def parity(
     got = session.run(["probabilities"], {"image": x})[0]
     if got.shape != ref.shape:
         raise ModelError(f"the ONNX model outputs {got.shape}, torch {ref.shape}")
+    return compare(ref, got)
+
+
+def compare(ref: np.ndarray, got: np.ndarray) -> Parity:
+    """``Parity`` of probabilities ``got`` against ``ref`` (both ``[N, C, H, W]``)."""
     diff = np.abs(got - ref)
     agreement = float((got.argmax(axis=1) == ref.argmax(axis=1)).mean())
     return Parity(float(diff.max()), float(diff.mean()), agreement)
@@ -385,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         checks.append((f"a {window}-px window of them", mosaic(tiles, window)))
     for what, images in checks:
         check = parity(net, out, images, mean, std)
-        if not (check.mean_abs <= args.tolerance and check.agreement >= args.min_agreement):
+        if not check.passes(args.tolerance, args.min_agreement):
             out.unlink()
             raise ModelError(
                 f"the ONNX export disagrees with torch on {what} ({check.describe()}; allowed: mean "
