@@ -71,7 +71,7 @@ def help_text(module: str) -> str:
                 "weights checkpoint to export",
                 "--out OUT ONNX file to write",
                 "--int8 also write OUT.int8.onnx",
-                "largest allowed mean |onnxruntime - torch| (default: 1e-05)",
+                "largest allowed mean |onnxruntime - torch| (default: 0.0001)",
                 "same class by onnxruntime and torch (default: 0.999)",
             ],
         ),
