@@ -35,7 +35,7 @@ import numpy as np
 from satseg_plugin.inference.atomic import write_text_atomic
 from satseg_plugin.inference.model import SegModel
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.data import load_dataset, read_tiles, split_indices
+from training.data import checkpoint_split, load_dataset, read_tiles
 from training.metrics import confusion_matrix, format_report, scores_json
 from training.train import class_pixel_stats
 
@@ -48,7 +48,7 @@ PICK_MARGIN = 0.02
 def majority_class(ckpt: dict) -> int:
     """The most frequent label among the training tiles of ``ckpt``'s own split."""
     train = load_dataset(ckpt["data"])
-    idx, _ = split_indices(train.groups, float(ckpt["val_fraction"]), int(ckpt["seed"]))
+    idx, _ = checkpoint_split(train.groups, ckpt)
     label_counts, _ = class_pixel_stats(train, idx, len(train.class_names))
     return int(np.argmax(label_counts))
 

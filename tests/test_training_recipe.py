@@ -20,13 +20,14 @@ from satseg_plugin.inference.imageio import write_png
 from training import train
 from training.augment import AugmentConfig, augment_batch, blur, rescale
 from training.checkpoint import load_checkpoint
-from training.data import load_dataset, split_indices
+from training.data import checkpoint_split, load_dataset, split_indices, split_named
 from training.dataset.__main__ import main as dataset_main
 from training.dataset.osm_source import repair_area
 from training.dataset.tiles import pixel_size, xyz_blocks
 from training.ema import WeightEMA, ema_decay
 from training.losses import SegmentationLoss, soft_dice_loss
 from training.schedule import LRSchedule
+from training.validate import main as validate_main
 
 gdal.UseExceptions()
 ogr.UseExceptions()
@@ -77,6 +78,40 @@ def test_split_with_scenes_larger_than_the_share_still_validates() -> None:
     train_idx, val_idx = split_indices(groups, 0.2, 0)
     assert len(val_idx) == 50 and len(train_idx) == 50
     assert split_indices(groups, 0.0, 0) == (list(range(100)), [])
+
+
+def test_named_validation_scenes_split_by_name_and_refuse_unknown_ones() -> None:
+    groups = ["tile1"] * 4 + ["tile2"] * 3 + ["tile7"] * 9
+    assert split_named(groups, ["tile1"]) == (list(range(4, 16)), [0, 1, 2, 3])
+    assert split_named(groups, ["tile2", " tile1"])[1] == list(range(7))
+    with pytest.raises(SatsegError, match="no scene named tile5"):
+        split_named(groups, ["tile1", "tile5"])
+    with pytest.raises(SatsegError, match="nothing would train"):
+        split_named(groups, ["tile1", "tile2", "tile7"])
+    # A checkpoint that named scenes gets them back; one without, its seeded share.
+    assert checkpoint_split(groups, {"val_scenes": ["tile2"], "val_fraction": 0.5, "seed": 3})[1] == [4, 5, 6]
+    assert checkpoint_split(groups, {"val_fraction": 0.2, "seed": 3}) == split_indices(groups, 0.2, 3)
+
+
+def test_train_with_validation_scenes_validates_there_and_validate_follows(tmp_path: Path) -> None:
+    data = make_tiny_dataset(tmp_path / "d")
+    blocks = xyz_blocks(XYZ_IDS)
+    east = blocks[XYZ_IDS[-1]]
+    argv = ["--data", str(data), "--out", str(tmp_path / "run"), "--width", "0.125", "--batch-size", "2"]
+    argv += ["--epochs", "1", "--no-augment", "--validation", "0.9", "--validation-scenes", east]
+    assert run_cli(train.main, argv) == 0
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["val_scenes"] == [east] and ckpt["val_fraction"] == 0.5  # 3 of 6 tiles, not the 0.9 asked
+    ds = load_dataset(data)
+    assert [ds.ids[i] for i in checkpoint_split(ds.groups, ckpt)[1]] == XYZ_IDS[3:]
+    out = tmp_path / "val"
+    vargv = ["--data", str(data), "--weights", str(tmp_path / "run" / "last.pt"), "--no-predictions"]
+    assert run_cli(validate_main, [*vargv, "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["tiles"] == 3
+    bad = [*argv[:-1], "nowhere"]
+    bad[bad.index("--out") + 1] = str(tmp_path / "bad")
+    assert run_cli(train.main, bad) != 0
+    assert not (tmp_path / "bad" / "last.pt").exists()
 
 
 def test_xyz_tiles_of_two_zooms_share_the_block_of_their_ground() -> None:

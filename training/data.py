@@ -20,7 +20,9 @@ inference what it was trained on, so the checkpoint and the ONNX metadata carry 
 
 ``split_indices`` makes the seeded validation split, keeping the scenes of
 ``scenes.csv`` apart (XYZ ids without scenes are grouped by spatial block,
-``training.dataset.tiles.xyz_blocks``, so neighbouring tiles stay on one side).
+``training.dataset.tiles.xyz_blocks``, so neighbouring tiles stay on one side);
+``split_named`` validates on named scenes instead, and ``checkpoint_split``
+gives back whichever split a checkpoint was trained with.
 """
 
 from __future__ import annotations
@@ -250,6 +252,33 @@ def split_indices(groups: list[str], val_fraction: float, seed: int) -> tuple[li
     train = [i for i, g in enumerate(groups) if g not in val_groups]
     val = [i for i, g in enumerate(groups) if g in val_groups]
     return train, val
+
+
+def split_named(groups: list[str], names: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Train/validation split with exactly the groups ``names`` (scenes or blocks) validating.
+
+    Raises ``SatsegError`` naming the groups that the dataset lacks, and when the
+    names would leave nothing to train on.
+    """
+    wanted = [n.strip() for n in names if n.strip()]
+    known = set(groups)
+    missing = [n for n in wanted if n not in known]
+    if missing:
+        some = ", ".join(sorted(known)[:8]) + (", ..." if len(known) > 8 else "")
+        raise SatsegError(f"no scene named {', '.join(missing)} in the dataset (its scenes: {some})")
+    chosen = set(wanted)
+    train = [i for i, g in enumerate(groups) if g not in chosen]
+    val = [i for i, g in enumerate(groups) if g in chosen]
+    if not train:
+        raise SatsegError("the validation scenes are every scene of the dataset: nothing would train")
+    return train, val
+
+
+def checkpoint_split(groups: list[str], ckpt: dict) -> tuple[list[int], list[int]]:
+    """The split a checkpoint was trained with: its named ``val_scenes``, else its share and seed."""
+    if ckpt.get("val_scenes"):
+        return split_named(groups, list(ckpt["val_scenes"]))
+    return split_indices(groups, float(ckpt.get("val_fraction", 0.2)), int(ckpt.get("seed", 0)))
 
 
 def normalize(images: np.ndarray, mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> np.ndarray:

@@ -54,7 +54,7 @@ from satseg_plugin.inference.params import PARAMETERS
 from satseg_plugin.inference.tileplan import WINDOW_STEP, overlap_pixels
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .data import load_dataset, normalize, read_tiles, split_indices
+from .data import checkpoint_split, load_dataset, normalize, read_tiles
 from .metrics import confusion_matrix, scores
 from .model import SoftmaxSegNet
 from .predictor import load_predictor
@@ -379,9 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     # The check tiles are standardised as the model was trained, as its metadata says.
     mean, std = tuple(ckpt.get("mean") or MEAN), tuple(ckpt.get("std") or STD)
-    train_idx, val_idx = split_indices(
-        ds.groups, float(ckpt.get("val_fraction", 0.2)), int(ckpt.get("seed", 0))
-    )
+    train_idx, val_idx = checkpoint_split(ds.groups, ckpt)
     check_idx = (val_idx or train_idx)[: max(1, args.check_tiles)]
     extra = dict(parse_meta_option(m) for m in args.meta)
     props = metadata_for(ckpt, overlap, args.description, extra, window)

@@ -52,6 +52,7 @@ from .data import (
     normalize_tensor,
     read_tiles,
     split_indices,
+    split_named,
 )
 from .ema import WeightEMA
 from .losses import LOSSES, SegmentationLoss
@@ -74,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints and training_log.csv")
     p.add_argument("--validation", type=float, default=0.2, help="share of tiles held out (whole scenes)")
+    p.add_argument(
+        "--validation-scenes",
+        metavar="NAMES",
+        help="validate on exactly these scenes of scenes.csv (comma-separated, e.g. tile1) instead of a "
+        "seeded --validation share: a place the model never trains on, the same from run to run",
+    )
     p.add_argument("--epochs", type=int, default=10, help="total epochs (a resumed run counts those done)")
     p.add_argument("--lr", type=float, default=0.001, help="initial learning rate")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
@@ -334,7 +341,11 @@ def _train(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     ds = load_dataset(args.data, rebuild=args.rebuild_cache)
     num_classes = len(ds.class_names)
-    train_idx, val_idx = split_indices(ds.groups, args.validation, args.seed)
+    val_scenes = [n.strip() for n in (args.validation_scenes or "").split(",") if n.strip()]
+    if val_scenes:
+        train_idx, val_idx = split_named(ds.groups, val_scenes)
+    else:
+        train_idx, val_idx = split_indices(ds.groups, args.validation, args.seed)
     n_scenes = len({ds.groups[i] for i in val_idx})
     print(
         f"{len(ds.ids)} tiles, {num_classes} classes ({', '.join(ds.class_names)}); "
@@ -447,11 +458,13 @@ def _train(args: argparse.Namespace) -> int:
             "best_miou": best_miou,
             "best_epoch": best_epoch,
             "seed": args.seed,
-            "val_fraction": args.validation,
+            "val_fraction": len(val_idx) / len(ds.ids) if val_scenes else args.validation,
             "data": str(Path(args.data).resolve()),
             "train_seconds": done_s,
             "step": done_step,
         }
+        if val_scenes:  # validate and export take the same scenes back (checkpoint_split)
+            ckpt["val_scenes"] = val_scenes
         if ds.input_bands:  # a model of other than RGB: what export writes as input_bands
             ckpt["channels"] = ds.channels
             ckpt["input_bands"] = list(ds.input_bands)

@@ -24,7 +24,7 @@ from satseg_plugin.inference.cli import run_cli
 from satseg_plugin.inference.errors import ModelError, SatsegError
 from satseg_plugin.inference.progress import ProgressBar
 
-from .data import load_dataset, read_tiles, split_indices
+from .data import checkpoint_split, load_dataset, read_tiles, split_indices, split_named
 from .metrics import confusion_matrix, format_report, scores_json
 from .predictor import Predictor, load_predictor
 
@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="validation share of the split (default: the checkpoint's, else 0.2)",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="split seed (default: the checkpoint's, else 0)")
+    p.add_argument(
+        "--validation-scenes", metavar="NAMES", default=None,
+        help="validate on exactly these scenes (comma-separated; default: the checkpoint's, if it named any)",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
     p.add_argument("--limit", type=int, default=None, help="score at most this many tiles (default: all)")
     p.add_argument("--device", default="auto", help="torch device for .pt weights: auto, cpu, cuda")
@@ -108,7 +112,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ckpt = pred.checkpoint or {}
     val = args.validation if args.validation is not None else float(ckpt.get("val_fraction", 0.2))
     seed = args.seed if args.seed is not None else int(ckpt.get("seed", 0))
-    train_idx, val_idx = split_indices(ds.groups, val, seed)
+    named = [n for n in (getattr(args, "validation_scenes", None) or "").split(",") if n.strip()]
+    if named:
+        train_idx, val_idx = split_named(ds.groups, named)
+    elif args.validation is None and args.seed is None:
+        train_idx, val_idx = checkpoint_split(ds.groups, {**ckpt, "val_fraction": val, "seed": seed})
+    else:
+        train_idx, val_idx = split_indices(ds.groups, val, seed)
     indices = {"val": val_idx, "train": train_idx, "all": sorted(train_idx + val_idx)}[args.split]
     if args.limit is not None:
         indices = indices[: args.limit]
