@@ -20,7 +20,7 @@ from satseg_plugin.inference.imageio import write_png
 from training import train
 from training.augment import AugmentConfig, augment_batch, blur, rescale
 from training.checkpoint import load_checkpoint
-from training.data import checkpoint_split, load_dataset, split_indices, split_named
+from training.data import checkpoint_split, load_dataset, scene_names, split_indices, split_named
 from training.dataset.__main__ import main as dataset_main
 from training.dataset.osm_source import repair_area
 from training.dataset.tiles import pixel_size, xyz_blocks
@@ -83,7 +83,8 @@ def test_split_with_scenes_larger_than_the_share_still_validates() -> None:
 def test_named_validation_scenes_split_by_name_and_refuse_unknown_ones() -> None:
     groups = ["tile1"] * 4 + ["tile2"] * 3 + ["tile7"] * 9
     assert split_named(groups, ["tile1"]) == (list(range(4, 16)), [0, 1, 2, 3])
-    assert split_named(groups, ["tile2", " tile1"])[1] == list(range(7))
+    assert split_named(groups, scene_names("tile2, tile1,"))[1] == list(range(7))
+    assert scene_names(" tile2, tile1,") == ["tile2", "tile1"] and scene_names(None) == []
     with pytest.raises(SatsegError, match="no scene named tile5"):
         split_named(groups, ["tile1", "tile5"])
     with pytest.raises(SatsegError, match="nothing would train"):

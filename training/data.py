@@ -254,13 +254,18 @@ def split_indices(groups: list[str], val_fraction: float, seed: int) -> tuple[li
     return train, val
 
 
+def scene_names(text: str | None) -> list[str]:
+    """The scene names of a comma-separated option such as ``--validation-scenes tile1,tile3``."""
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
+
+
 def split_named(groups: list[str], names: Sequence[str]) -> tuple[list[int], list[int]]:
     """Train/validation split with exactly the groups ``names`` (scenes or blocks) validating.
 
     Raises ``SatsegError`` naming the groups that the dataset lacks, and when the
     names would leave nothing to train on.
     """
-    wanted = [n.strip() for n in names if n.strip()]
+    wanted = list(names)
     known = set(groups)
     missing = [n for n in wanted if n not in known]
     if missing:

@@ -51,6 +51,7 @@ from .data import (
     load_dataset,
     normalize_tensor,
     read_tiles,
+    scene_names,
     split_indices,
     split_named,
 )
@@ -341,7 +342,7 @@ def _train(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     ds = load_dataset(args.data, rebuild=args.rebuild_cache)
     num_classes = len(ds.class_names)
-    val_scenes = [n.strip() for n in (args.validation_scenes or "").split(",") if n.strip()]
+    val_scenes = scene_names(args.validation_scenes)
     if val_scenes:
         train_idx, val_idx = split_named(ds.groups, val_scenes)
     else:

@@ -24,7 +24,7 @@ from satseg_plugin.inference.cli import run_cli
 from satseg_plugin.inference.errors import ModelError, SatsegError
 from satseg_plugin.inference.progress import ProgressBar
 
-from .data import checkpoint_split, load_dataset, read_tiles, split_indices, split_named
+from .data import checkpoint_split, load_dataset, read_tiles, scene_names, split_indices, split_named
 from .metrics import confusion_matrix, format_report, scores_json
 from .predictor import Predictor, load_predictor
 
@@ -112,11 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ckpt = pred.checkpoint or {}
     val = args.validation if args.validation is not None else float(ckpt.get("val_fraction", 0.2))
     seed = args.seed if args.seed is not None else int(ckpt.get("seed", 0))
-    named = [n for n in (getattr(args, "validation_scenes", None) or "").split(",") if n.strip()]
-    if named:
+    if named := scene_names(args.validation_scenes):
         train_idx, val_idx = split_named(ds.groups, named)
     elif args.validation is None and args.seed is None:
-        train_idx, val_idx = checkpoint_split(ds.groups, {**ckpt, "val_fraction": val, "seed": seed})
+        train_idx, val_idx = checkpoint_split(ds.groups, ckpt)
     else:
         train_idx, val_idx = split_indices(ds.groups, val, seed)
     indices = {"val": val_idx, "train": train_idx, "all": sorted(train_idx + val_idx)}[args.split]
