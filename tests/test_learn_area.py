@@ -74,7 +74,9 @@ def scratch(server: TileServer, area: Path, tmp_path_factory: pytest.TempPathFac
     """A run from scratch (--base none) as the QGIS task starts it: a subprocess with --progress-json."""
     out = tmp_path_factory.mktemp("scratch")
     proc = run_subprocess(
-        cli(server, area, out, "--base", "none", "--width", "0.0625", "--progress-json", *TINY)
+        cli(
+            server, area, out, "--base", "none", "--width", "0.0625", "--progress-json", "--ema", "0.9", *TINY
+        )
     )
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
@@ -152,6 +154,7 @@ def test_heldout_block_is_the_eastern_columns_and_never_trained_on(scratch: dict
         assert scenes[t] == f"{ZOOM}-{cx >> 2}-{cy >> 2}"
     ckpt = load_checkpoint(out / "run" / "best.pt")
     assert Path(ckpt["data"]) == (out / "train").resolve()
+    assert ckpt["ema"] == 0.9  # --ema reached the training: the average is what was kept
     import h5py
 
     with h5py.File(out / "train" / "training.hdf5") as f:
@@ -253,7 +256,18 @@ def errors_of(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int,
 
 @pytest.mark.parametrize(
     "case",
-    ["no-features", "closed-port", "no-tiles", "token", "zoom", "onnx-base", "bad-base", "no-base", "raster"],
+    [
+        "no-features",
+        "closed-port",
+        "no-tiles",
+        "token",
+        "zoom",
+        "onnx-base",
+        "bad-base",
+        "no-base",
+        "raster",
+        "ema",
+    ],
 )
 def test_bad_input_one_line_before_long_work(
     case: str,
@@ -277,6 +291,7 @@ def test_bad_input_one_line_before_long_work(
         "bad-base": "not a satseg checkpoint",
         "no-base": "--base none",
         "raster": "no imagery over the extent",
+        "ema": "--ema in [0, 1)",
     }[case]
     if case == "no-features":  # Kampala's buildings over Zanzibar's extent
         argv[argv.index("--osm") + 1] = str(shared_data / "oam-osm-buildings" / "area2" / "labels.geojson")
@@ -290,6 +305,8 @@ def test_bad_input_one_line_before_long_work(
             rc, err = errors_of(capsys, argv)
     elif case == "zoom":
         argv += ["--zoom", "18"]
+    elif case == "ema":
+        argv += ["--ema", "1"]
     elif case == "onnx-base":
         lone = tmp_path / "lone.onnx"  # an ONNX model without its .pt beside it
         shutil.copy(ROOT / "models" / "satseg-buildings.onnx", lone)

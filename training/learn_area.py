@@ -16,7 +16,8 @@
    classifier, --base-layers; --base none trains from scratch) with
    python -m training.train on DIR/train until
    --minutes of training have passed (or validation, a share of DIR/train, has not
-   improved for --patience epochs, if given); checkpoints in DIR/run;
+   improved for --patience epochs, if given); a moving average of the weights
+   (--ema) is what is validated and kept; checkpoints in DIR/run;
 4. exports DIR/model.onnx with python -m training.export (checked against torch;
    its metadata names the area and the date) and scores it and the base model on
    the held-out block: IoU per class before and after, printed and written to
@@ -81,6 +82,10 @@ FALLBACK_ZOOM = 19
 HELDOUT_SHARE = 0.2
 #: Learning rate (Adam): with the base encoder passed on, and from scratch, 0.0003 lost to 0.001 on bench_learn_area.
 DEFAULT_LR = 0.001
+#: Moving average of the weights (decay per step, about the last 200 steps) that learn_area validates and
+#: exports; 0 = off. On bench_learn_area two runs with it scored 60.3 and 62.0 % building IoU, two without
+#: 63.4 and 51.9 %: the average does not hang on where the last steps happened to land.
+DEFAULT_EMA = 0.995
 SETTINGS = "learn_area.json"
 #: Share of the overall progress each phase ends at.
 PHASE_END = {"dataset": 0.15, "train": 0.9, "export": 0.95, "score": 1.0}
@@ -674,6 +679,8 @@ def train(args: argparse.Namespace, settings: dict[str, Any], out: Path) -> None
     argv += ["--seed", str(args.seed), "--max-minutes", str(args.minutes)]
     if args.patience:
         argv += ["--patience", str(args.patience)]
+    if args.ema:
+        argv += ["--ema", str(args.ema)]
     argv += ["--lr", str(args.lr)]
     if settings["base"]:
         argv += ["--init", settings["base"], "--init-layers", args.base_layers]
@@ -820,6 +827,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lr", type=float, default=DEFAULT_LR, help="learning rate (Adam; default: %(default)s)")
     p.add_argument(
+        "--ema", type=float, default=DEFAULT_EMA, metavar="DECAY",
+        help="validate, keep and export a moving average of the weights with this decay per step "
+        "(0 = off; default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
         "--base-layers", choices=("encoder", "all"), default="encoder",
         help="what the base model passes on: its encoder (default: decoder and classifier are trained "
         "anew, which held up better on unseen ground in benchmarks/bench_learn_area.py) or all layers",
@@ -871,10 +883,11 @@ def _check(args: argparse.Namespace) -> None:
         args.minutes <= 0
         or args.max_epochs < 1
         or (args.patience is not None and args.patience < 1)
+        or not 0 <= args.ema < 1
         or args.batch_size < 1
     ):
         raise ParameterError(
-            "--minutes must be positive and --max-epochs, --patience, --batch-size at least 1"
+            "--minutes must be positive, --max-epochs, --patience, --batch-size at least 1 and --ema in [0, 1)"
         )
     if args.zoom is not None and not 0 <= args.zoom <= 24:
         raise ParameterError(f"--zoom must be between 0 and 24, not {args.zoom}")
