@@ -457,7 +457,7 @@ def _peak_mb() -> float:
 
 def memory_run(nx: int, ny: int, folder: Path, url: str, model: Path | None) -> None:
     """Child process: segment nx x ny tiles with ``model`` (None: a 1x1-conv model), print tiles,
-    windows, seconds, RSS before and peak."""
+    windows (planned over the stripes), windows the model ran, seconds, RSS before and peak."""
     if model is None:
         sys.path.insert(0, str(ROOT / "tests"))
         from inference_helpers import make_rgb_model
@@ -473,7 +473,8 @@ def memory_run(nx: int, ny: int, folder: Path, url: str, model: Path | None) -> 
     start = time.perf_counter()
     result = run_segment(req)
     print(
-        f"{result.tiles_total} {result.windows} {time.perf_counter() - start:.1f} {before:.0f} {_peak_mb():.0f}"
+        f"{result.tiles_total} {result.windows} {result.windows_run} {time.perf_counter() - start:.1f} "
+        f"{before:.0f} {_peak_mb():.0f}"
     )
 
 
@@ -500,9 +501,10 @@ def memory(args: argparse.Namespace) -> None:
                     out = subprocess.run(
                         cmd, cwd=ROOT, capture_output=True, text=True, check=True
                     ).stdout.split()
-                n, windows, secs, before, peak = int(out[0]), int(out[1]), float(out[2]), out[3], out[4]
+                n, windows, ran, secs = int(out[0]), int(out[1]), int(out[2]), float(out[3])
+                before, peak = out[4], out[5]
                 print(
-                    f"   {shape:6} {nx:4d} x {ny:<4d} {n:6d} tiles, {windows:6d} windows, {secs:6.1f} s: "
+                    f"   {shape:6} {nx:4d} x {ny:<4d} {n:6d} tiles, {windows:6d} windows ({ran} run), {secs:6.1f} s: "
                     f"RSS {before} MB before the run, peak {peak} MB",
                     flush=True,
                 )

@@ -197,7 +197,7 @@ def test_extent_in_any_crs_lands_on_the_xyz_grid(
 
 def test_overlap_blending_leaves_no_seams(tmp_path: Path, pattern_server: TileServer) -> None:
     bbox = tile_rect(T0.x + 0.5, T0.y + 0.5, T0.x + 2.5, T0.y + 2.5)
-    diffs, heats = {}, {}
+    diffs, heats, runs = {}, {}, {}
     for overlap, stripe in ((0, 4096), (25, 4096), (25, 256)):
         m = make_rgb_model(tmp_path / f"blur{overlap}.onnx", overlap=overlap, blur=True)
         result = run(
@@ -209,12 +209,16 @@ def test_overlap_blending_leaves_no_seams(tmp_path: Path, pattern_server: TileSe
         inner = (slice(3, -3), slice(3, -3))  # the extent's own edge has no neighbour to blend with
         diffs[overlap, stripe] = np.abs(heat - probs[1])[inner]
         heats[overlap, stripe] = heat
+        runs[overlap, stripe] = (result.windows, result.windows_run)
     # Without overlap, the window borders show (zero padding): a seam.
     assert diffs[0, 4096].max() > 0.2
     # With 25 % overlap and blending, the result matches a whole-image run everywhere.
     assert diffs[25, 4096].max() < 0.01, diffs[25, 4096].max()
     # Cutting the extent into stripes of 256 columns (to bound memory) changes nothing.
     np.testing.assert_array_equal(heats[25, 256], heats[25, 4096])
+    # The windows across each cut belong to both stripes but go through the model once.
+    assert runs[25, 256][0] > runs[25, 4096][0]
+    assert runs[25, 256][1] == runs[25, 4096][1]
 
 
 def test_tile_faults_become_nodata_and_are_listed(model: Path, tmp_path: Path) -> None:

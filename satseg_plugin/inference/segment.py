@@ -31,6 +31,7 @@ from .model import SegModel
 from .outputs import RunOutputs
 from .params import check_request
 from .runfolder import output_folder
+from .sharedwindows import SharedWindows
 from .sources import RasterSource, XyzSource, tile_name
 from .staging import publish, staging_folder
 from .tileplan import (
@@ -370,23 +371,42 @@ def infer_windows(
     batch_size: int,
     cancelled: Callable[[], bool] = lambda: False,
     on_batch: Callable[[int], None] = lambda _n: None,
+    shared: SharedWindows | None = None,
 ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """Stage *infer*: ``(x, y, probabilities (C, size, size), valid (size, size))`` of each window.
 
     The windows at ``positions`` (grid pixels; ``pixels`` and ``valid`` start at
     column ``x0``) go through the model ``batch_size`` at a time; ``on_batch(n)``
     after each batch, ``Cancelled`` when ``cancelled()`` turns true before one.
+    With ``shared``, a window the previous stripe kept is taken, not run, and one
+    the next stripe runs too is kept for it. Windows come out in ``positions``'s
+    order either way, so they blend in the same order.
     """
     size = pixels.shape[0]  # the plan's window: the model's, or the request's
-    for b in range(0, len(positions), batch_size):
-        if cancelled():
-            raise Cancelled("cancelled")
-        batch = positions[b : b + batch_size]
-        cols = [x - x0 for x, _ in batch]
-        probs = model.run(model.normalize(np.stack([pixels[:, c : c + size] for c in cols])))
-        for (x, y), p, c in zip(batch, probs, cols, strict=True):
-            yield x, y, p, valid[:, c : c + size]
-        on_batch(len(batch))
+    ready: dict[tuple[int, int], np.ndarray] = {}
+    if shared is not None:
+        for pos in positions:
+            if (kept := shared.take(*pos)) is not None:
+                ready[pos] = kept
+        if ready:
+            on_batch(len(ready))
+    todo = [pos for pos in positions if pos not in ready]
+    start = 0
+    for pos in positions:
+        if pos not in ready:
+            if cancelled():
+                raise Cancelled("cancelled")
+            batch = todo[start : start + batch_size]
+            start += len(batch)
+            cols = [x - x0 for x, _ in batch]
+            probs = model.run(model.normalize(np.stack([pixels[:, c : c + size] for c in cols])))
+            for (x, y), p in zip(batch, probs, strict=True):
+                ready[(x, y)] = p
+                if shared is not None and shared.wants(x, y):
+                    shared.put(x, y, p)
+            on_batch(len(batch))
+        c = pos[0] - x0
+        yield pos[0], pos[1], ready.pop(pos), valid[:, c : c + size]
 
 
 def blend_windows(blender: BandBlender, windows: Iterable[tuple[int, int, np.ndarray, np.ndarray]]) -> None:
@@ -449,9 +469,12 @@ def segment_stripes(
     classes = model.metadata.num_classes
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="satseg-writer")
     written: Future[None] | None = None  # the strip the writer is on
+    shared = SharedWindows() if len(stripes) > 1 else None  # windows across a cut run once
     try:
         for k, stripe in enumerate(stripes):
             w = stripe.windows
+            if shared is not None:
+                shared.advance(w, stripes[k + 1].windows if k + 1 < len(stripes) else None)
             y_end = min(stripe.y1, height) if stripe.y1 is not None else height
             blender = BandBlender(classes, w.size, overlap, w.x0, w.span_width, w.y0)
             prefetch_strip(source, w, w.y0, area)
@@ -472,7 +495,9 @@ def segment_stripes(
                     on_batch(w.nx - len(positions))  # skipped windows count as done
                 blend_windows(
                     blender,
-                    infer_windows(model, pixels, valid, positions, w.x0, batch_size, cancelled, on_batch),
+                    infer_windows(
+                        model, pixels, valid, positions, w.x0, batch_size, cancelled, on_batch, shared
+                    ),
                 )
                 rows = final_rows(blender, stripe, j, next_row, y_end)
                 if rows is not None:
@@ -490,6 +515,8 @@ def segment_stripes(
         raise
     finally:
         writer.shutdown(wait=True)
+        if shared is not None:
+            shared.close()
 
 
 def failed_inside(source: XyzSource | RasterSource, inside: set[tuple[int, int, int]] | None) -> list:
