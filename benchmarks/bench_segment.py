@@ -50,6 +50,7 @@ import numpy as np
 
 from satseg_plugin.inference.model import SegModel
 from satseg_plugin.inference.segment import SegmentRequest, SegmentResult, run_segment
+from satseg_plugin.inference.tileplan import batch_for
 from scripts.tileserver import TileServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,7 +178,7 @@ def timed_segment(
     n: int,
     out: Path,
     overlap: float | None,
-    batch: int,
+    batch: int | None,
     heatmaps: bool = True,
     raster: Path | None = None,
     window: int | None = None,
@@ -208,17 +209,18 @@ def throughput(args: argparse.Namespace, folder: Path) -> None:
     px = size * size  # pixels per model window
     count = max(1, tiles * 256 * 256 // px)  # the windows bare onnxruntime runs: the tiles' pixels
     images = real_windows(min(count, 32), size)
+    batch = batch_for(size, args.batch)  # the pipeline's batch of these windows
     batches = {}
     for name, m in loaded.items():
         x = m.normalize(images)
-        per = [x[i % len(x) : i % len(x) + args.batch] for i in range(0, count, args.batch)]
-        batches[name] = [b if len(b) == args.batch else x[: args.batch] for b in per]
+        per = [x[i % len(x) : i % len(x) + batch] for i in range(0, count, batch)]
+        batches[name] = [b if len(b) == batch else x[:batch] for b in per]
         bare_seconds(m, batches[name][:1])  # warm-up
     configs: list[tuple[str, Callable[[], tuple[float, int, float]]]] = []
     for name, m in loaded.items():
 
         def bare(m: SegModel = m, name: str = name) -> tuple[float, int, float]:
-            return bare_seconds(m, batches[name]), len(batches[name]) * args.batch * px, 0.0
+            return bare_seconds(m, batches[name]), len(batches[name]) * batch * px, 0.0
 
         configs.append((f"bare onnxruntime, {name}", bare))
     with ServerProcess() as server:
@@ -271,7 +273,7 @@ def throughput(args: argparse.Namespace, folder: Path) -> None:
         if label.startswith("xyz") and " 0 %" in label
     )
     print(
-        f"\n1. throughput: {tiles} tiles ({side} x {side}), windows up to {size} px, batch {args.batch}, median of "
+        f"\n1. throughput: {tiles} tiles ({side} x {side}), windows up to {size} px, batch {batch} (of {size} px), median of "
         f"{args.rounds} interleaved rounds; seam-free overlap = the model's {seam_free:g} %"
     )
     print(f"   {'':58} {'Mpx/s':>8} {'vs bare':>8} {'km2/s':>8} {'area vs bare':>12}")
@@ -319,7 +321,8 @@ def batch_sizes(args: argparse.Namespace) -> None:
         for b in sizes:
             seconds = bare_seconds(model, [x[i : i + b] for i in range(0, len(x), b)])
             times[b].append(len(x) * size * size / seconds / 1e6)
-    ref = statistics.median(times[args.batch]) if args.batch in times else 1.0
+    ref_batch = batch_for(size, args.batch)
+    ref = statistics.median(times[ref_batch]) if ref_batch in times else 1.0
     print(
         f"\n   bare onnxruntime fp32 by batch size ({len(x)} {size}-px windows, median of {args.rounds} rounds):"
     )
@@ -455,7 +458,7 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def memory_run(nx: int, ny: int, folder: Path, url: str, model: Path | None) -> None:
+def memory_run(nx: int, ny: int, folder: Path, url: str, model: Path | None, stripe: int | None) -> None:
     """Child process: segment nx x ny tiles with ``model`` (None: a 1x1-conv model), print tiles,
     windows (planned over the stripes), windows the model ran, seconds, RSS before and peak."""
     if model is None:
@@ -468,7 +471,7 @@ def memory_run(nx: int, ny: int, folder: Path, url: str, model: Path | None) -> 
     before = _peak_mb()
     req = SegmentRequest(
         model=model, bbox=extent(nx, ny), bbox_crs="EPSG:3857", tiles_url=url, out_dir=folder / "out",
-        batch_size=4,
+        **({"stripe_width": stripe} if stripe else {}),
     )  # fmt: skip
     start = time.perf_counter()
     result = run_segment(req)
@@ -487,7 +490,8 @@ def shapes(tiles: int) -> list[tuple[str, int, int]]:
 def memory(args: argparse.Namespace) -> None:
     shipped = args.memory_model == "shipped"
     what = f"{args.model.name}, classes + heatmaps" if shipped else "1x1-conv model, classes + 4 heatmaps"
-    print(f"\n3. peak memory (VmHWM, fresh process, {what} + counts, XYZ, the model's overlap)")
+    stripes = f"stripes of {args.stripe} columns" if args.stripe else "the default stripes"
+    print(f"\n3. peak memory (VmHWM, fresh process, {what} + counts, XYZ, the model's overlap, {stripes})")
     with ServerProcess() as server:
         for tiles in (int(t) for t in args.memory_tiles.split(",")):
             for shape, nx, ny in shapes(tiles):
@@ -498,6 +502,8 @@ def memory(args: argparse.Namespace) -> None:
                     ]  # fmt: skip
                     if shipped:
                         cmd += ["--memory-model", "shipped", "--model", str(args.model)]
+                    if args.stripe:
+                        cmd += ["--stripe", str(args.stripe)]
                     out = subprocess.run(
                         cmd, cwd=ROOT, capture_output=True, text=True, check=True
                     ).stdout.split()
@@ -526,7 +532,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--tiles", type=int, default=64, help="tiles of the throughput extent (a square)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every configuration")
-    parser.add_argument("--batch", type=int, default=4, help="the pipeline's batch size (its default: 4)")
+    parser.add_argument(
+        "--batch", type=int, default=None,
+        help="the pipeline's batch size (default: the pipeline's, 262,144 pixels of windows, at least one)",
+    )  # fmt: skip
     parser.add_argument(
         "--memory-tiles",
         help="extents (tiles) of the memory runs (default 100,1000; --quick: 100,400), e.g. 100,1000,4000",
@@ -537,6 +546,10 @@ def main(argv: list[str] | None = None) -> None:
         default="1x1",
         help="model of the memory runs: a 1x1 convolution (the pipeline alone) or --model",
     )
+    parser.add_argument(
+        "--stripe", type=int, default=None,
+        help="columns of the memory runs' stripes (default: the pipeline's, SegmentRequest.stripe_width)",
+    )  # fmt: skip
     parser.add_argument("--skip", default="", help="sections to leave out: throughput,seams,memory")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--memory-run", help=argparse.SUPPRESS)
@@ -549,7 +562,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.memory_run:
         nx, ny = (int(v) for v in args.memory_run.split("x"))
         memory_run(
-            nx, ny, Path(args.folder), args.url, args.model if args.memory_model == "shipped" else None
+            nx,
+            ny,
+            Path(args.folder),
+            args.url,
+            args.model if args.memory_model == "shipped" else None,
+            args.stripe,
         )
         return
     if args.quick:

@@ -60,7 +60,7 @@ from .outputs import (
 )
 from .segment import ProgressFn, RunPlan, SegmentRequest, plan_run, single_process_options
 from .sources import tile_name
-from .tileplan import Grid, plan_blocks
+from .tileplan import Grid, batch_for, plan_blocks
 from .tileurl import TokenError
 
 gdal.UseExceptions()
@@ -110,7 +110,7 @@ def plan_jobs(
     Loads the model and checks the extent and source here, before any worker
     starts, so bad input fails as fast as in a single-process run.
     """
-    if req.batch_size < 1:
+    if req.batch_size is not None and req.batch_size < 1:
         raise ParameterError(f"batch size must be at least 1, not {req.batch_size}")
     if block_size < 256:
         raise ClusterError(f"blocks must be at least 256 pixels, not {block_size}")
@@ -168,7 +168,7 @@ def plan_jobs(
                 params=params,
                 template=plan.template,
                 raster=raster,
-                batch_size=req.batch_size,
+                batch_size=batch_for(plan.windows.size, req.batch_size),
                 fetch_workers=req.workers,
                 timeout=req.timeout,
                 retries=req.retries,

@@ -32,16 +32,13 @@ import numpy as np
 
 from .atomic import write_text_atomic
 from .errors import ModelError
-from .params import PARAMETERS
+from .tileplan import batch_for
 
 #: The int8 copy is offered from this speed-up on: it gives up up to half a point of mIoU,
 #: and a quick measurement on a loaded machine moves by a few percent, so "about as fast"
 #: (0.95 to 1.05) does not count as faster.
 MIN_SPEEDUP = 1.05
 ROUNDS = 3  # interleaved fp32/int8 rounds
-#: Windows per batch, per round and model: a run's default batch, for the speed a run gets (bare fp32
-#: ran batches of 2 at 0.89 of batches of 4 here, benchmarks/README.md).
-WINDOWS = int(PARAMETERS["batch_size"].default)
 CACHE_ENTRIES = 64  # the cache file keeps the latest entries only
 
 
@@ -112,10 +109,12 @@ def measure_int8_speed(
     fp32_path: str | os.PathLike[str],
     int8_path: str | os.PathLike[str],
     rounds: int = ROUNDS,
-    windows: int = WINDOWS,
+    windows: int | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> Int8Speed:
     """Time fp32 and int8 on the same ``windows`` random windows in ``rounds`` interleaved rounds.
+
+    ``windows`` defaults to a run's batch of the model's windows (``batch_for``), for the speed a run gets.
 
     Both models are loaded as a run loads them (``SegModel.load``: same threads and providers)
     and run once untimed first (a first batch allocates). ``ModelError`` when either does
@@ -127,6 +126,7 @@ def measure_int8_speed(
     size = fp32.window_size
     if (int8.window_size, int8.channels) != (size, fp32.channels):
         raise ModelError(f"{Path(int8_path).name} does not take the windows {Path(fp32_path).name} takes")
+    windows = batch_for(size, windows)
     pixels = np.random.default_rng(0).integers(0, 256, (windows, size, size, fp32.channels), np.uint8)
     models: dict[str, SegModel] = {"fp32": fp32, "int8": int8}
     batches = {name: model.normalize(pixels) for name, model in models.items()}

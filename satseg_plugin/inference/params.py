@@ -138,8 +138,9 @@ SEGMENT_PARAMETERS: tuple[RunParameter, ...] = (
         where=frozenset({CLI, PROCESSING}),
     ),
     RunParameter(
-        "batch_size", int, 4, "--batch-size", "BATCH_SIZE", "Batch size",
+        "batch_size", int, None, "--batch-size", "BATCH_SIZE", "Batch size",
         "windows per model call", minimum=1, maximum=1024, advanced=True,
+        unset="as many windows as make 262,144 pixels (four of 256 px, one of 512 px), at least one",
         where=frozenset({CLI, PROCESSING}),
     ),
     RunParameter(
@@ -225,7 +226,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(p.flag, dest=p.name, action=action, help=words)
             continue
         text = p.help.replace("%", "%%")  # argparse formats help with %
-        default = f"default: {p.unset}" if p.unset else "default: %(default)s"
+        # "%(default).0s" prints nothing, and keeps a defaults-showing formatter from adding "(default: None)".
+        default = f"default: {p.unset}%(default).0s" if p.unset else "default: %(default)s"
         parser.add_argument(
             p.flag,
             dest=p.name,

@@ -39,6 +39,7 @@ from .tileplan import (
     Grid,
     Stripe,
     Windows,
+    batch_for,
     check_bbox,
     check_extent,
     fewest_pixels_windows,
@@ -94,7 +95,7 @@ class SegmentRequest:
     write_counts: bool = True
     overlap_percent: float | None = None
     window: int | None = None
-    batch_size: int = 4
+    batch_size: int | None = None  # windows per model call; None: ``batch_for(window)``
     cache_dir: str | os.PathLike[str] | None = None
     token_env: str = DEFAULT_TOKEN_ENV
     token_any_host: bool = False  # send the token also to another host a TileJSON document names
@@ -621,7 +622,7 @@ def _run_segment(
             stripes,
             plan.grid.height,
             plan.overlap,
-            req.batch_size,
+            batch_for(plan.windows.size, req.batch_size),
             write_and_count,
             on_batch,
             cancelled,
