@@ -49,8 +49,8 @@ import mercantile
 import numpy as np
 
 from satseg_plugin.inference.model import SegModel
+from satseg_plugin.inference.params import batch_for
 from satseg_plugin.inference.segment import SegmentRequest, SegmentResult, run_segment
-from satseg_plugin.inference.tileplan import batch_for
 from scripts.tileserver import TileServer
 
 ROOT = Path(__file__).resolve().parents[1]

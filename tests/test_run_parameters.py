@@ -162,3 +162,11 @@ def test_one_bad_value_is_refused_by_all_three_with_one_message(
     assert SegmentController(qgis_iface).start(choices) is None
     assert [m for ms in bar.messages.values() for m in ms] == [f"satseg:{OVERLAP_100}"]
     assert not (tmp_path / "d").exists()
+
+
+def test_default_batch_holds_a_fixed_number_of_pixels() -> None:
+    from satseg_plugin.inference.params import batch_for
+
+    # 262,144 pixels: four 256-px windows, two of 320 px (204,800), one of 512 px, and never none.
+    assert [batch_for(s) for s in (256, 320, 448, 512, 1024)] == [4, 2, 1, 1, 1]
+    assert batch_for(512, 3) == 3  # --batch-size sets a count

@@ -58,9 +58,10 @@ from .outputs import (
     heatmap_names,
     style_class_band,
 )
+from .params import batch_for
 from .segment import ProgressFn, RunPlan, SegmentRequest, plan_run, single_process_options
 from .sources import tile_name
-from .tileplan import Grid, batch_for, plan_blocks
+from .tileplan import Grid, plan_blocks
 from .tileurl import TokenError
 
 gdal.UseExceptions()

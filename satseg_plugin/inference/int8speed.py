@@ -32,7 +32,7 @@ import numpy as np
 
 from .atomic import write_text_atomic
 from .errors import ModelError
-from .tileplan import batch_for
+from .params import batch_for
 
 #: The int8 copy is offered from this speed-up on: it gives up up to half a point of mIoU,
 #: and a quick measurement on a loaded machine moves by a few percent, so "about as fast"

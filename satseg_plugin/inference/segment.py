@@ -29,7 +29,7 @@ from .errors import Cancelled, ExtentError, ParameterError, SourceError
 from .mask import AreaMask
 from .model import SegModel
 from .outputs import RunOutputs
-from .params import check_request
+from .params import batch_for, check_request
 from .runfolder import output_folder
 from .sharedwindows import SharedWindows
 from .sources import RasterSource, XyzSource, tile_name
@@ -39,7 +39,6 @@ from .tileplan import (
     Grid,
     Stripe,
     Windows,
-    batch_for,
     check_bbox,
     check_extent,
     fewest_pixels_windows,

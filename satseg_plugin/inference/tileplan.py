@@ -35,17 +35,6 @@ WINDOW_STEP = 32
 Tile = tuple[int, int, int]
 
 
-#: Pixels per model call by default: onnxruntime's memory grows with the pixels of a batch (bare
-#: runs of 512-px windows peaked at 547, 753 and 1,188 MB for batches of 1, 2 and 4) while its
-#: speed did not (0.99, 1.04 and 1 of batch 4's), so the batch shrinks as windows grow.
-BATCH_PIXELS = 4 * 256 * 256
-
-
-def batch_for(window: int, asked: int | None = None) -> int:
-    """Windows per model call: ``asked``, else as many ``window``-px windows as ``BATCH_PIXELS`` hold, at least 1."""
-    return asked if asked is not None else max(1, BATCH_PIXELS // (window * window))
-
-
 def srs_from_user(text: str) -> osr.SpatialReference:
     """Return the SpatialReference of ``EPSG:n``, WKT, PROJ or any string OSR reads, in x/y order."""
     srs = osr.SpatialReference()
