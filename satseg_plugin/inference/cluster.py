@@ -49,7 +49,7 @@ from .blocks import (
 )
 from .counts import COUNTS_NAME, ClassCount, CountAccumulator, write_counts_csv
 from .daskrun import CancelFlag, ClusterError, connect, new_cancel_name, parse_cluster, run_tasks
-from .errors import Cancelled, ParameterError, SatsegError, SourceError
+from .errors import Cancelled, SatsegError, SourceError
 from .outputs import (
     CLASS_NODATA,
     CLASSES_NAME,
@@ -58,7 +58,6 @@ from .outputs import (
     heatmap_names,
     style_class_band,
 )
-from .params import batch_for
 from .segment import ProgressFn, RunPlan, SegmentRequest, plan_run, single_process_options
 from .sources import tile_name
 from .tileplan import Grid, plan_blocks
@@ -111,8 +110,6 @@ def plan_jobs(
     Loads the model and checks the extent and source here, before any worker
     starts, so bad input fails as fast as in a single-process run.
     """
-    if req.batch_size is not None and req.batch_size < 1:
-        raise ParameterError(f"batch size must be at least 1, not {req.batch_size}")
     if block_size < 256:
         raise ClusterError(f"blocks must be at least 256 pixels, not {block_size}")
     plan = plan_run(req, open_source=False, max_pixels=None, tile_set=False)
@@ -169,7 +166,7 @@ def plan_jobs(
                 params=params,
                 template=plan.template,
                 raster=raster,
-                batch_size=batch_for(plan.windows.size, req.batch_size),
+                batch_size=plan.batch_size,
                 fetch_workers=req.workers,
                 timeout=req.timeout,
                 retries=req.retries,

@@ -189,6 +189,7 @@ class RunPlan:
     windows: Windows
     overlap: int
     tiles: int
+    batch_size: int  # windows per model call: the request's, else ``batch_for`` the windows
     source: XyzSource | RasterSource | None = None
     inside: set[tuple[int, int, int]] | None = None  # XYZ tiles under the grid itself
     template: TileTemplate | None = None  # the resolved XYZ template (token in it), for XYZ sources
@@ -280,7 +281,9 @@ def plan_run(
         if source is not None:
             source.close()
         raise
-    return RunPlan(model, grid, windows, windows.size - windows.stride, tiles, source, inside, template, area)
+    overlap = windows.size - windows.stride
+    batch = batch_for(windows.size, req.batch_size)
+    return RunPlan(model, grid, windows, overlap, tiles, batch, source, inside, template, area)
 
 
 def count_tiles(req: SegmentRequest) -> int:
@@ -385,9 +388,7 @@ def infer_windows(
     size = pixels.shape[0]  # the plan's window: the model's, or the request's
     ready: dict[tuple[int, int], np.ndarray] = {}
     if shared is not None:
-        for pos in positions:
-            if (kept := shared.take(*pos)) is not None:
-                ready[pos] = kept
+        ready = {pos: kept for pos in positions if (kept := shared.take(*pos)) is not None}
         if ready:
             on_batch(len(ready))
     todo = [pos for pos in positions if pos not in ready]
@@ -621,7 +622,7 @@ def _run_segment(
             stripes,
             plan.grid.height,
             plan.overlap,
-            batch_for(plan.windows.size, req.batch_size),
+            plan.batch_size,
             write_and_count,
             on_batch,
             cancelled,

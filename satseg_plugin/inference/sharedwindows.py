@@ -46,7 +46,7 @@ class SharedWindows:
 
     def advance(self, current: Windows, following: Windows | None) -> None:
         """Start ``current``: windows it also shares with ``following`` are the ones to keep."""
-        if following is None or following.size != current.size or following.stride != current.stride:
+        if following is None:
             self._next_x, self._next_y = set(), set()
         else:
             self._next_x = _columns(current) & _columns(following)
