@@ -309,6 +309,10 @@ class SegModel:
         # need those cores between batches. Bare session.run on 2 cores: the same speed on an idle
         # machine, 1.19x with other processes busy (median of 9 interleaved rounds).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # The memory pattern plans one buffer for every intermediate of a window at once; without
+        # it the arena reuses freed blocks. Shipped model, one 512-px window: peak 287 -> 190 MB,
+        # speed within 2 % either way (benchmarks/README.md, issue 11).
+        options.enable_mem_pattern = False
         chosen = providers or [
             name
             for name in ("CUDAExecutionProvider", "CPUExecutionProvider")
