@@ -127,7 +127,7 @@ def test_fixed_input_size_sets_the_window(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("mean", "std"), [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.5,), (0.25,))])
-def test_normalize_by_table_is_the_arithmetic_bit_for_bit(
+def test_normalize_is_the_arithmetic_bit_for_bit(
     tmp_path: Path, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> None:
     meta = ModelMetadata(NAMES, ["#000000"] * 4, 256, 25, None, mean=mean, std=std)
