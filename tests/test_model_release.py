@@ -23,6 +23,11 @@ def test_last_epoch_ships_unless_more_than_two_points_below_the_best(tmp_path: P
     assert pick(_run(tmp_path / "b", [0.80, 0.85, 0.82], 2)).name == "best.pt"
 
 
+def test_a_run_without_validation_ships_its_last_epoch(tmp_path: Path) -> None:
+    # --validation 0 logs nan and saves every epoch as best.pt: the last epoch is best.pt.
+    assert pick(_run(tmp_path / "n", [float("nan")] * 3, 3)).name == "best.pt"
+
+
 def test_a_fine_tune_that_never_beat_its_starting_weights_ships_them(tmp_path: Path) -> None:
     # --init weights scored before epoch 1 (not a log row) stayed best.pt (epoch 0): whatever
     # the last epoch's distance to the best logged epoch, the starting weights ship.

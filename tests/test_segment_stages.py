@@ -14,7 +14,7 @@ from ui_helpers import tiles_rect_3857, wait_for_task
 from satseg_plugin.inference.blend import BandBlender
 from satseg_plugin.inference.counts import CountAccumulator
 from satseg_plugin.inference.model import SegModel
-from satseg_plugin.inference.outputs import CLASS_NODATA
+from satseg_plugin.inference.outputs import CLASS_NODATA, most_probable
 from satseg_plugin.inference.segment import (
     SegmentRequest,
     blend_windows,
@@ -105,3 +105,12 @@ def test_a_dialog_run_loads_the_model_once_and_fetches_tilejson_once(
     assert (task.outcome, task.error, task.bug) == ("done", None, None)
     assert loads == [str(color_model)]
     assert sum(1 for line in area2_server.lines if line.startswith("/tiles.json")) - before == 1
+
+
+@pytest.mark.parametrize("classes", [1, 2, 6])
+def test_most_probable_is_argmax_with_the_first_class_winning_ties(classes: int) -> None:
+    rng = np.random.default_rng(classes)
+    probs = rng.integers(0, 4, (classes, 40, 60)).astype(np.float32) / 4  # many ties
+    got = most_probable(probs)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, probs.argmax(axis=0))
