@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import statistics
 import sys
 import time
@@ -125,8 +126,8 @@ def pick(run: Path) -> Path:
     continuation replaces the weights it started from only by beating them.
     """
     with (run / "training_log.csv").open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["val_mIoU"]]
-    if not rows:
+        rows = [r for r in csv.DictReader(f) if r["val_mIoU"] and math.isfinite(float(r["val_mIoU"]))]
+    if not rows:  # no validation (--validation 0): train saved every epoch as best.pt, the last one ships
         return run / "best.pt"
     best_pt = load_checkpoint(run / "best.pt")
     if int(best_pt.get("epoch", -1)) == 0:
