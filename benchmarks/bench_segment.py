@@ -525,10 +525,12 @@ def main(argv: list[str] | None = None) -> None:
         default=ROOT / "models" / "satseg-buildings.onnx",
         help="the float model (default: the shipped models/satseg-buildings.onnx)",
     )
+    shipped_int8 = ROOT / "models" / "satseg-buildings-int8.onnx"
     parser.add_argument(
         "--int8",
-        default=str(ROOT / "models" / "satseg-buildings-int8.onnx"),
-        help="its int8 copy, timed beside it ('' for none; default: models/satseg-buildings-int8.onnx)",
+        default=str(shipped_int8) if shipped_int8.is_file() else "",
+        help="an int8 copy of --model, timed beside it ('' for none; default: "
+        "models/satseg-buildings-int8.onnx where it ships)",
     )
     parser.add_argument("--tiles", type=int, default=64, help="tiles of the throughput extent (a square)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every configuration")

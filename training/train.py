@@ -578,7 +578,10 @@ def _train(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, previous_term)
     if stopped:
         print(f"stopped after epoch {completed}: {stopped}")
-    print(f"done: best validation mIoU {best_miou:.4f} (epoch {best_epoch}); checkpoints in {out}")
+    if val_idx:
+        print(f"done: best validation mIoU {best_miou:.4f} (epoch {best_epoch}); checkpoints in {out}")
+    else:
+        print(f"done: no validation, best.pt holds the last epoch ({best_epoch}); checkpoints in {out}")
     return 0
 
 
