@@ -50,7 +50,6 @@ from .blocks import (
 from .counts import COUNTS_NAME, ClassCount, CountAccumulator, write_counts_csv
 from .daskrun import CancelFlag, ClusterError, connect, new_cancel_name, parse_cluster, run_tasks
 from .errors import Cancelled, SatsegError, SourceError
-from .heap import bound_heap
 from .outputs import (
     CLASS_NODATA,
     CLASSES_NAME,
@@ -181,7 +180,6 @@ def plan_jobs(
 
 def block_task(job: BlockJob) -> BlockResult:
     """The Dask task of one block: ``segment_block`` stopped by the run's cancel ``Event``."""
-    bound_heap()  # a worker runs block after block: what each frees goes back to the system
     cancelled = CancelFlag(job.cancel_event)
     if cancelled():  # a block that starts after the cancel fetches nothing
         raise Cancelled("cancelled")

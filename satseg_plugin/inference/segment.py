@@ -26,7 +26,6 @@ from .blend import BandBlender
 from .clean import count_band, min_area_pixels, sieve
 from .counts import COUNTS_NAME, ClassCount, CountAccumulator, write_counts_csv
 from .errors import Cancelled, ExtentError, ParameterError, SourceError
-from .heap import bound_heap
 from .mask import AreaMask
 from .model import SegModel
 from .outputs import RunOutputs
@@ -101,10 +100,9 @@ class SegmentRequest:
     token_any_host: bool = False  # send the token also to another host a TileJSON document names
     allow_generic_names: bool = False
     workers: int = 8
-    # Columns processed at once: bounds memory whatever the extent's width. 2,048 rather than 4,096:
-    # every extent from 100 tiles up then holds strips of one width (the windows across a cut run
-    # once, so narrower stripes cost no model time); benchmarks/README.md, issue 11.
-    stripe_width: int = 2048
+    # Columns processed at once: bounds memory whatever the extent's width. 2,048 held 37 to 46 MB
+    # less at 1,000 tiles but ran 2.6 to 3.3 % slower (benchmarks/README.md, issue 11).
+    stripe_width: int = 4096
     timeout: float = 20.0
     retries: int = 2
     write_vectors: bool = False
@@ -551,7 +549,6 @@ def run_segment(
     written into a staging folder and moved into place together, replacing the
     earlier run's (``staging``).
     """
-    bound_heap()  # memory a strip frees goes back to the system (glibc)
     with output_folder(req.out_dir) as folder, staging_folder(folder) as staging:
         result = _run_segment(dataclasses.replace(req, out_dir=staging), progress, is_cancelled, prepared)
         moved = publish(staging, folder)
