@@ -100,7 +100,7 @@ class SegmentRequest:
     token_any_host: bool = False  # send the token also to another host a TileJSON document names
     allow_generic_names: bool = False
     workers: int = 8
-    # Columns processed at once: bounds memory whatever the extent's width. 2,048 held 37 to 46 MB
+    # Columns processed at once: bounds memory whatever the extent's width. 2,048 held 33 to 46 MB
     # less at 1,000 tiles but ran 2.6 to 3.3 % slower (benchmarks/README.md, issue 11).
     stripe_width: int = 4096
     timeout: float = 20.0
