@@ -55,7 +55,7 @@ def test_the_stages_by_hand_give_what_run_segment_writes(
         blender = BandBlender(model.metadata.num_classes, w.size, plan.overlap, w.x0, w.span_width, w.y0)
         next_row = 0
         for j in range(w.ny):
-            pixels, valid, positions = fetch_strip(plan.source, w, j, model.channels)  # fetch
+            pixels, valid, positions, _ = fetch_strip(plan.source, w, j, model.channels)  # fetch
             assert pixels.shape == (w.size, w.span_width, 3) and len(positions) == w.nx
             windows = list(infer_windows(model, pixels, valid, positions, w.x0, 2, on_batch=batches.append))
             assert [p.shape for _, _, p, _ in windows] == [

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from osgeo import gdal
@@ -28,6 +29,7 @@ from .counts import COUNTS_NAME, ClassCount, CountAccumulator, write_counts_csv
 from .errors import Cancelled, ExtentError, ParameterError, SourceError
 from .mask import AreaMask
 from .model import SegModel
+from .nodata_fill import fill_nodata
 from .outputs import RunOutputs
 from .params import batch_for, check_request
 from .runfolder import output_folder
@@ -334,20 +336,31 @@ def prefetch_strip(source: XyzSource | RasterSource, w: Windows, y: int, area: A
         source.prefetch(y, w.size, x, width)
 
 
+class Strip(NamedTuple):
+    """One strip of windows as fetched: arrays ``(size, span_width[, channels])``, columns from ``x0``."""
+
+    pixels: np.ndarray
+    #: pixels that have imagery and lie in the processing area: the ones that are written
+    valid: np.ndarray
+    #: top-left grid pixels of the windows to run
+    positions: list[tuple[int, int]]
+    #: pixels that have imagery, in the area or not: the model's context
+    imagery: np.ndarray
+
+
 def fetch_strip(
     source: XyzSource | RasterSource, w: Windows, j: int, channels: int, area: AreaFn | None = None
-) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+) -> Strip:
     """Stage *fetch*: the pixels of strip ``j`` of ``w`` and the windows of it to run.
 
-    Returns ``(pixels (size, span_width, channels), valid (size, span_width), positions)``,
-    columns from ``w.x0``; ``positions`` are the top-left grid pixels of the windows
-    that have imagery under them (and touch ``area``). Only the runs of windows in
-    ``area`` are fetched; the rest stays nodata (invalid).
+    ``positions`` are the windows that have imagery under them (and touch ``area``).
+    Only the runs of windows in ``area`` are fetched; the rest stays nodata (invalid).
     """
     strip_y = w.y0 + j * w.stride
     positions = _windows_of_strip(w, j)
     if area is None:
         pixels, valid = source.read(strip_y, w.size, w.x0, w.span_width)
+        imagery = valid
     else:
         inside = area(strip_y, w.size, w.x0, w.span_width)
         positions = [(x, y) for x, y in positions if inside[:, x - w.x0 : x - w.x0 + w.size].any()]
@@ -359,12 +372,13 @@ def fetch_strip(
             part_pixels, part_valid = source.read(strip_y, w.size, x, width, keep)
             pixels[:, x - w.x0 : x - w.x0 + width] = part_pixels
             valid[:, x - w.x0 : x - w.x0 + width] = part_valid
+        imagery = valid.copy()
         valid &= inside
     # A window with no imagery under it (tiles the service lacks, beyond a raster's edge) is
     # neither run nor blended: a pixel's validity is the same in every window that reads it,
     # so every pixel such a window covers is nodata anyway.
     positions = [(x, y) for x, y in positions if valid[:, x - w.x0 : x - w.x0 + w.size].any()]
-    return pixels, valid, positions
+    return Strip(pixels, valid, positions, imagery)
 
 
 def infer_windows(
@@ -377,6 +391,7 @@ def infer_windows(
     cancelled: Callable[[], bool] = lambda: False,
     on_batch: Callable[[int], None] = lambda _n: None,
     shared: SharedWindows | None = None,
+    imagery: np.ndarray | None = None,
 ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """Stage *infer*: ``(x, y, probabilities (C, size, size), valid (size, size))`` of each window.
 
@@ -385,9 +400,13 @@ def infer_windows(
     after each batch, ``Cancelled`` when ``cancelled()`` turns true before one.
     With ``shared``, a window the previous stripe kept is taken, not run, and one
     the next stripe runs too is kept for it. Windows come out in ``positions``'s
-    order either way, so they blend in the same order.
+    order either way, so they blend in the same order. Pixels without ``imagery``
+    (default: not ``valid``) are given their window's imagery mirrored at its edge
+    (``fill_nodata``) before the model sees them.
     """
     size = pixels.shape[0]  # the plan's window: the model's, or the request's
+    if imagery is None:
+        imagery = valid
     ready: dict[tuple[int, int], np.ndarray] = {}
     if shared is not None:
         ready = {pos: kept for pos in positions if (kept := shared.take(*pos)) is not None}
@@ -402,7 +421,11 @@ def infer_windows(
             batch = todo[start : start + batch_size]
             start += len(batch)
             cols = [x - x0 for x, _ in batch]
-            probs = model.run(model.normalize(np.stack([pixels[:, c : c + size] for c in cols])))
+            probs = model.run(
+                model.normalize(
+                    np.stack([fill_nodata(pixels[:, c : c + size], imagery[:, c : c + size]) for c in cols])
+                )
+            )
             for (x, y), p in zip(batch, probs, strict=True):
                 ready[(x, y)] = p
                 if shared is not None and shared.wants(x, y):
@@ -491,7 +514,7 @@ def segment_stripes(
                     prefetch_strip(source, nxt, nxt.y0, area)
                 if area is not None and cancelled():  # strips outside the area run no batch that would check
                     raise Cancelled("cancelled")
-                pixels, valid, positions = fetch_strip(source, w, j, model.channels, area)
+                pixels, valid, positions, imagery = fetch_strip(source, w, j, model.channels, area)
                 if len(positions) < w.nx:
                     if cancelled():
                         raise Cancelled("cancelled")
@@ -499,7 +522,16 @@ def segment_stripes(
                 blend_windows(
                     blender,
                     infer_windows(
-                        model, pixels, valid, positions, w.x0, batch_size, cancelled, on_batch, shared
+                        model,
+                        pixels,
+                        valid,
+                        positions,
+                        w.x0,
+                        batch_size,
+                        cancelled,
+                        on_batch,
+                        shared,
+                        imagery,
                     ),
                 )
                 rows = final_rows(blender, stripe, j, next_row, y_end)
@@ -747,6 +779,7 @@ __all__ = [
     "RunPlan",
     "SegmentRequest",
     "SegmentResult",
+    "Strip",
     "area_runs",
     "blend_windows",
     "count_tiles",
