@@ -7,6 +7,7 @@ GUI tests start the real ``qgis`` binary under Xvfb (tests/qgis_gui.py).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,12 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # without a display Qt ab
 # The dialog measures int8 against fp32 in the background on a cache miss: not in every test that
 # opens it (sessions and CPU behind other tests' backs); test_int8_offer turns it on where it is the subject.
 os.environ.setdefault("SATSEG_INT8_MEASURE", "0")
+
+# A job started in the background (`make test &`, nohup) ignores SIGINT, and so would every process the
+# tests start, so the Ctrl-C tests would see their real SIGINT ignored. A Python handler here is reset
+# to the default on exec, so each child takes Ctrl-C as it would from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
