@@ -207,7 +207,7 @@ train() {  # train NAME DATASET EXTRA_ARGS...
 if [[ -z "${SKIP_TRAIN:-}" ]]; then
     pids=()
     if wanted buildings; then
-        train buildings buildings-train --color 0.8 --blur 0.3 --scale 0.6,1.6 --validation 0 --seed 6 &
+        train buildings buildings-train --color 0.8 --blur 0.3 --scale 0.6,1.6 --validation 0 --seed 7 &
         pids+=($!)
     fi
     if wanted landcover; then
