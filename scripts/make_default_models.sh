@@ -219,30 +219,44 @@ if [[ -z "${SKIP_TRAIN:-}" ]]; then
 fi
 
 # --- export, held-out scores, ship ----------------------------------------------------------------
-ship() {  # ship NAME DESCRIPTION HELDOUT_SETS...
+score() {  # score RUN NAME WEIGHTS FOLDER SETS...: fp32, int8 and the constant baseline per set
+    local run=$1 name=$2 weights=$3 folder=$4
+    shift 4
+    rm -rf "${run:?}/$folder"
+    mkdir -p "$run/$folder"
+    for set in "$@"; do
+        for model in "satseg-$name.onnx" "satseg-$name.int8.onnx"; do
+            "$PY" -m training.validate --data "$DATA/$set" --weights "$run/$model" --split all \
+                --no-predictions --out "$run/$folder/$set/$model" 2>&1 | tee "$run/$folder/$set-$model.log"
+        done
+        "$PY" -m scripts.model_release baseline "$weights" "$DATA/$set" --out "$run/$folder/$set/baseline"
+    done
+    "$PY" -m scripts.heldout_table "$run/$folder" | tee "$run/$folder/tables.md"
+}
+ship() {  # ship NAME DESCRIPTION HELDOUT_SETS... [-- TRAINED_SETS...]
     local name=$1 description=$2
     shift 2
     local run=$RUNS/$name
+    local heldout=() trained=()
+    while (($#)) && [[ $1 != -- ]]; do heldout+=("$1"); shift; done
+    (($#)) && shift
+    trained=("$@")
     local weights
     weights=$("$PY" -m scripts.model_release pick "$run")
     echo "shipping $weights"
     "$PY" -m training.export "$weights" --out "$run/satseg-$name.onnx" --int8 \
         --description "$description" 2>&1 | tee "$run/export.log"
-    rm -rf "$run/heldout"
-    mkdir -p "$run/heldout"
-    for set in "$@"; do
-        for model in "satseg-$name.onnx" "satseg-$name.int8.onnx"; do
-            "$PY" -m training.validate --data "$DATA/$set" --weights "$run/$model" --split all \
-                --no-predictions --out "$run/heldout/$set/$model" 2>&1 | tee "$run/heldout/$set-$model.log"
-        done
-        "$PY" -m scripts.model_release baseline "$weights" "$DATA/$set" --out "$run/heldout/$set/baseline"
-    done
-    "$PY" -m scripts.heldout_table "$run/heldout" | tee "$run/heldout/tables.md"
+    score "$run" "$name" "$weights" heldout "${heldout[@]}"
+    # Places the model trained on are scored apart, outside heldout/: the int8 rule below
+    # judges held-out sets alone.
+    if ((${#trained[@]})); then
+        score "$run" "$name" "$weights" trained "${trained[@]}"
+    fi
     mkdir -p "$MODELS"
     cp "$run/satseg-$name.onnx" "$MODELS/satseg-$name.onnx"
     "$PY" -m scripts.model_release weights "$weights" "$MODELS/satseg-$name.pt"
     # int8 only where it is measured faster (interleaved with fp32) and within 1 point of mIoU everywhere.
-    if "$PY" -m scripts.model_release int8-verdict "$run" "satseg-$name" "$DATA/$1" | tee "$run/int8.log"; [[ ${PIPESTATUS[0]} == 0 ]]; then
+    if "$PY" -m scripts.model_release int8-verdict "$run" "satseg-$name" "$DATA/${heldout[0]}" | tee "$run/int8.log"; [[ ${PIPESTATUS[0]} == 0 ]]; then
         cp "$run/satseg-$name.int8.onnx" "$MODELS/satseg-$name-int8.onnx"
     else
         rm -f "$MODELS/satseg-$name-int8.onnx"
@@ -251,19 +265,7 @@ ship() {  # ship NAME DESCRIPTION HELDOUT_SETS...
 }
 if wanted buildings; then
     ship buildings "Buildings (building / background) on aerial and drone RGB imagery at zoom 19, about 0.3 m/px; trained on OpenAerialMap tiles of Zanzibar, Kampala and Banepa with OpenStreetMap outlines" \
-        heldout-demo-z19
-    # Banepa trains since 2026-12-07: scored as a training place, outside heldout/, so that the
-    # int8 rule above judges the held-out set alone.
-    run=$RUNS/buildings
-    rm -rf "$run/trained"
-    mkdir -p "$run/trained"
-    for model in satseg-buildings.onnx satseg-buildings.int8.onnx; do
-        "$PY" -m training.validate --data "$DATA/heldout-area3-z19" --weights "$run/$model" --split all \
-            --no-predictions --out "$run/trained/heldout-area3-z19/$model" 2>&1 | tee "$run/trained/area3-$model.log"
-    done
-    "$PY" -m scripts.model_release baseline "$("$PY" -m scripts.model_release pick "$run")" \
-        "$DATA/heldout-area3-z19" --out "$run/trained/heldout-area3-z19/baseline"
-    "$PY" -m scripts.heldout_table "$run/trained" | tee "$run/trained/tables.md"
+        heldout-demo-z19 -- heldout-area3-z19  # Banepa trains since 2026-12-07: a training place
 fi
 if wanted landcover; then
     ship landcover "Land cover (building, land, road, vegetation, water) on satellite RGB imagery at about 1 m/px; trained on the Dubai aerial masks (Humans in the Loop / MBRSC)" \
