@@ -66,12 +66,20 @@ class BandBlender:
         self.wsum[:, cols] += w
         self.valid[:, cols] |= valid
 
-    def take(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """Return the blended first ``rows`` rows and shift the band down by ``rows``."""
+    def blended(self, r0: int, r1: int, cols: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The blend of band rows ``r0..r1`` (columns ``cols`` of the band), without moving the band.
+
+        Probabilities ``(C, r1 - r0, width)`` (0 where no window counted) and their validity.
+        """
+        cols = slice(None) if cols is None else cols
+        wsum = self.wsum[r0:r1, cols]
+        acc = self.acc[:, r0:r1, cols]
+        probs = np.divide(acc, wsum, out=np.zeros(acc.shape, np.float32), where=wsum > 0)
+        return probs, self.valid[r0:r1, cols] & (wsum > 0)
+
+    def advance(self, rows: int) -> None:
+        """Move the band down by ``rows`` (at most its height): those rows are done with."""
         rows = min(rows, self.size)
-        wsum = self.wsum[:rows]
-        probs = np.divide(self.acc[:, :rows], wsum, out=np.zeros_like(self.acc[:, :rows]), where=wsum > 0)
-        valid = self.valid[:rows] & (wsum > 0)
         # Shift the band up in place (no new arrays per strip), then clear what is new.
         keep = self.size - rows
         self.acc[:, :keep] = self.acc[:, rows:]
@@ -81,4 +89,9 @@ class BandBlender:
         self.wsum[keep:] = 0
         self.valid[keep:] = False
         self.top += rows
-        return probs, valid
+
+    def take(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return the blended first ``rows`` rows and shift the band down by ``rows``."""
+        out = self.blended(0, min(rows, self.size))
+        self.advance(rows)
+        return out

@@ -33,7 +33,7 @@ from osgeo import gdal
 from .atomic import write_text_atomic
 from .counts import CountAccumulator
 from .model import SegModel
-from .outputs import CLASSES_NAME, RunOutputs, heatmap_names
+from .outputs import CLASSES_NAME, EncodedRows, RunOutputs, heatmap_names
 from .segment import segment_stripes
 from .sources import RasterSource, Tile, XyzSource
 from .tileplan import XYZ_TILE, Grid, Stripe, XyzGrid
@@ -260,8 +260,8 @@ def segment_block(job: BlockJob, is_cancelled: Callable[[], bool] | None = None)
         out = outputs
         bx, by = job.stripe.x0, job.stripe.y0
 
-        def sink(probs: np.ndarray, valid: np.ndarray, y: int, x: int) -> None:
-            counter.add(out.write(probs, valid, y - by, x - bx), y - by)
+        def sink(rows: EncodedRows, y: int, x: int) -> None:
+            counter.add(out.write_encoded(rows, y - by, x - bx), y - by)
 
         segment_stripes(
             model,
@@ -270,6 +270,7 @@ def segment_block(job: BlockJob, is_cancelled: Callable[[], bool] | None = None)
             job.grid.height,
             job.overlap,
             job.batch_size,
+            out.encode,
             sink,
             lambda _n: None,
             cancelled,

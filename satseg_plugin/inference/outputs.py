@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from osgeo import gdal
@@ -116,6 +117,25 @@ def quantize_probability(probability: np.ndarray, valid: np.ndarray) -> np.ndarr
     out = scaled.astype(np.uint8)
     out[~valid] = HEATMAP_NODATA
     return out
+
+
+class EncodedRows(NamedTuple):
+    """Output rows as the files store them: a quarter of float32 probabilities' bytes or less."""
+
+    #: ``(rows, width)`` class indices, ``CLASS_NODATA`` where invalid
+    classes: np.ndarray
+    #: ``(rows, width)`` heatmap bytes (``quantize_probability``), one per heatmap written, in class order
+    heatmaps: tuple[np.ndarray, ...]
+
+    @staticmethod
+    def concat(parts: Sequence[EncodedRows]) -> EncodedRows:
+        """The rows of ``parts``, one below the other."""
+        if len(parts) == 1:
+            return parts[0]
+        heatmaps = zip(*(p.heatmaps for p in parts), strict=True)
+        return EncodedRows(
+            np.concatenate([p.classes for p in parts]), tuple(np.concatenate(h) for h in heatmaps)
+        )
 
 
 def style_class_band(band: gdal.Band, names: Sequence[str], colors: Sequence[str]) -> None:
@@ -336,16 +356,31 @@ class RunOutputs:
     def _all(self) -> list[_Raster]:
         return [r for r in (self.classes, *self.heatmaps.values()) if r is not None]
 
-    def write(self, probabilities: np.ndarray, valid: np.ndarray, y: int, x: int = 0) -> np.ndarray:
-        """Write rows from ``y`` at column ``x``; return their class indices (``CLASS_NODATA`` where invalid)."""
+    def encode(self, probabilities: np.ndarray, valid: np.ndarray) -> EncodedRows:
+        """``(C, rows, width)`` probabilities as the files store them (the class indices always: counts need them).
+
+        Done where the rows are blended, so what waits for the writer thread is bytes, not floats.
+        """
         classes = most_probable(probabilities)
         classes[~valid] = CLASS_NODATA
+        heatmaps = tuple(
+            quantize_probability(probabilities[i], valid)
+            for i, name in enumerate(self.class_names)
+            if name in self.heatmaps
+        )
+        return EncodedRows(classes, heatmaps)
+
+    def write_encoded(self, rows: EncodedRows, y: int, x: int = 0) -> np.ndarray:
+        """Write encoded rows from ``y`` at column ``x``; return their class indices."""
         if self.classes is not None:
-            self.classes.write(classes, y, x)
-        for i, name in enumerate(self.class_names):
-            if name in self.heatmaps:
-                self.heatmaps[name].write(quantize_probability(probabilities[i], valid), y, x)
-        return classes
+            self.classes.write(rows.classes, y, x)
+        for raster, part in zip(self.heatmaps.values(), rows.heatmaps, strict=True):
+            raster.write(part, y, x)
+        return rows.classes
+
+    def write(self, probabilities: np.ndarray, valid: np.ndarray, y: int, x: int = 0) -> np.ndarray:
+        """Write rows from ``y`` at column ``x``; return their class indices (``CLASS_NODATA`` where invalid)."""
+        return self.write_encoded(self.encode(probabilities, valid), y, x)
 
     def commit(
         self, postprocess: Callable[[gdal.Band], None] | None = None

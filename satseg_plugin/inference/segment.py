@@ -30,7 +30,7 @@ from .errors import Cancelled, ExtentError, ParameterError, SourceError
 from .mask import AreaMask
 from .model import SegModel
 from .nodata_fill import fill_nodata
-from .outputs import RunOutputs
+from .outputs import EncodedRows, RunOutputs
 from .params import batch_for, check_request
 from .runfolder import output_folder
 from .sharedwindows import SharedWindows
@@ -307,8 +307,14 @@ def _windows_of_strip(windows: Windows, j: int) -> list[tuple[int, int]]:
 #: A processing area: ``area(y, h, x, w)`` is True for the grid pixels of those rows and columns inside it.
 AreaFn = Callable[[int, int, int, int], np.ndarray]
 
-#: Where finished rows go: ``sink(probabilities (C, rows, cols), valid (rows, cols), y, x)`` in grid pixels.
-RowSink = Callable[[np.ndarray, np.ndarray, int, int], None]
+#: How finished rows are stored: ``encode(probabilities (C, rows, cols), valid (rows, cols))``.
+RowEncoder = Callable[[np.ndarray, np.ndarray], EncodedRows]
+
+#: Where finished rows go, encoded: ``sink(rows, y, x)`` in grid pixels.
+RowSink = Callable[[EncodedRows, int, int], None]
+
+#: Rows blended and encoded at a time: the float probabilities of a strip never exist at once.
+ENCODE_ROWS = 64
 
 
 def area_runs(area: AreaFn | None, y: int, w: Windows) -> list[tuple[int, int]]:
@@ -441,6 +447,21 @@ def blend_windows(blender: BandBlender, windows: Iterable[tuple[int, int, np.nda
         blender.add(p, v, x, y)
 
 
+def _final_span(
+    blender: BandBlender, stripe: Stripe, j: int, next_row: int, y_end: int
+) -> tuple[int, int, int, slice]:
+    """``(rows, lo, hi, cols)``: strip ``j`` finished the band's first ``rows`` rows; grid rows
+    ``lo..hi`` (band rows ``lo - top..``) and band columns ``cols`` of them are the stripe's to hand out."""
+    w = stripe.windows
+    strip_y = w.y0 + j * w.stride
+    final_until = strip_y + w.stride if j + 1 < w.ny else strip_y + w.size
+    rows = min(final_until - blender.top, blender.size)
+    first = blender.top
+    lo, hi = max(first, next_row), min(first + rows, y_end)
+    c0 = stripe.x0 - w.x0  # the stripe's first column inside the band
+    return rows, lo, hi, slice(c0, c0 + stripe.x1 - stripe.x0)
+
+
 def final_rows(
     blender: BandBlender, stripe: Stripe, j: int, next_row: int, y_end: int
 ) -> tuple[np.ndarray, np.ndarray, int] | None:
@@ -450,18 +471,29 @@ def final_rows(
     the stripe's own columns and its rows from ``next_row`` (the first not yet
     handed out) to ``y_end`` are returned.
     """
-    w = stripe.windows
-    strip_y = w.y0 + j * w.stride
-    final_until = strip_y + w.stride if j + 1 < w.ny else strip_y + w.size
-    rows = final_until - blender.top
-    probs_rows, valid_rows = blender.take(rows)
-    first = blender.top - rows
-    lo, hi = max(first, next_row), min(first + rows, y_end)
-    if hi <= lo:
-        return None
-    c0 = stripe.x0 - w.x0  # the stripe's first column inside the band
-    cols = slice(c0, c0 + stripe.x1 - stripe.x0)
-    return probs_rows[:, lo - first : hi - first, cols], valid_rows[lo - first : hi - first, cols], lo
+    rows, lo, hi, cols = _final_span(blender, stripe, j, next_row, y_end)
+    top = blender.top
+    probs, valid = blender.blended(lo - top, hi - top, cols) if hi > lo else (None, None)
+    blender.advance(rows)
+    return None if probs is None else (probs, valid, lo)
+
+
+def final_encoded(
+    blender: BandBlender, stripe: Stripe, j: int, next_row: int, y_end: int, encode: RowEncoder
+) -> tuple[EncodedRows, int] | None:
+    """``final_rows`` encoded: ``(encode(probabilities, valid), first row)``, or None.
+
+    Blended and encoded ``ENCODE_ROWS`` rows at a time, so a strip's float
+    probabilities (15 MB for two classes over 4,096 columns) never exist whole.
+    """
+    rows, lo, hi, cols = _final_span(blender, stripe, j, next_row, y_end)
+    top = blender.top
+    parts = [
+        encode(*blender.blended(r, min(r + ENCODE_ROWS, hi - top), cols))
+        for r in range(lo - top, hi - top, ENCODE_ROWS)
+    ]
+    blender.advance(rows)
+    return (EncodedRows.concat(parts), lo) if parts else None
 
 
 def segment_stripes(
@@ -471,6 +503,7 @@ def segment_stripes(
     height: int,
     overlap: int,
     batch_size: int,
+    encode: RowEncoder,
     sink: RowSink,
     on_batch: Callable[[int], None],
     cancelled: Callable[[], bool],
@@ -481,10 +514,10 @@ def segment_stripes(
     The stage every run shares, single-process (stripes over the whole height)
     and on a cluster (one block, a stripe of a few rows, per task): for each
     strip, ``fetch_strip``, ``infer_windows``, ``blend_windows`` and
-    ``final_rows``. Only the stripe's own columns ``x0 .. x1`` and rows
-    ``y0 .. y1`` (``y1`` None: to ``height``, the grid's) reach ``sink``, in
-    order; ``sink`` (write and count) runs in a writer thread, one strip in
-    flight at most.
+    ``final_encoded`` (rows through ``encode``, ``RunOutputs.encode``). Only
+    the stripe's own columns ``x0 .. x1`` and rows ``y0 .. y1`` (``y1`` None:
+    to ``height``, the grid's) reach ``sink``, in order; ``sink`` (write and
+    count) runs in a writer thread, one strip in flight at most.
     ``on_batch(n)`` is told after every model batch (and of windows skipped);
     ``Cancelled`` when ``cancelled()`` turns true between batches.
     ``area(y, h, x, w)`` (a processing area, ``AreaMask.mask``) limits the run:
@@ -514,33 +547,34 @@ def segment_stripes(
                     prefetch_strip(source, nxt, nxt.y0, area)
                 if area is not None and cancelled():  # strips outside the area run no batch that would check
                     raise Cancelled("cancelled")
-                pixels, valid, positions, imagery = fetch_strip(source, w, j, model.channels, area)
-                if len(positions) < w.nx:
+                strip = fetch_strip(source, w, j, model.channels, area)
+                if len(strip.positions) < w.nx:
                     if cancelled():
                         raise Cancelled("cancelled")
-                    on_batch(w.nx - len(positions))  # skipped windows count as done
+                    on_batch(w.nx - len(strip.positions))  # skipped windows count as done
                 blend_windows(
                     blender,
                     infer_windows(
                         model,
-                        pixels,
-                        valid,
-                        positions,
+                        strip.pixels,
+                        strip.valid,
+                        strip.positions,
                         w.x0,
                         batch_size,
                         cancelled,
                         on_batch,
                         shared,
-                        imagery,
+                        strip.imagery,
                     ),
                 )
-                rows = final_rows(blender, stripe, j, next_row, y_end)
-                if rows is not None:
-                    p, v, lo = rows
+                del strip  # not held while the next strip is fetched
+                done = final_encoded(blender, stripe, j, next_row, y_end, encode)
+                if done is not None:
+                    rows, lo = done
                     if written is not None:
                         written.result()  # one strip in flight at most; its errors surface here
-                    written = writer.submit(sink, p, v, lo, stripe.x0)
-                    next_row = lo + p.shape[1]
+                    written = writer.submit(sink, rows, lo, stripe.x0)
+                    next_row = lo + rows.classes.shape[0]
         if written is not None:
             written.result()
             written = None
@@ -647,8 +681,8 @@ def _run_segment(
             done += n
             report(done / total, f"segmented {done}/{total} windows")
 
-        def write_and_count(probs: np.ndarray, valid: np.ndarray, y: int, x: int) -> None:
-            counter.add(out.write(probs, valid, y, x), y)
+        def write_and_count(rows: EncodedRows, y: int, x: int) -> None:
+            counter.add(out.write_encoded(rows, y, x), y)
 
         segment_stripes(
             plan.model,
@@ -657,6 +691,7 @@ def _run_segment(
             plan.grid.height,
             plan.overlap,
             plan.batch_size,
+            out.encode,
             write_and_count,
             on_batch,
             cancelled,
@@ -785,6 +820,7 @@ __all__ = [
     "count_tiles",
     "describe_plan",
     "fetch_strip",
+    "final_encoded",
     "final_rows",
     "infer_windows",
     "plan_run",

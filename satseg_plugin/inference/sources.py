@@ -79,7 +79,8 @@ class XyzSource:
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="satseg-xyz")
         self._futures: dict[Tile, Future] = {}
-        self._tiles: dict[Tile, tuple[np.ndarray, np.ndarray] | None] = {}
+        # Decoded (rgb, valid) by tile; valid None where the whole tile is (most tiles: a quarter less to hold).
+        self._tiles: dict[Tile, tuple[np.ndarray, np.ndarray | None] | None] = {}
 
     # --- fetching (worker threads) ----------------------------------------------------------
     def _cache_path(self, tile: Tile) -> Path | None:
@@ -95,12 +96,14 @@ class XyzSource:
             self.timeout, self.retries, self.backoff, self._stop, self.max_bytes,
         )  # fmt: skip
 
-    def _load(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
-        """Decoded ``(rgb, valid)`` of a tile, from the cache (verified first) or the service."""
+    def _load(self, tile: Tile) -> tuple[np.ndarray, np.ndarray | None]:
+        """Decoded ``(rgb, valid)`` of a tile (valid None: every pixel), from the cache (verified first) or the service."""
         cached = self._cache_path(tile)
         if cached is not None and cached.is_file():
             try:
-                return to_rgb(check_tile(cached.read_bytes(), f"cached tile {tile_name(tile)}", XYZ_TILE))
+                return _compact(
+                    to_rgb(check_tile(cached.read_bytes(), f"cached tile {tile_name(tile)}", XYZ_TILE))
+                )
             except (TileFailure, OSError):
                 with self._lock:  # damaged on disk: fetched again and replaced
                     self.cache_refetched += 1
@@ -109,7 +112,7 @@ class XyzSource:
         data, pixels = self._download(tile)
         if cached is not None:
             write_bytes_atomic(cached, data)  # only tiles that decoded cleanly are kept
-        return to_rgb(pixels)
+        return _compact(to_rgb(pixels))
 
     # --- strips (calling thread) ------------------------------------------------------------
     def _tiles_of_rows(self, y: int, h: int, x: int, w: int) -> list[Tile]:
@@ -125,7 +128,7 @@ class XyzSource:
             if tile not in self._futures and tile not in self._tiles and tile not in self.failed:
                 self._futures[tile] = self._pool.submit(self._load, tile)
 
-    def _get(self, tile: Tile) -> tuple[np.ndarray, np.ndarray] | None:
+    def _get(self, tile: Tile) -> tuple[np.ndarray, np.ndarray | None] | None:
         if tile in self.failed:
             return None
         if tile not in self._tiles:
@@ -170,7 +173,7 @@ class XyzSource:
                 slice(c0 - tx * XYZ_TILE, c1 - tx * XYZ_TILE),
             )
             rgb[dst] = trgb[src]
-            valid[dst] = tvalid[src]
+            valid[dst] = True if tvalid is None else tvalid[src]
         # Strips move down a stripe of columns, then on to the next stripe: tiles above
         # this strip or outside its columns are not read again (failures stay recorded).
         k0, k1 = keep if keep is not None else (x, x + w)
@@ -185,6 +188,11 @@ class XyzSource:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._futures.clear()
         self._http.close()
+
+
+def _compact(decoded: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    rgb, valid = decoded
+    return rgb, None if valid.all() else valid
 
 
 def _gdal_error(exc: Exception) -> str:
