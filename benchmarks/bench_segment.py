@@ -458,9 +458,12 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def memory_run(nx: int, ny: int, folder: Path, url: str, model: Path | None, stripe: int | None) -> None:
+def memory_run(
+    nx: int, ny: int, folder: Path, url: str, model: Path | None, stripe: int | None, window: int | None
+) -> None:
     """Child process: segment nx x ny tiles with ``model`` (None: a 1x1-conv model), print tiles,
-    windows (planned over the stripes), windows the model ran, seconds, RSS before and peak."""
+    windows (planned over the stripes), windows the model ran, seconds, RSS before, peak and the
+    window side."""
     if model is None:
         sys.path.insert(0, str(ROOT / "tests"))
         from inference_helpers import make_rgb_model
@@ -471,13 +474,13 @@ def memory_run(nx: int, ny: int, folder: Path, url: str, model: Path | None, str
     before = _peak_mb()
     req = SegmentRequest(
         model=model, bbox=extent(nx, ny), bbox_crs="EPSG:3857", tiles_url=url, out_dir=folder / "out",
-        **({"stripe_width": stripe} if stripe else {}),
+        window=window, **({"stripe_width": stripe} if stripe else {}),
     )  # fmt: skip
     start = time.perf_counter()
     result = run_segment(req)
     print(
         f"{result.tiles_total} {result.windows} {result.windows_run} {time.perf_counter() - start:.1f} "
-        f"{before:.0f} {_peak_mb():.0f}"
+        f"{before:.0f} {_peak_mb():.0f} {result.window_size}"
     )
 
 
@@ -491,7 +494,10 @@ def memory(args: argparse.Namespace) -> None:
     shipped = args.memory_model == "shipped"
     what = f"{args.model.name}, classes + heatmaps" if shipped else "1x1-conv model, classes + 4 heatmaps"
     stripes = f"stripes of {args.stripe} columns" if args.stripe else "the default stripes"
-    print(f"\n3. peak memory (VmHWM, fresh process, {what} + counts, XYZ, the model's overlap, {stripes})")
+    windows = f"{args.window}-px windows" if args.window else "the windows each run picks"
+    print(
+        f"\n3. peak memory (VmHWM, fresh process, {what} + counts, XYZ, the model's overlap, {stripes}, {windows})"
+    )
     with ServerProcess() as server:
         for tiles in (int(t) for t in args.memory_tiles.split(",")):
             for shape, nx, ny in shapes(tiles):
@@ -504,14 +510,16 @@ def memory(args: argparse.Namespace) -> None:
                         cmd += ["--memory-model", "shipped", "--model", str(args.model)]
                     if args.stripe:
                         cmd += ["--stripe", str(args.stripe)]
+                    if args.window:
+                        cmd += ["--window", str(args.window)]
                     out = subprocess.run(
                         cmd, cwd=ROOT, capture_output=True, text=True, check=True
                     ).stdout.split()
                 n, windows, ran, secs = int(out[0]), int(out[1]), int(out[2]), float(out[3])
-                before, peak = out[4], out[5]
+                before, peak, side = out[4], out[5], out[6]
                 print(
-                    f"   {shape:6} {nx:4d} x {ny:<4d} {n:6d} tiles, {windows:6d} windows ({ran} run), {secs:6.1f} s: "
-                    f"RSS {before} MB before the run, peak {peak} MB",
+                    f"   {shape:6} {nx:4d} x {ny:<4d} {n:6d} tiles, {windows:6d} windows of {side} px ({ran} run), "
+                    f"{secs:6.1f} s: RSS {before} MB before the run, peak {peak} MB",
                     flush=True,
                 )
 
@@ -552,6 +560,11 @@ def main(argv: list[str] | None = None) -> None:
         "--stripe", type=int, default=None,
         help="columns of the memory runs' stripes (default: the pipeline's, SegmentRequest.stripe_width)",
     )  # fmt: skip
+    parser.add_argument(
+        "--window", type=int, default=None,
+        help="side of the memory runs' windows (default: the side each run picks, SegmentRequest.window); "
+        "onnxruntime's memory follows the window's area",
+    )  # fmt: skip
     parser.add_argument("--skip", default="", help="sections to leave out: throughput,seams,memory")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--memory-run", help=argparse.SUPPRESS)
@@ -570,6 +583,7 @@ def main(argv: list[str] | None = None) -> None:
             args.url,
             args.model if args.memory_model == "shipped" else None,
             args.stripe,
+            args.window,
         )
         return
     if args.quick:
