@@ -91,8 +91,8 @@ def most_probable(probabilities: np.ndarray) -> np.ndarray:
     """``probabilities.argmax(axis=0)`` as uint8 (the first class wins a tie), a class at a time.
 
     Two passes over each class's plane instead of a reduction across planes: 5 ms rather
-    than 13 ms for two classes on a strip of 476 x 2,048 pixels, in the writer thread that
-    shares the cores with the model.
+    than 13 ms for two classes on a strip of 476 x 2,048 pixels, work that shares the cores
+    with the model.
 
     >>> most_probable(np.array([[0.2, 0.5, 0.9], [0.8, 0.5, 0.1]], np.float32))
     array([1, 0, 0], dtype=uint8)
