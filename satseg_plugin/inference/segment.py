@@ -2,10 +2,10 @@
 
 The pipeline goes strip by strip (one row of windows at a time): while the
 model runs on a strip, the next strip's tiles are already being fetched, and
-the rows the previous strip finished are being compressed into the GeoTIFFs
-and counted in a writer thread (GDAL lets go of the GIL while it compresses).
-At most one strip waits for the writer, so memory stays bounded by the
-extent's width.
+the rows the previous strip finished, encoded as the files store them, are
+being compressed into the GeoTIFFs and counted in a writer thread (GDAL lets
+go of the GIL while it compresses). At most one strip waits for the writer,
+so memory stays bounded by the extent's width.
 """
 
 from __future__ import annotations
@@ -640,10 +640,10 @@ def _run_segment(
     """``run_segment`` into the (staging) folder ``req.out_dir``, which exists.
 
     The stages in order: *plan* (``plan_run``), then strip by strip *fetch*,
-    *infer* and *blend* (``segment_stripes``) with *write* and *count* of the
-    finished rows in the writer thread (``RunOutputs.write``,
-    ``CountAccumulator.add``), then the whole-raster steps (``_finish``: sieve,
-    polygons, overviews) and the table (``_write_counts``).
+    *infer*, *blend* and *encode* (``segment_stripes``, ``RunOutputs.encode``) with
+    *write* and *count* of the finished rows in the writer thread
+    (``RunOutputs.write_encoded``, ``CountAccumulator.add``), then the whole-raster
+    steps (``_finish``: sieve, polygons, overviews) and the table (``_write_counts``).
     """
     report = progress or (lambda _f, _m: None)
     cancelled = is_cancelled or (lambda: False)
