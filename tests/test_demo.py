@@ -71,16 +71,17 @@ def test_demo_segments_the_sample_and_prints_the_table(demo_out: tuple[Path, str
     assert sum(int(r["pixels"]) for r in rows.values()) == 7 * 2 * 256 * 256
     # The model has never seen these tiles. Its buildings should lie on OpenStreetMap's buildings
     # (13 % of the sample) and find a fair part of them: see the held-out figures of
-    # models/satseg-buildings.md. Measured through this run: precision 0.78, recall 0.62, IoU
-    # 0.53 (the weights before 2026-12-07: 0.80, 0.55, 0.48). Windows past the sample's edge
-    # used to see black there, which cost the first three-country weights 12 points of
-    # precision (0.66): the bound on precision guards that too. A model calling everything building would score
-    # precision 0.12, one calling nothing recall 0.
+    # models/satseg-buildings.md. Measured through this run: precision 0.72, recall 0.68, IoU
+    # 0.54 (the 90-minute weights: 0.78, 0.62, 0.53; the weights before 2026-12-07: 0.80, 0.55,
+    # 0.48). Windows past the sample's edge used to see black there, which cost the first
+    # three-country weights 12 points of precision (0.66): the bound on precision guards that
+    # too. A model calling everything building would score precision 0.12, one calling nothing
+    # recall 0.
     found = classes == names.index("building")
     hits = (found & truth).sum()
     precision, recall, iou = hits / found.sum(), hits / truth.sum(), hits / (found | truth).sum()
     assert 0.10 < truth.mean() < 0.16
-    assert precision > 0.72 and recall > 0.55 and iou > 0.48, (precision, recall, iou)
+    assert precision > 0.69 and recall > 0.60 and iou > 0.50, (precision, recall, iou)
 
 
 def osm_buildings_on(ds: gdal.Dataset, geojson: Path) -> np.ndarray:
