@@ -14,12 +14,12 @@ from ui_helpers import tiles_rect_3857, wait_for_task
 from satseg_plugin.inference.blend import BandBlender
 from satseg_plugin.inference.counts import CountAccumulator
 from satseg_plugin.inference.model import SegModel
-from satseg_plugin.inference.outputs import CLASS_NODATA, most_probable
+from satseg_plugin.inference.outputs import CLASS_NODATA, EncodedRows, most_probable
 from satseg_plugin.inference.segment import (
     SegmentRequest,
     blend_windows,
     fetch_strip,
-    final_rows,
+    final_encoded,
     infer_windows,
     plan_run,
     run_segment,
@@ -31,6 +31,13 @@ from satseg_plugin.ui.sources import ImagerySource
 
 # Two by one and a half zoom-20 tiles of area2, off the tile grid: windows overlap and reach past the edges.
 RECT = tiles_rect_3857(619225.25, 523265.25, 619226.75, 523266.75, 20)
+
+
+def argmax_classes(probs: np.ndarray, ok: np.ndarray) -> EncodedRows:
+    """RunOutputs.encode's class indices, worked out apart (no heatmaps)."""
+    part = probs.argmax(axis=0).astype(np.uint8)
+    part[~ok] = CLASS_NODATA
+    return EncodedRows(part, ())
 
 
 def test_the_stages_by_hand_give_what_run_segment_writes(
@@ -62,12 +69,11 @@ def test_the_stages_by_hand_give_what_run_segment_writes(
                 (model.metadata.num_classes, w.size, w.size)
             ] * w.nx
             blend_windows(blender, windows)  # blend
-            rows = final_rows(blender, stripe, j, next_row, grid.height)
+            rows = final_encoded(blender, stripe, j, next_row, grid.height, argmax_classes)  # encode
             if rows is None:
                 continue
-            probs, ok, y = rows
-            part = probs.argmax(axis=0).astype(np.uint8)  # write: RunOutputs.write's class indices
-            part[~ok] = CLASS_NODATA
+            encoded, y = rows
+            part = encoded.classes  # write: RunOutputs.write_encoded's class raster rows
             classes[y : y + part.shape[0]] = part
             counter.add(part, y)  # count
             next_row = y + part.shape[0]

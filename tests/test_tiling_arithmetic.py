@@ -111,37 +111,38 @@ def test_fewest_pixels_windows_picks_the_side_that_overshoots_least() -> None:
     assert fewest_pixels_windows(1024, 1024, [256, 512], lambda s: 0).size == 512
 
 
-def test_final_encoded_is_final_rows_encoded_chunk_by_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rows blended and encoded a few at a time (here 7, so chunks end mid-strip) equal the whole strip's."""
+def test_final_encoded_chunk_by_chunk_is_the_whole_strip_encoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows blended and encoded 7 at a time (chunks end mid-strip) equal those done a strip at
+    once, and the strips hand out every row of the grid once, in order."""
     from satseg_plugin.inference import segment
     from satseg_plugin.inference.outputs import EncodedRows, most_probable, quantize_probability
 
     def encode(p: np.ndarray, v: np.ndarray) -> EncodedRows:
         return EncodedRows(most_probable(p), (quantize_probability(p[1], v),))
 
-    monkeypatch.setattr(segment, "ENCODE_ROWS", 7)
     windows = plan_windows(100, 90, 32, 25)
     (stripe,) = plan_stripes(100, windows, 4096)
     rng = np.random.default_rng(3)
     bands = [BandBlender(3, 32, 8, windows.x0, windows.span_width, windows.y0) for _ in range(2)]
-    next_rows, got, want = [0, 0], [], []
+    next_row, got, want = 0, [], []
     for j in range(windows.ny):
         for i in range(windows.nx):
             p = rng.random((3, 32, 32), dtype=np.float32)
             v = rng.random((32, 32)) > 0.1
             for band in bands:
                 band.add(p, v, windows.x0 + i * windows.stride, windows.y0 + j * windows.stride)
-        whole = segment.final_rows(bands[0], stripe, j, next_rows[0], 90)
-        chunked = segment.final_encoded(bands[1], stripe, j, next_rows[1], 90, encode)
+        monkeypatch.setattr(segment, "ENCODE_ROWS", 1000)
+        whole = segment.final_encoded(bands[0], stripe, j, next_row, 90, encode)
+        monkeypatch.setattr(segment, "ENCODE_ROWS", 7)
+        chunked = segment.final_encoded(bands[1], stripe, j, next_row, 90, encode)
         assert (whole is None) == (chunked is None)
         if whole is not None and chunked is not None:
-            probs, valid, lo = whole
-            rows, lo2 = chunked
-            assert lo == lo2 and rows.classes.shape == valid.shape
-            want.append(encode(probs, valid))
-            got.append(rows)
-            next_rows = [lo + valid.shape[0]] * 2
-    assert next_rows[0] == 90
+            assert whole[1] == chunked[1] == next_row and whole[0].classes.shape[1] == 100
+            want.append(whole[0])
+            got.append(chunked[0])
+            next_row += whole[0].classes.shape[0]
+    assert next_row == 90 and len(got) > 1
+    assert any(r.classes.shape[0] > 7 for r in got)  # chunks were joined
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a.classes, b.classes)
         np.testing.assert_array_equal(a.heatmaps[0], b.heatmaps[0])

@@ -312,8 +312,9 @@ def _small_block_cache():
 class RunOutputs:
     """The class raster and heatmaps of one run, written strip by strip.
 
-    ``write(probabilities, valid, y)`` takes ``(C, rows, width)`` probabilities of
-    output rows ``y..``; ``commit()`` builds overviews and renames every file into
+    ``encode(probabilities, valid)`` turns ``(C, rows, width)`` probabilities into
+    the files' bytes, ``write_encoded(rows, y)`` writes them as output rows
+    ``y..``; ``commit()`` builds overviews and renames every file into
     place; ``discard()`` removes every temporary file (on error or cancel).
     ``need_classes`` keeps a class raster for ``commit``'s ``postprocess`` (sieve,
     polygons) even when ``write_classes`` is False; it is then never published.
@@ -377,10 +378,6 @@ class RunOutputs:
         for raster, part in zip(self.heatmaps.values(), rows.heatmaps, strict=True):
             raster.write(part, y, x)
         return rows.classes
-
-    def write(self, probabilities: np.ndarray, valid: np.ndarray, y: int, x: int = 0) -> np.ndarray:
-        """Write rows from ``y`` at column ``x``; return their class indices (``CLASS_NODATA`` where invalid)."""
-        return self.write_encoded(self.encode(probabilities, valid), y, x)
 
     def commit(
         self, postprocess: Callable[[gdal.Band], None] | None = None

@@ -447,47 +447,25 @@ def blend_windows(blender: BandBlender, windows: Iterable[tuple[int, int, np.nda
         blender.add(p, v, x, y)
 
 
-def _final_span(
-    blender: BandBlender, stripe: Stripe, j: int, next_row: int, y_end: int
-) -> tuple[int, int, int, slice]:
-    """``(rows, lo, hi, cols)``: strip ``j`` finished the band's first ``rows`` rows; grid rows
-    ``lo..hi`` (band rows ``lo - top..``) and band columns ``cols`` of them are the stripe's to hand out."""
+def final_encoded(
+    blender: BandBlender, stripe: Stripe, j: int, next_row: int, y_end: int, encode: RowEncoder
+) -> tuple[EncodedRows, int] | None:
+    """The rows strip ``j`` of ``stripe`` finished, encoded: ``(encode(probabilities, valid), first row)``, or None.
+
+    Rows above the next strip's top get no more windows: they are final, and
+    the band moves past them. Only the stripe's own columns and its rows from
+    ``next_row`` (the first not yet handed out) to ``y_end`` are returned.
+    They are blended and encoded ``ENCODE_ROWS`` rows at a time, so a strip's
+    float probabilities (15 MB for two classes over 4,096 columns) never exist whole.
+    """
     w = stripe.windows
     strip_y = w.y0 + j * w.stride
     final_until = strip_y + w.stride if j + 1 < w.ny else strip_y + w.size
     rows = min(final_until - blender.top, blender.size)
-    first = blender.top
-    lo, hi = max(first, next_row), min(first + rows, y_end)
+    top = blender.top
+    lo, hi = max(top, next_row), min(top + rows, y_end)
     c0 = stripe.x0 - w.x0  # the stripe's first column inside the band
-    return rows, lo, hi, slice(c0, c0 + stripe.x1 - stripe.x0)
-
-
-def final_rows(
-    blender: BandBlender, stripe: Stripe, j: int, next_row: int, y_end: int
-) -> tuple[np.ndarray, np.ndarray, int] | None:
-    """The rows strip ``j`` of ``stripe`` finished: ``(probabilities, valid, first row)``, or None.
-
-    Rows above the next strip's top get no more windows: they are final. Only
-    the stripe's own columns and its rows from ``next_row`` (the first not yet
-    handed out) to ``y_end`` are returned.
-    """
-    rows, lo, hi, cols = _final_span(blender, stripe, j, next_row, y_end)
-    top = blender.top
-    probs, valid = blender.blended(lo - top, hi - top, cols) if hi > lo else (None, None)
-    blender.advance(rows)
-    return None if probs is None else (probs, valid, lo)
-
-
-def final_encoded(
-    blender: BandBlender, stripe: Stripe, j: int, next_row: int, y_end: int, encode: RowEncoder
-) -> tuple[EncodedRows, int] | None:
-    """``final_rows`` encoded: ``(encode(probabilities, valid), first row)``, or None.
-
-    Blended and encoded ``ENCODE_ROWS`` rows at a time, so a strip's float
-    probabilities (15 MB for two classes over 4,096 columns) never exist whole.
-    """
-    rows, lo, hi, cols = _final_span(blender, stripe, j, next_row, y_end)
-    top = blender.top
+    cols = slice(c0, c0 + stripe.x1 - stripe.x0)
     parts = [
         encode(*blender.blended(r, min(r + ENCODE_ROWS, hi - top), cols))
         for r in range(lo - top, hi - top, ENCODE_ROWS)
@@ -821,7 +799,6 @@ __all__ = [
     "describe_plan",
     "fetch_strip",
     "final_encoded",
-    "final_rows",
     "infer_windows",
     "plan_run",
     "prefetch_strip",
