@@ -483,3 +483,44 @@ def test_encoder_lr_share_slows_only_the_encoder(tmp_path: Path) -> None:
         train.main([*argv, "--out", str(tmp_path / "slow"), "--epochs", "2", "--resume"])
     with pytest.raises(SatsegError, match="--encoder-lr must be between 0 and 1"):
         train.main([*argv, "--out", str(tmp_path / "bad"), "--encoder-lr", "2"])
+
+
+def test_head_bn_feeds_the_classifier_before_the_relu_and_travels_with_the_weights(tmp_path: Path) -> None:
+    from torch import nn
+
+    from satseg_plugin.inference.errors import ModelError
+    from training import export
+    from training.checkpoint import model_from_checkpoint
+    from training.model import SegNet
+
+    relu, bn = SegNet(3, 0.125).eval(), SegNet(3, 0.125, head="bn").eval()
+    assert relu.state_dict().keys() == bn.state_dict().keys()  # old weights load into either
+    bn.load_state_dict(relu.state_dict())
+    feats: dict[str, torch.Tensor] = {}
+    for name, net in (("relu", relu), ("bn", bn)):
+        net.classifier.register_forward_hook(lambda m, i, o, name=name: feats.__setitem__(name, i[0]))
+        with torch.no_grad():
+            net(torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    assert feats["relu"].min() >= 0 and feats["bn"].min() < 0
+    assert torch.equal(feats["relu"], feats["bn"].clamp(min=0))  # the ReLU is the only difference
+    with pytest.raises(ValueError, match="head must be one of relu, bn"):
+        SegNet(3, 0.125, head="gelu")
+
+    data = make_tiny_dataset(tmp_path / "data")
+    _train(data, tmp_path / "bn", "--epochs", "1", "--head", "bn")
+    ckpt = load_checkpoint(tmp_path / "bn" / "best.pt")
+    assert ckpt["head"] == "bn" and isinstance(model_from_checkpoint(ckpt).decoder[-1][-1][2], nn.Identity)
+    # The exported graph matches torch (export refuses otherwise), also from 32-px tiles.
+    assert run_cli(export.main, [str(tmp_path / "bn" / "best.pt"), "--out", str(tmp_path / "bn.onnx")]) == 0
+    assert (tmp_path / "bn.onnx").is_file()
+    _train(data, tmp_path / "ft", "--epochs", "1", "--init", str(tmp_path / "bn" / "best.pt"))
+    assert load_checkpoint(tmp_path / "ft" / "best.pt")["head"] == "bn"  # --init's head by default
+    argv = ["--data", str(data), "--width", "0.125", "--validation", "0.4", "--seed", "1"]
+    with pytest.raises(SatsegError, match=r"\(head bn\).*\(head relu\)"):
+        train.main([*argv, "--out", str(tmp_path / "bn"), "--epochs", "2", "--resume", "--head", "relu"])
+    # Checkpoints from before the option name no head: theirs is the ReLU one.
+    del ckpt["head"]
+    assert isinstance(model_from_checkpoint(ckpt).decoder[-1][-1][2], nn.ReLU)
+    ckpt["head"] = "gelu"
+    with pytest.raises(ModelError, match="names head 'gelu'"):
+        model_from_checkpoint(ckpt)

@@ -3,7 +3,8 @@
 A checkpoint is a dict of plain types (docs/design.md), so
 ``torch.load(path, weights_only=True)`` reads it without unpickling code:
 ``state_dict``, ``class_names``, ``class_colors``, ``width``, ``tile_size``,
-``zoom``, ``resolution_cm``, ``mean``, ``std``, ``epoch``, ``best_miou``, and for a
+``zoom``, ``resolution_cm``, ``mean``, ``std``, ``epoch``, ``best_miou``, ``head``
+(what the classifier reads, ``training.model.HEADS``; "relu" when absent), and for a
 model of other than 3 input bands ``channels`` and ``input_bands``; training
 adds ``optimizer``, ``scheduler`` (in ``last.pt``) and ``seed``,
 ``val_fraction``, ``data`` (the dataset folder) so validate and export find the
@@ -21,7 +22,7 @@ import torch
 from satseg_plugin.inference.atomic import atomic_path
 from satseg_plugin.inference.errors import ModelError
 
-from .model import SegNet
+from .model import HEADS, SegNet
 
 REQUIRED_KEYS = ("state_dict", "class_names", "class_colors", "width")
 
@@ -94,16 +95,19 @@ def model_from_checkpoint(ckpt: dict[str, Any], where: str = "checkpoint") -> Se
     """
     names = list(ckpt["class_names"])
     state = ckpt["state_dict"]
-    head = state.get("classifier.weight") if isinstance(state, dict) else None
-    if head is None:
+    classifier = state.get("classifier.weight") if isinstance(state, dict) else None
+    if classifier is None:
         raise ModelError(f"{where} has no SegNet weights (no 'classifier.weight' in its state_dict)")
-    if head.shape[0] != len(names):
+    if classifier.shape[0] != len(names):
         raise ModelError(
-            f"{where} has weights for {head.shape[0]} classes but names {len(names)} "
+            f"{where} has weights for {classifier.shape[0]} classes but names {len(names)} "
             f"({', '.join(names)}); the weights do not belong to these classes"
         )
     channels = int(ckpt.get("channels") or 3)  # checkpoints of RGB models name none
-    net = SegNet(len(names), float(ckpt["width"]), channels)
+    head = str(ckpt.get("head") or "relu")  # checkpoints before the option name none
+    if head not in HEADS:
+        raise ModelError(f"{where} names head {head!r}; this version knows {', '.join(HEADS)}")
+    net = SegNet(len(names), float(ckpt["width"]), channels, head)
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:

@@ -169,7 +169,9 @@ def export_onnx(net: torch.nn.Module, tile_size: int, out: Path, props: dict[str
     import onnx
 
     model = SoftmaxSegNet(net).eval()
-    example = (torch.zeros(2, int(getattr(net, "in_channels", 3)), tile_size, tile_size),)
+    # torch.export specialises a dimension of size 1: a 32-px example would fix rows at 1.
+    side = max(tile_size, 2 * WINDOW_STEP)
+    example = (torch.zeros(2, int(getattr(net, "in_channels", 3)), side, side),)
     # The exporter logs every step and onnx_ir warns about empty attributes: noise for a user.
     logging.getLogger("onnx_ir").setLevel(logging.ERROR)
     logging.getLogger("onnxscript").setLevel(logging.ERROR)

@@ -3,7 +3,11 @@
 Encoder: the 13 conv layers of VGG16-BN (3x3 conv, batch norm, ReLU) in five
 stages, each ending in a 2x2 max-pool that keeps its indices. Decoder: the
 mirror image, each stage starting with ``max_unpool2d`` at the indices of the
-matching encoder pool, then a 1x1 conv to the classes. ``forward`` returns
+matching encoder pool, then a 1x1 conv to the classes. The classifier reads the
+last decoder layer after its ReLU (``head`` "relu", the paper's) or before it,
+after batch norm (``head`` "bn"): behind a ReLU, pixels whose 16 features (at
+width 0.25) are all zero get the classifier's bias alone, as about half the
+building pixels of the first two-class default did. ``forward`` returns
 logits ``[N, C, H, W]``; ``SoftmaxSegNet`` (the exported graph) returns softmax
 probabilities.
 
@@ -28,6 +32,9 @@ ENCODER_STAGES: tuple[tuple[int, ...], ...] = (
     (512, 512, 512),
 )
 
+#: What the classifier reads: the last decoder layer after its ReLU, or after its batch norm.
+HEADS: tuple[str, ...] = ("relu", "bn")
+
 
 def scaled(channels: int, width: float) -> int:
     """Channels of a layer at width multiplier ``width`` (at least 4)."""
@@ -42,9 +49,11 @@ def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
 
 class SegNet(nn.Module):
     """SegNet for ``num_classes`` classes at width multiplier ``width`` (1.0 = the paper's),
-    over ``in_channels`` input bands (3: RGB)."""
+    over ``in_channels`` input bands (3: RGB), its classifier reading the ``head`` (``HEADS``)."""
 
-    def __init__(self, num_classes: int, width: float = 1.0, in_channels: int = 3) -> None:
+    def __init__(
+        self, num_classes: int, width: float = 1.0, in_channels: int = 3, head: str = "relu"
+    ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, not {num_classes}")
@@ -52,9 +61,12 @@ class SegNet(nn.Module):
             raise ValueError(f"width must be positive, not {width}")
         if in_channels < 1:
             raise ValueError(f"in_channels must be positive, not {in_channels}")
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, not {head!r}")
         self.num_classes = num_classes
         self.width = float(width)
         self.in_channels = in_channels
+        self.head = head
         stages = [[scaled(c, width) for c in stage] for stage in ENCODER_STAGES]
         self.encoder = nn.ModuleList()
         cin = in_channels
@@ -75,6 +87,8 @@ class SegNet(nn.Module):
                 cout = out_last if j == len(stage) - 1 else stage[j]
                 layers.append(_conv_bn_relu(stage[j], cout))
             self.decoder.append(nn.Sequential(*layers))
+        if head == "bn":  # the same parameters and state_dict keys; only the ReLU goes
+            self.decoder[-1][-1][2] = nn.Identity()
         self.classifier = nn.Conv2d(stages[0][0], num_classes, 1)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -58,7 +58,7 @@ from .data import (
 from .ema import WeightEMA
 from .losses import LOSSES, SegmentationLoss
 from .metrics import confusion_matrix, scores
-from .model import SegNet
+from .model import HEADS, SegNet
 from .predictor import pick_device
 from .schedule import SCHEDULES, LRSchedule
 
@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--width", type=float, default=None,
         help="width multiplier (1.0 = the paper's SegNet); default 1.0, or the --init model's",
+    )  # fmt: skip
+    p.add_argument(
+        "--head", choices=HEADS, default=None,
+        help="what the 1x1 classifier reads: the last decoder layer after its ReLU (relu, the "
+        "paper's) or before it, after batch norm (bn: no pixel's features are all zero, so "
+        "no pixel gets the bias alone); default relu, or the --init model's",
     )  # fmt: skip
     p.add_argument(
         "--class-weights", choices=("none", "median"), default="none",
@@ -336,9 +342,11 @@ def _train(args: argparse.Namespace) -> int:
     if not 0 <= args.blur <= 1 or not 0 <= args.color <= 2:
         raise SatsegError("--blur must be in [0, 1] and --color in [0, 2]")
     aug = AugmentConfig(color=args.color, blur=args.blur, scale_range=parse_scale(args.scale))
-    width = args.width
-    if width is None:
-        width = float(load_checkpoint(args.init)["width"]) if args.init else 1.0
+    width, head = args.width, args.head
+    if width is None or head is None:
+        base = load_checkpoint(args.init) if args.init else {}
+        width = float(base.get("width", 1.0)) if width is None else width
+        head = str(base.get("head") or "relu") if head is None else head
     device = pick_device(args.device)
     ds = load_dataset(args.data, rebuild=args.rebuild_cache)
     num_classes = len(ds.class_names)
@@ -354,7 +362,7 @@ def _train(args: argparse.Namespace) -> int:
     )
 
     torch.manual_seed(args.seed)
-    net = SegNet(num_classes, width, ds.channels)
+    net = SegNet(num_classes, width, ds.channels, head)
     if args.init and not args.resume:
         print(init_weights(net, args.init, ds.class_names, args.init_layers))
     net = net.to(device)
@@ -388,11 +396,12 @@ def _train(args: argparse.Namespace) -> int:
             list(ckpt["class_names"]) != ds.class_names
             or float(ckpt["width"]) != width
             or int(ckpt.get("channels") or 3) != ds.channels
+            or str(ckpt.get("head") or "relu") != head
         ):
             raise SatsegError(
-                f"{out / 'last.pt'} is a width {ckpt['width']} model for classes {ckpt['class_names']} "
-                f"({ckpt.get('channels') or 3} bands); this run has width {width} and classes "
-                f"{ds.class_names} ({ds.channels} bands)"
+                f"{out / 'last.pt'} is a width {ckpt['width']} model (head {ckpt.get('head') or 'relu'}) "
+                f"for classes {ckpt['class_names']} ({ckpt.get('channels') or 3} bands); this run has "
+                f"width {width} (head {head}) and classes {ds.class_names} ({ds.channels} bands)"
             )
         net.load_state_dict(ckpt.get("train_state_dict", ckpt["state_dict"]))
         if "optimizer" in ckpt:
@@ -449,6 +458,7 @@ def _train(args: argparse.Namespace) -> int:
             "class_names": ds.class_names,
             "class_colors": ds.class_colors,
             "width": float(width),
+            "head": head,
             "tile_size": ds.tile_size,
             "tiles_overlap": DEFAULT_OVERLAP_PERCENT,
             "zoom": ds.zoom,
