@@ -18,12 +18,12 @@ from satseg_plugin.inference.outputs import CLASS_NODATA, EncodedRows, most_prob
 from satseg_plugin.inference.segment import (
     SegmentRequest,
     blend_windows,
-    fetch_strip,
     final_encoded,
     infer_windows,
     plan_run,
     run_segment,
 )
+from satseg_plugin.inference.strips import Strip, fetch_strip, prefetch_strip
 from satseg_plugin.inference.tileplan import plan_stripes
 from satseg_plugin.ui.segment_dialog import SegmentChoices
 from satseg_plugin.ui.segment_flow import SegmentController
@@ -62,9 +62,9 @@ def test_the_stages_by_hand_give_what_run_segment_writes(
         blender = BandBlender(model.metadata.num_classes, w.size, plan.overlap, w.x0, w.span_width, w.y0)
         next_row = 0
         for j in range(w.ny):
-            pixels, valid, positions, _ = fetch_strip(plan.source, w, j, model.channels)  # fetch
-            assert pixels.shape == (w.size, w.span_width, 3) and len(positions) == w.nx
-            windows = list(infer_windows(model, pixels, valid, positions, w.x0, 2, on_batch=batches.append))
+            strip = fetch_strip(plan.source, w, j, model.channels)  # fetch
+            assert strip.pixels.shape == (w.size, w.span_width, 3) and len(strip.positions) == w.nx
+            windows = list(infer_windows(model, strip, 2, on_batch=batches.append))
             assert [p.shape for _, _, p, _ in windows] == [
                 (model.metadata.num_classes, w.size, w.size)
             ] * w.nx
@@ -120,3 +120,41 @@ def test_most_probable_is_argmax_with_the_first_class_winning_ties(classes: int)
     got = most_probable(probs)
     assert got.dtype == np.uint8
     np.testing.assert_array_equal(got, probs.argmax(axis=0))
+
+
+def test_a_strip_is_read_as_its_windows_run_and_in_parts_reads_as_whole(
+    color_model: Path, area2_server: TileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model starts on a strip's first window before the strip's last columns are read."""
+    wide = tiles_rect_3857(619225.25, 523265.25, 619227.75, 523266.75, 20)
+    req = SegmentRequest(
+        model=color_model, bbox=wide, bbox_crs="EPSG:3857", tiles_url=area2_server.template,
+        out_dir=tmp_path / "run", window=256, overlap_percent=25, write_heatmaps=False,
+    )  # fmt: skip
+    plan = plan_run(req, open_source=True)
+    source, model, w = plan.source, plan.model, plan.windows
+    assert source is not None and w.nx >= 3 and w.stride < w.size
+    events: list[tuple[str, int]] = []
+    read, run = source.read, model.run
+
+    def logged_read(
+        y: int, h: int, x: int, width: int, keep: tuple[int, int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        events.append(("read", x + width))
+        return read(y, h, x, width, keep)
+
+    monkeypatch.setattr(source, "read", logged_read)
+    monkeypatch.setattr(model, "run", lambda batch: events.append(("run", len(batch))) or run(batch))
+    try:
+        prefetch_strip(source, w, w.y0)
+        strip = Strip(source, w, 0, model.channels)
+        windows = list(infer_windows(model, strip, 1))
+        assert [kind for kind, _ in events[:2]] == ["read", "run"]  # one window's columns, then the model
+        assert events[0][1] == w.x0 + w.size < w.x0 + w.span_width
+        assert [kind for kind, _ in events] == ["read", "run"] * w.nx
+        whole = fetch_strip(source, w, 0, model.channels)
+    finally:
+        source.close()
+    np.testing.assert_array_equal(strip.pixels, whole.pixels)
+    np.testing.assert_array_equal(strip.valid, whole.valid)
+    assert [(x, y) for x, y, _, _ in windows] == whole.positions

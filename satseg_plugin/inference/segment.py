@@ -14,11 +14,11 @@ import contextlib
 import dataclasses
 import os
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 from osgeo import gdal
@@ -36,6 +36,7 @@ from .runfolder import output_folder
 from .sharedwindows import SharedWindows
 from .sources import RasterSource, XyzSource, tile_name
 from .staging import publish, staging_folder
+from .strips import AreaFn, Strip, area_runs, fetch_strip, prefetch_strip
 from .tileplan import (
     WINDOW_STEP,
     Grid,
@@ -299,14 +300,6 @@ def count_tiles(req: SegmentRequest) -> int:
     return plan_run(req, open_source=False).tiles
 
 
-def _windows_of_strip(windows: Windows, j: int) -> list[tuple[int, int]]:
-    y = windows.y0 + j * windows.stride
-    return [(windows.x0 + i * windows.stride, y) for i in range(windows.nx)]
-
-
-#: A processing area: ``area(y, h, x, w)`` is True for the grid pixels of those rows and columns inside it.
-AreaFn = Callable[[int, int, int, int], np.ndarray]
-
 #: How finished rows are stored: ``encode(probabilities (C, rows, cols), valid (rows, cols))``.
 RowEncoder = Callable[[np.ndarray, np.ndarray], EncodedRows]
 
@@ -317,128 +310,63 @@ RowSink = Callable[[EncodedRows, int, int], None]
 ENCODE_ROWS = 64
 
 
-def area_runs(area: AreaFn | None, y: int, w: Windows) -> list[tuple[int, int]]:
-    """Column spans ``(x, width)`` of the strip at row ``y`` to read: runs of windows in the area.
-
-    Without an area, the whole span of the windows in one.
-    """
-    if area is None:
-        return [(w.x0, w.span_width)]
-    inside = area(y, w.size, w.x0, w.span_width)
-    spans: list[tuple[int, int]] = []
-    for i in range(w.nx):
-        x = w.x0 + i * w.stride
-        if inside[:, x - w.x0 : x - w.x0 + w.size].any():
-            if spans and spans[-1][0] + spans[-1][1] >= x:  # overlaps the run so far: extend it
-                spans[-1] = (spans[-1][0], x + w.size - spans[-1][0])
-            else:
-                spans.append((x, w.size))
-    return spans
-
-
-def prefetch_strip(source: XyzSource | RasterSource, w: Windows, y: int, area: AreaFn | None = None) -> None:
-    """Start fetching the imagery of the strip of windows at row ``y`` (only its runs in ``area``)."""
-    for x, width in area_runs(area, y, w):
-        source.prefetch(y, w.size, x, width)
-
-
-class Strip(NamedTuple):
-    """One strip of windows as fetched: arrays ``(size, span_width[, channels])``, columns from ``x0``."""
-
-    pixels: np.ndarray
-    #: pixels that have imagery and lie in the processing area: the ones that are written
-    valid: np.ndarray
-    #: top-left grid pixels of the windows to run
-    positions: list[tuple[int, int]]
-    #: pixels that have imagery, in the area or not: the model's context
-    imagery: np.ndarray
-
-
-def fetch_strip(
-    source: XyzSource | RasterSource, w: Windows, j: int, channels: int, area: AreaFn | None = None
-) -> Strip:
-    """Stage *fetch*: the pixels of strip ``j`` of ``w`` and the windows of it to run.
-
-    ``positions`` are the windows that have imagery under them (and touch ``area``).
-    Only the runs of windows in ``area`` are fetched; the rest stays nodata (invalid).
-    """
-    strip_y = w.y0 + j * w.stride
-    positions = _windows_of_strip(w, j)
-    if area is None:
-        pixels, valid = source.read(strip_y, w.size, w.x0, w.span_width)
-        imagery = valid
-    else:
-        inside = area(strip_y, w.size, w.x0, w.span_width)
-        positions = [(x, y) for x, y in positions if inside[:, x - w.x0 : x - w.x0 + w.size].any()]
-        pixels = np.zeros((w.size, w.span_width, channels), np.uint8)
-        valid = np.zeros((w.size, w.span_width), bool)
-        spans = area_runs(area, strip_y, w)
-        keep = (spans[0][0], spans[-1][0] + spans[-1][1]) if spans else None
-        for x, width in spans:
-            part_pixels, part_valid = source.read(strip_y, w.size, x, width, keep)
-            pixels[:, x - w.x0 : x - w.x0 + width] = part_pixels
-            valid[:, x - w.x0 : x - w.x0 + width] = part_valid
-        imagery = valid.copy()
-        valid &= inside
-    # A window with no imagery under it (tiles the service lacks, beyond a raster's edge) is
-    # neither run nor blended: a pixel's validity is the same in every window that reads it,
-    # so every pixel such a window covers is nodata anyway.
-    positions = [(x, y) for x, y in positions if valid[:, x - w.x0 : x - w.x0 + w.size].any()]
-    return Strip(pixels, valid, positions, imagery)
-
-
 def infer_windows(
     model: SegModel,
-    pixels: np.ndarray,
-    valid: np.ndarray,
-    positions: Sequence[tuple[int, int]],
-    x0: int,
+    strip: Strip,
     batch_size: int,
     cancelled: Callable[[], bool] = lambda: False,
     on_batch: Callable[[int], None] = lambda _n: None,
     shared: SharedWindows | None = None,
-    imagery: np.ndarray | None = None,
 ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """Stage *infer*: ``(x, y, probabilities (C, size, size), valid (size, size))`` of each window.
 
-    The windows at ``positions`` (grid pixels; ``pixels`` and ``valid`` start at
-    column ``x0``) go through the model ``batch_size`` at a time; ``on_batch(n)``
-    after each batch, ``Cancelled`` when ``cancelled()`` turns true before one.
-    With ``shared``, a window the previous stripe kept is taken, not run, and one
-    the next stripe runs too is kept for it. Windows come out in ``positions``'s
-    order either way, so they blend in the same order. Pixels without ``imagery``
-    (default: not ``valid``) are given their window's imagery mirrored at its edge
+    The windows at ``strip.positions`` go through the model ``batch_size`` at a
+    time, each read (``Strip.read_to``) just before its batch; a window with no
+    imagery to write is neither run nor yielded. ``on_batch(n)`` after each batch
+    and for each window left out, ``Cancelled`` when ``cancelled()`` turns true
+    before a batch. With ``shared``, a window the previous stripe kept is taken,
+    not run, and one the next stripe runs too is kept for it. Windows come out
+    in ``positions``'s order either way, so they blend in the same order. Pixels
+    without imagery are given their window's imagery mirrored at its edge
     (``fill_nodata``) before the model sees them.
     """
-    size = pixels.shape[0]  # the plan's window: the model's, or the request's
-    if imagery is None:
-        imagery = valid
+    size, x0 = strip.windows.size, strip.windows.x0
     ready: dict[tuple[int, int], np.ndarray] = {}
     if shared is not None:
-        ready = {pos: kept for pos in positions if (kept := shared.take(*pos)) is not None}
+        ready = {pos: kept for pos in strip.positions if (kept := shared.take(*pos)) is not None}
         if ready:
             on_batch(len(ready))
-    todo = [pos for pos in positions if pos not in ready]
-    start = 0
-    for pos in positions:
-        if pos not in ready:
+    todo = deque(pos for pos in strip.positions if pos not in ready)
+    left_out: set[tuple[int, int]] = set()
+    for pos in strip.positions:
+        if pos not in ready and pos not in left_out:
             if cancelled():
                 raise Cancelled("cancelled")
-            batch = todo[start : start + batch_size]
-            start += len(batch)
-            cols = [x - x0 for x, _ in batch]
-            probs = model.run(
-                model.normalize(
-                    np.stack([fill_nodata(pixels[:, c : c + size], imagery[:, c : c + size]) for c in cols])
-                )
-            )
-            for (x, y), p in zip(batch, probs, strict=True):
-                ready[(x, y)] = p
-                if shared is not None and shared.wants(x, y):
-                    shared.put(x, y, p)
-            on_batch(len(batch))
+            batch: list[tuple[int, int]] = []
+            while todo and len(batch) < batch_size:
+                x, y = todo.popleft()
+                strip.read_to(x + size)
+                if strip.has_imagery(x):
+                    batch.append((x, y))
+                else:  # tiles the service lacks, beyond a raster's edge: nodata under every window
+                    left_out.add((x, y))
+                    on_batch(1)
+            if batch:
+                cols = [x - x0 for x, _ in batch]
+                windows = [
+                    fill_nodata(strip.pixels[:, c : c + size], strip.imagery[:, c : c + size]) for c in cols
+                ]
+                probs = model.run(model.normalize(np.stack(windows)))
+                for (x, y), p in zip(batch, probs, strict=True):
+                    ready[(x, y)] = p
+                    if shared is not None and shared.wants(x, y):
+                        shared.put(x, y, p)
+                on_batch(len(batch))
+        if pos in left_out:
+            continue
+        strip.read_to(pos[0] + size)  # a window the previous stripe ran is read here
         c = pos[0] - x0
-        yield pos[0], pos[1], ready.pop(pos), valid[:, c : c + size]
+        yield pos[0], pos[1], ready.pop(pos), strip.valid[:, c : c + size]
 
 
 def blend_windows(blender: BandBlender, windows: Iterable[tuple[int, int, np.ndarray, np.ndarray]]) -> None:
@@ -491,7 +419,7 @@ def segment_stripes(
 
     The stage every run shares, single-process (stripes over the whole height)
     and on a cluster (one block, a stripe of a few rows, per task): for each
-    strip, ``fetch_strip``, ``infer_windows``, ``blend_windows`` and
+    strip, ``Strip`` (read as its windows run), ``infer_windows``, ``blend_windows`` and
     ``final_encoded`` (rows through ``encode``, ``RunOutputs.encode``). Only
     the stripe's own columns ``x0 .. x1`` and rows ``y0 .. y1`` (``y1`` None:
     to ``height``, the grid's) reach ``sink``, in order; ``sink`` (write and
@@ -525,26 +453,12 @@ def segment_stripes(
                     prefetch_strip(source, nxt, nxt.y0, area)
                 if area is not None and cancelled():  # strips outside the area run no batch that would check
                     raise Cancelled("cancelled")
-                strip = fetch_strip(source, w, j, model.channels, area)
+                strip = Strip(source, w, j, model.channels, area)  # read as its windows run
                 if len(strip.positions) < w.nx:
                     if cancelled():
                         raise Cancelled("cancelled")
-                    on_batch(w.nx - len(strip.positions))  # skipped windows count as done
-                blend_windows(
-                    blender,
-                    infer_windows(
-                        model,
-                        strip.pixels,
-                        strip.valid,
-                        strip.positions,
-                        w.x0,
-                        batch_size,
-                        cancelled,
-                        on_batch,
-                        shared,
-                        strip.imagery,
-                    ),
-                )
+                    on_batch(w.nx - len(strip.positions))  # windows outside the area count as done
+                blend_windows(blender, infer_windows(model, strip, batch_size, cancelled, on_batch, shared))
                 del strip  # not held while the next strip is fetched
                 done = final_encoded(blender, stripe, j, next_row, y_end, encode)
                 if done is not None:

@@ -123,8 +123,11 @@ class XyzSource:
         return [(tx, ty, g.zoom) for ty in range(ty0, ty1 + 1) for tx in range(tx0, tx1 + 1)]
 
     def prefetch(self, y: int, h: int, x: int, w: int) -> None:
-        """Start fetching the tiles under rows ``y..y+h`` and columns ``x..x+w`` of the grid."""
-        for tile in self._tiles_of_rows(y, h, x, w):
+        """Start fetching the tiles under rows ``y..y+h`` and columns ``x..x+w`` of the grid.
+
+        Column by column, left to right: a strip's first windows can run while the rest arrive.
+        """
+        for tile in sorted(self._tiles_of_rows(y, h, x, w)):  # (x, y, z): by column
             if tile not in self._futures and tile not in self._tiles and tile not in self.failed:
                 self._futures[tile] = self._pool.submit(self._load, tile)
 
