@@ -27,6 +27,7 @@ from inference_helpers import (
 from osgeo import gdal, osr
 from tileserver import TileServer, oam_provider
 
+from satseg_plugin.inference import outputs
 from satseg_plugin.inference.errors import Cancelled, ExtentError, SourceError
 from satseg_plugin.inference.segment import SegmentRequest, SegmentResult, count_tiles, run_segment
 from satseg_plugin.inference.tileplan import HALF_WORLD, xyz_resolution
@@ -118,7 +119,7 @@ def test_classes_georeferencing_counts_and_areas(
         )
     ds = gdal.Open(result.heatmap_paths["red"])
     assert ds.GetMetadata("IMAGE_STRUCTURE")["COMPRESSION"] == "DEFLATE"
-    assert ds.GetRasterBand(1).GetOverviewCount() >= 1
+    assert ds.GetRasterBand(1).GetOverviewCount() == 0  # a small raster draws as fast without
     # What GDAL hands a reader that applies the scale (QGIS does): 0..1.
     unscaled = gdal.Translate("/vsimem/unscaled.tif", ds, unscale=True, outputType=gdal.GDT_Float32)
     np.testing.assert_allclose(unscaled.ReadAsArray(), probs[1], atol=HEATMAP_ROUNDING)
@@ -151,8 +152,9 @@ def test_classes_georeferencing_counts_and_areas(
 
 
 def test_class_raster_is_styled_tiled_compressed_with_overviews(
-    model: Path, pattern_server: TileServer, tmp_path: Path
+    model: Path, pattern_server: TileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(outputs, "OVERVIEW_MIN_SIDE", 256)  # overviews as on a raster of 3,072+ px
     bbox = tile_rect(T0.x, T0.y, T0.x + 3, T0.y + 2)
     result = run(model, pattern_server.template, tmp_path, bbox=bbox, write_heatmaps=False)
     ds = gdal.Open(result.classes_path)
@@ -171,6 +173,12 @@ def test_class_raster_is_styled_tiled_compressed_with_overviews(
     assert band.GetOverviewCount() >= 2
     ds = band = None
     assert result.heatmap_paths == {} and not list(tmp_path.glob("heatmap_*"))
+
+
+def test_overviews_only_above_the_size_that_draws_fast_without() -> None:
+    assert outputs.overview_factors(3072, 3072) == [] and outputs.overview_factors(100, 3072) == []
+    assert outputs.overview_factors(3073, 10) == [2, 4, 8, 16]  # down to 256 px or less
+    assert outputs.overview_factors(8192, 4000) == [2, 4, 8, 16, 32]
 
 
 @pytest.mark.parametrize("crs", ["EPSG:4326", "EPSG:3857", "EPSG:32632"])

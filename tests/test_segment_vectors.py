@@ -16,7 +16,7 @@ from scipy import ndimage
 from test_inference_segment import T0, tile_rect
 from tileserver import TileServer
 
-from satseg_plugin.inference import vectors
+from satseg_plugin.inference import outputs, vectors
 from satseg_plugin.inference.counts import row_pixel_areas
 from satseg_plugin.inference.errors import SatsegError
 from satseg_plugin.inference.segment import SegmentRequest, SegmentResult, run_segment
@@ -103,8 +103,9 @@ def test_polygons_match_the_raster_and_the_table(
 
 
 def test_min_area_cleans_raster_polygons_and_counts_alike(
-    model: Path, pattern_server: TileServer, tmp_path: Path
+    model: Path, pattern_server: TileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(outputs, "OVERVIEW_MIN_SIDE", 256)  # overviews as on a raster of 3,072+ px
     raw = run(model, pattern_server.template, tmp_path / "raw")
     min_area = 25.0
     clean = run(model, pattern_server.template, tmp_path / "clean", write_vectors=True, min_area_m2=min_area)
