@@ -59,7 +59,7 @@ ZOOM = 19
 ORIGIN = mercantile.tile(39.2, -6.0, ZOOM)  # somewhere in Zanzibar; the pixels come from OAM anyway
 #: A contiguous 8 x 4 block of real zoom-19 tiles in area1: the seams are measured on its inner 6 x 2.
 BLOCK_X, BLOCK_Y = 319292, 270960
-SEAM_OVERLAPS = (0.0, 6.25, 12.5, 25.0, 50.0)
+SEAM_OVERLAPS = (0.0, 3.125, 6.25, 12.5, 25.0, 50.0)
 
 
 def real_tile_provider():

@@ -59,9 +59,8 @@ def row_pixel_areas(grid: Grid) -> np.ndarray:
     for k, (c, r) in enumerate(corners):
         px = x0 + dx * c + rx * r
         py = y0 + ry * c + dy * r
-        pts = to_laea.TransformPoints(np.column_stack([np.broadcast_to(px, r.shape), py]).tolist())
-        xs[:, k] = [p[0] for p in pts]
-        ys[:, k] = [p[1] for p in pts]
+        pts = np.asarray(to_laea.TransformPoints(np.column_stack([np.broadcast_to(px, r.shape), py])))
+        xs[:, k], ys[:, k] = pts[:, 0], pts[:, 1]
     return _shoelace(xs, ys)
 
 
