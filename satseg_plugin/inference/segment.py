@@ -348,7 +348,8 @@ def infer_windows(
                 strip.read_to(x + size)
                 if strip.has_imagery(x):
                     batch.append((x, y))
-                else:  # tiles the service lacks, beyond a raster's edge: nodata under every window
+                else:  # tiles the service lacks, beyond a raster's edge: a pixel's validity
+                    # is the same in every window that reads it, so all this one covers is nodata
                     left_out.add((x, y))
                     on_batch(1)
             if batch:
