@@ -87,6 +87,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return ckpt
 
 
+def checkpoint_head(ckpt: dict[str, Any]) -> str:
+    """What the checkpoint's classifier reads (``training.model.HEADS``); checkpoints from
+    before the option name none, and theirs is "relu"."""
+    return str(ckpt.get("head") or "relu")
+
+
 def model_from_checkpoint(ckpt: dict[str, Any], where: str = "checkpoint") -> SegNet:
     """Build the SegNet of ``ckpt`` and load its weights (eval mode, CPU).
 
@@ -104,7 +110,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], where: str = "checkpoint") -> Se
             f"({', '.join(names)}); the weights do not belong to these classes"
         )
     channels = int(ckpt.get("channels") or 3)  # checkpoints of RGB models name none
-    head = str(ckpt.get("head") or "relu")  # checkpoints before the option name none
+    head = checkpoint_head(ckpt)
     if head not in HEADS:
         raise ModelError(f"{where} names head {head!r}; this version knows {', '.join(HEADS)}")
     net = SegNet(len(names), float(ckpt["width"]), channels, head)

@@ -43,7 +43,7 @@ from satseg_plugin.inference.progress import ProgressBar
 from satseg_plugin.inference.runfolder import output_folder
 
 from .augment import AugmentConfig, augment_batch
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_head, load_checkpoint, save_checkpoint
 from .data import (
     IGNORE_INDEX,
     SegmentationTiles,
@@ -346,7 +346,7 @@ def _train(args: argparse.Namespace) -> int:
     if width is None or head is None:
         base = load_checkpoint(args.init) if args.init else {}
         width = float(base.get("width", 1.0)) if width is None else width
-        head = str(base.get("head") or "relu") if head is None else head
+        head = checkpoint_head(base) if head is None else head
     device = pick_device(args.device)
     ds = load_dataset(args.data, rebuild=args.rebuild_cache)
     num_classes = len(ds.class_names)
@@ -396,10 +396,10 @@ def _train(args: argparse.Namespace) -> int:
             list(ckpt["class_names"]) != ds.class_names
             or float(ckpt["width"]) != width
             or int(ckpt.get("channels") or 3) != ds.channels
-            or str(ckpt.get("head") or "relu") != head
+            or checkpoint_head(ckpt) != head
         ):
             raise SatsegError(
-                f"{out / 'last.pt'} is a width {ckpt['width']} model (head {ckpt.get('head') or 'relu'}) "
+                f"{out / 'last.pt'} is a width {ckpt['width']} model (head {checkpoint_head(ckpt)}) "
                 f"for classes {ckpt['class_names']} ({ckpt.get('channels') or 3} bands); this run has "
                 f"width {width} (head {head}) and classes {ds.class_names} ({ds.channels} bands)"
             )

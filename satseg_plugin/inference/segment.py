@@ -36,7 +36,7 @@ from .runfolder import output_folder
 from .sharedwindows import SharedWindows
 from .sources import RasterSource, XyzSource, tile_name
 from .staging import publish, staging_folder
-from .strips import AreaFn, Strip, area_runs, fetch_strip, prefetch_strip
+from .strips import AreaFn, Strip, prefetch_strip
 from .tileplan import (
     WINDOW_STEP,
     Grid,
@@ -708,11 +708,9 @@ __all__ = [
     "SegmentRequest",
     "SegmentResult",
     "Strip",
-    "area_runs",
     "blend_windows",
     "count_tiles",
     "describe_plan",
-    "fetch_strip",
     "final_encoded",
     "infer_windows",
     "plan_run",

@@ -111,16 +111,3 @@ class Strip:
         """Whether the window at grid column ``x`` has a pixel to write (read it first)."""
         c = x - self.windows.x0
         return bool(self.valid[:, c : c + self.windows.size].any())
-
-
-def fetch_strip(
-    source: XyzSource | RasterSource, w: Windows, j: int, channels: int, area: AreaFn | None = None
-) -> Strip:
-    """Strip ``j`` of ``w`` read whole, its ``positions`` only the windows with imagery to write.
-
-    Only the runs of windows in ``area`` are read; the rest stays nodata (invalid).
-    """
-    strip = Strip(source, w, j, channels, area)
-    strip.read_to(w.x0 + w.span_width)
-    strip.positions = [(x, y) for x, y in strip.positions if strip.has_imagery(x)]
-    return strip
