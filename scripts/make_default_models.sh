@@ -17,11 +17,12 @@
 #   OpenStreetMap buildings, at zoom 19 (weighted up six times with hard links) and zoom 20
 #   (three times); no validation split: the weights of the last epoch ship (with a dozen tiles
 #   of ground per place, validation swung by 20 points from epoch to epoch, models/*.md).
-#   landcover: the Dubai masks of tile1, tile2, tile3, tile4 and tile6 at 1 m/px (validation:
-#   tile1, the scene the shipped run's --validation 0.2 --seed 5 drew, now named).
+#   landcover: the Dubai masks of all six scenes (tile1, tile2, tile3, tile4, tile6 and tile7)
+#   at 1 m/px; validation: tile1, whole, never trained on (it picks the epoch and judges int8).
+#   tile7 trains since 2026-12-07 (models/satseg-landcover.md) and is scored as a training scene.
 #   Held out entirely (never trained or validated on): the Zanzibar demo block (every tile of
-#   any zoom that touches it) and Dubai tile7. area3 (Banepa) is still scored, as a place the
-#   buildings model trained on.
+#   any zoom that touches it). area3 (Banepa) is still scored, as a place the buildings model
+#   trained on.
 # Recipe (chosen for places the model has not seen, see models/*.md): SegNet width 0.25, AdamW
 # 0.002 with a cosine schedule over a time budget, cross-entropy + soft Dice, flips and
 # rotations, colour jitter, blur and scale augmentation. INIT=1 runs a second leg from the
@@ -56,7 +57,7 @@ wanted() { [[ -z "$ONLY" || "$ONLY" == "$1" ]]; }
 mkdir -p "$DATA" "$RUNS"
 
 # --- data ---------------------------------------------------------------------------------------
-if [[ -n "${REBUILD_DATA:-}" || ! -f "$DATA/buildings-train/manifest.json" || ! -f "$DATA/heldout-dubai-tile7/manifest.json" ]]; then
+if [[ -n "${REBUILD_DATA:-}" || ! -f "$DATA/buildings-train/manifest.json" || ! -f "$DATA/dubai-tile7/manifest.json" ]]; then
     "$PY" -m scripts.tileserver "$OAM/area1" "$OAM/area2" "$OAM/area3" --port "$PORT" >"$DATA/tileserver.log" 2>&1 &
     SERVER_PID=$!
     trap 'kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true' EXIT
@@ -156,11 +157,13 @@ print(f"{folder}: {manifest['tiles']} tiles, zoom 19, {len({l.split(',')[1] for 
 EOF
 
     # --- Dubai land cover ------------------------------------------------------------------------
-    rm -rf "$DATA/dubai-train" "$DATA/heldout-dubai-tile7"
+    rm -rf "$DATA/dubai-train" "$DATA/dubai-tile1" "$DATA/dubai-tile7"
     "$PY" -m training.dataset import-masks "$DUBAI" --colors training/classes/dubai.json \
-        --scenes tile1,tile2,tile3,tile4,tile6 --resolution-cm 100 --out "$DATA/dubai-train"
-    "$PY" -m training.dataset import-masks "$DUBAI" --colors training/classes/dubai.json \
-        --scenes tile7 --resolution-cm 100 --out "$DATA/heldout-dubai-tile7"
+        --scenes tile1,tile2,tile3,tile4,tile6,tile7 --resolution-cm 100 --out "$DATA/dubai-train"
+    for scene in tile1 tile7; do  # scored apart: the validation scene and a training scene
+        "$PY" -m training.dataset import-masks "$DUBAI" --colors training/classes/dubai.json \
+            --scenes $scene --resolution-cm 100 --out "$DATA/dubai-$scene"
+    done
 
     # Never train on a held-out tile (merged copies carry their folder's name before z-x-y).
     "$PY" - "$DATA" <<'EOF'
@@ -174,8 +177,9 @@ for name in ("heldout-demo-z19",):  # area3 trains since 2026-12-07 (models/sats
     held = set((data / name / "sample-filtered.txt").read_text().split())
     assert not plain & held, f"{name} tiles in the training set: {sorted(plain & held)[:5]}"
 dubai = (data / "dubai-train" / "sample-filtered.txt").read_text().split()
-assert not any(i.startswith("tile7-") for i in dubai)
-print(f"checked: {len(ids)} building tiles and {len(dubai)} Dubai tiles, none held out")
+scenes = {i.split("-")[0] for i in dubai}
+assert scenes == {"tile1", "tile2", "tile3", "tile4", "tile6", "tile7"}, scenes
+print(f"checked: {len(ids)} building tiles, none held out; {len(dubai)} Dubai tiles of {len(scenes)} scenes")
 EOF
 fi
 
@@ -212,7 +216,7 @@ if [[ -z "${SKIP_TRAIN:-}" ]]; then
         pids+=($!)
     fi
     if wanted landcover; then
-        train landcover dubai-train --color 0.6 --blur 0.2 --scale 0.7,1.4 --validation-scenes tile1 --class-weights median &
+        train landcover dubai-train --color 0.6 --blur 0.2 --scale 0.7,1.4 --validation-scenes tile1 --class-weights median --seed 6 &
         pids+=($!)
     fi
     for pid in "${pids[@]}"; do wait "$pid"; done
@@ -270,5 +274,5 @@ if wanted buildings; then
 fi
 if wanted landcover; then
     ship landcover "Land cover (building, land, road, vegetation, water) on satellite RGB imagery at about 1 m/px; trained on the Dubai aerial masks (Humans in the Loop / MBRSC)" \
-        heldout-dubai-tile7
+        dubai-tile1 -- dubai-tile7  # tile1: validation, never trained; tile7 trains since 2026-12-07
 fi
