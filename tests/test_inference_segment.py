@@ -23,6 +23,7 @@ from inference_helpers import (
     mosaic,
     pattern_provider,
     segment,
+    write_geotiff,
 )
 from osgeo import gdal, osr
 from tileserver import TileServer, oam_provider
@@ -30,6 +31,7 @@ from tileserver import TileServer, oam_provider
 from satseg_plugin.inference import outputs
 from satseg_plugin.inference.errors import Cancelled, ExtentError, SourceError
 from satseg_plugin.inference.segment import SegmentRequest, SegmentResult, count_tiles, run_segment
+from satseg_plugin.inference.sources import RasterSource
 from satseg_plugin.inference.tileplan import HALF_WORLD, xyz_resolution
 
 Z = 18
@@ -507,3 +509,46 @@ def test_window_option_runs_other_window_sizes(
     assert best == 320 and chosen.windows * best * best == cost[best] == 614_400 < cost[512]
     assert (chosen.window_size, default.window_size, small.window_size) == (320, 256, 128)
     np.testing.assert_array_equal(read(chosen.classes_path)[0], read(default.classes_path)[0])
+
+
+def test_raster_is_read_at_the_models_ground_resolution_in_any_crs(tmp_path: Path) -> None:
+    """A model's resolution is metres on the ground: a raster in degrees or in feet is read at
+    that size too, not at its own pixel size (a drone orthophoto in EPSG:4326 at 3 cm would
+    otherwise reach the model ten times magnified)."""
+    left, _, _, top = tile_rect(T0.x, T0.y, T0.x + 2, T0.y + 2)
+    merc = write_geotiff(
+        tmp_path / "merc.tif", mosaic(T0.x, T0.y, T0.x + 2, T0.y + 2, Z), (left, RES, 0.0, top, 0.0, -RES)
+    )
+    geographic = tmp_path / "wgs84.tif"
+    gdal.Warp(str(geographic), str(merc), dstSRS="EPSG:4326", resampleAlg="near")
+    zone = int((mercantile.ul(T0.x, T0.y, Z).lng + 180) // 6) + 1
+    feet = tmp_path / "feet.tif"
+    gdal.Warp(
+        str(feet), str(merc), dstSRS=f"+proj=utm +zone={zone} +datum=WGS84 +units=us-ft", resampleAlg="near"
+    )
+    utm = tmp_path / "utm.tif"
+    gdal.Warp(str(utm), str(merc), dstSRS=f"EPSG:{32600 + zone}", xRes=0.2, yRes=0.2, resampleAlg="near")
+    bbox = tile_rect(T0.x + 0.5, T0.y + 0.5, T0.x + 1.5, T0.y + 1.5)
+    latitude = mercantile.ul(T0.x + 1, T0.y + 1, Z).lat
+    sides = {}
+    for path in (geographic, feet, utm):
+        source = RasterSource(str(path), bbox, "EPSG:3857", resolution_m=1.0)
+        gt = source.grid.geotransform
+        source.close()
+        if path == geographic:
+            # metres per degree on the WGS84 ellipsoid at that latitude (the usual series)
+            phi = math.radians(latitude)
+            per_lon = 111_412.84 * math.cos(phi) - 93.5 * math.cos(3 * phi)
+            per_lat = 111_132.954 - 559.822 * math.cos(2 * phi) + 1.175 * math.cos(4 * phi)
+            assert gt[1] * per_lon == pytest.approx(1.0, rel=1e-4)
+            assert -gt[5] * per_lat == pytest.approx(1.0, rel=1e-4)
+        elif path == feet:
+            assert gt[1] == pytest.approx(1 / 0.3048006096, rel=1e-9)
+        else:
+            assert gt[1] == pytest.approx(1.0)
+        sides[path.stem] = (source.grid.width, source.grid.height)
+    # The same ground in three CRSs: about the same number of 1-m pixels (the bbox's edges are
+    # straight in EPSG:3857 only, so the bounds in the others grow a little).
+    ground = 256 * RES * math.cos(math.radians(latitude))
+    for width, height in sides.values():
+        assert width == pytest.approx(ground, rel=0.03) and height == pytest.approx(ground, rel=0.03)

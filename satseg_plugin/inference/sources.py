@@ -34,7 +34,16 @@ from .atomic import write_bytes_atomic
 from .errors import ExtentError, SourceError
 from .imageio import to_rgb
 from .tilefetch import MAX_BODY_BYTES, ThreadSessions, TileFailure, check_tile, fetch_tile
-from .tileplan import XYZ_TILE, Grid, Tile, XyzGrid, check_extent, srs_from_user, transform_bounds
+from .tileplan import (
+    XYZ_TILE,
+    Grid,
+    Tile,
+    XyzGrid,
+    check_extent,
+    crs_resolution,
+    srs_from_user,
+    transform_bounds,
+)
 from .tileurl import TileTemplate, TokenError, redact
 
 gdal.UseExceptions()
@@ -241,8 +250,9 @@ def choose_bands(
 class RasterSource:
     """A GDAL raster (any format, any CRS) warped onto a grid in its own CRS.
 
-    The grid's pixel size is ``resolution_m`` when the model gives one and the
-    raster's CRS is in metres, else the raster's own pixel size.
+    The grid's pixel size is ``resolution_m`` on the ground when the model gives
+    one, in the raster's CRS units (``crs_resolution``: degrees at the extent's
+    latitude for a geographic CRS, feet for a CRS in feet), else the raster's own.
     """
 
     def __init__(
@@ -273,10 +283,16 @@ class RasterSource:
         if not wkt or gt is None:
             raise SourceError(f"the raster {shown} has no georeferencing (CRS and geotransform)")
         srs = srs_from_user(wkt)
-        native = srs.IsGeographic() or srs.GetLinearUnits() != 1.0 or not resolution_m
-        xres, yres = (abs(gt[1]), abs(gt[5])) if native else (float(resolution_m), float(resolution_m))
+        native = not resolution_m
         bbox = check_extent(bbox, bbox_crs)
         minx, miny, maxx, maxy = transform_bounds(bbox, srs_from_user(bbox_crs), srs)
+        if native:
+            xres, yres = abs(gt[1]), abs(gt[5])
+        else:  # a geographic or feet CRS too: the model's ground pixel size in the raster's units
+            latitude = 0.0
+            if srs.IsGeographic():
+                latitude = (miny + maxy) / 2
+            xres, yres = crs_resolution(srs, float(resolution_m), latitude)  # type: ignore[arg-type]
         # Clip to the raster: segmenting where there is no imagery only makes nodata.
         rx0, ry1 = gt[0], gt[3]
         rx1, ry0 = gt[0] + gt[1] * src.RasterXSize, gt[3] + gt[5] * src.RasterYSize

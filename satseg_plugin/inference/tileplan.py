@@ -147,6 +147,29 @@ def zoom_for_resolution(resolution_m: float, latitude: float) -> int:
     return max(0, min(24, round(math.log2(ground0 / resolution_m))))
 
 
+def crs_resolution(srs: osr.SpatialReference, resolution_m: float, latitude: float) -> tuple[float, float]:
+    """``(x, y)`` pixel size in ``srs``'s own units for ``resolution_m`` metres on the ground.
+
+    A projected CRS in metres keeps ``resolution_m``; one in feet or other
+    linear units converts it. A geographic CRS gets degrees (or its angular
+    unit) at ``latitude``: the ellipsoid's radii of curvature there give the
+    metres a unit of longitude and of latitude spans, so the pixels are square
+    on the ground as they are in the training tiles.
+    """
+    if not srs.IsGeographic():
+        unit = srs.GetLinearUnits() or 1.0
+        return resolution_m / unit, resolution_m / unit
+    a = srs.GetSemiMajor()
+    inv_f = srs.GetInvFlattening()
+    e2 = 0.0 if not inv_f else (2 - 1 / inv_f) / inv_f
+    phi = math.radians(max(-89.9, min(89.9, latitude)))
+    w = math.sqrt(1 - e2 * math.sin(phi) ** 2)
+    per_radian_x = a / w * math.cos(phi)  # prime vertical radius times cos(latitude)
+    per_radian_y = a * (1 - e2) / w**3  # meridional radius
+    unit = srs.GetAngularUnits() or math.radians(1)  # radians per unit of the CRS
+    return resolution_m / (per_radian_x * unit), resolution_m / (per_radian_y * unit)
+
+
 def xyz_grid(bbox: tuple[float, float, float, float], bbox_crs: str, zoom: int) -> XyzGrid:
     """Return the zoom-``zoom`` XYZ pixel grid covering ``bbox`` (in ``bbox_crs``).
 
