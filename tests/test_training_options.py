@@ -18,7 +18,7 @@ import torch
 from test_training_units import make_tiny_dataset
 
 from satseg_plugin.inference.cli import run_cli
-from satseg_plugin.inference.errors import ModelError
+from satseg_plugin.inference.errors import ModelError, SatsegError
 from training import train
 from training.data import SegmentationTiles, load_dataset, read_tiles
 from training.predictor import pick_device
@@ -76,6 +76,14 @@ def help_text(module: str) -> str:
             ],
         ),
         ("training.feed_forward", ["WEIGHTS runs/NAME/best.pt or model.onnx", "IMAGE", "OUTDIR"]),
+        (
+            "training.average",
+            [
+                "checkpoints two or more .pt checkpoints of one network",
+                "--out OUT the averaged checkpoint to write",
+                "set the batch-norm statistics",
+            ],
+        ),
     ],
 )
 def test_every_cli_explains_its_options(module: str, phrases: list[str]) -> None:
@@ -184,3 +192,44 @@ def test_train_reports_its_device(data: Path, tmp_path: Path, capsys: pytest.Cap
     _train(data, tmp_path / "d", "--epochs", "1")
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert f"device {expected}" in capsys.readouterr().out
+
+
+def test_snapshots_and_their_average(data: Path, tmp_path: Path) -> None:
+    """--snapshots keeps every epoch's weights; training.average gives their mean, with batch-norm
+    statistics measured again over the run's training tiles for the mean weights."""
+    from training import average
+    from training.checkpoint import load_checkpoint, model_from_checkpoint
+    from training.data import checkpoint_split, normalize
+
+    out = tmp_path / "run"
+    _train(data, out, "--epochs", "3", "--snapshots", "--lr", "0.05", "--schedule", "constant")
+    snaps = sorted((out / "snapshots").glob("epoch-*.pt"))
+    assert [p.name for p in snaps] == ["epoch-001.pt", "epoch-002.pt", "epoch-003.pt"]
+    last = torch.load(out / "last.pt", weights_only=True)
+    third = torch.load(snaps[-1], weights_only=True)
+    assert "optimizer" not in third and third["epoch"] == 3
+    assert all(torch.equal(third["state_dict"][k], v) for k, v in last["state_dict"].items())
+
+    mean_pt = tmp_path / "mean.pt"
+    assert run_cli(average.main, [*map(str, snaps[1:]), "--out", str(mean_pt)]) == 0
+    mean = load_checkpoint(mean_pt)
+    states = [torch.load(p, weights_only=True)["state_dict"] for p in snaps[1:]]
+    w = next(k for k in mean["state_dict"] if k.endswith("weight") and mean["state_dict"][k].dim() == 4)
+    torch.testing.assert_close(mean["state_dict"][w], (states[0][w] + states[1][w]) / 2)
+    assert not torch.equal(states[0][w], states[1][w])  # the lr moved the weights: a real mean
+    # The first batch-norm layer's running mean is its input's per-channel mean over the
+    # training tiles, recomputed for the mean weights.
+    net = model_from_checkpoint(mean)
+    ds = load_dataset(data)
+    train_idx, _ = checkpoint_split(ds.groups, mean)
+    images, _labels = read_tiles(ds.cache, train_idx)
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    bn = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    with torch.no_grad():
+        feats = conv(torch.from_numpy(normalize(images, ds.mean, ds.std)))
+    torch.testing.assert_close(bn.running_mean, feats.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(bn.running_mean, states[1][[k for k in states[1] if k.endswith("running_mean")][0]])
+
+    with pytest.raises(SatsegError, match="at least two"):
+        average.main([str(snaps[0]), "--out", str(tmp_path / "one.pt")])
+    assert not (tmp_path / "one.pt").exists()

@@ -158,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--patience", type=int, default=None, metavar="N",
         help="stop when validation mIoU has not improved for N epochs",
     )  # fmt: skip
+    p.add_argument(
+        "--snapshots", action="store_true",
+        help="also keep each epoch's weights as OUT/snapshots/epoch-NNN.pt (7 MB each at width "
+        "0.25), for python -m training.average to combine the last ones",
+    )  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -564,6 +569,11 @@ def _train(args: argparse.Namespace) -> int:
                 if improved:
                     save_checkpoint(out / "best.pt", checkpoint(epoch, with_state=False))
                 save_checkpoint(out / "last.pt", checkpoint(epoch, with_state=True))
+                if args.snapshots:
+                    (out / "snapshots").mkdir(exist_ok=True)
+                    save_checkpoint(
+                        out / "snapshots" / f"epoch-{epoch:03d}.pt", checkpoint(epoch, with_state=False)
+                    )
                 write_text_atomic(log_path, log)
                 completed = epoch
             print(
