@@ -228,7 +228,9 @@ def test_snapshots_and_their_average(data: Path, tmp_path: Path) -> None:
     with torch.no_grad():
         feats = conv(torch.from_numpy(normalize(images, ds.mean, ds.std)))
     torch.testing.assert_close(bn.running_mean, feats.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(bn.running_mean, states[1][[k for k in states[1] if k.endswith("running_mean")][0]])
+    assert not torch.allclose(
+        bn.running_mean, states[1][next(k for k in states[1] if k.endswith("running_mean"))]
+    )
 
     with pytest.raises(SatsegError, match="at least two"):
         average.main([str(snaps[0]), "--out", str(tmp_path / "one.pt")])
