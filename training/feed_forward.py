@@ -9,11 +9,19 @@ probabilities are those ``python -m satseg_plugin.inference segment --raster``
 gives for the same image. Output in OUTDIR:
 
 * ``pixel_counts.csv``: ``class,pixels,share,area_m2,area_ha`` (areas only when
-  the model knows its resolution); the pixels sum to the image's pixel count;
+  the image's or the model's resolution is known); the pixels sum to the image's
+  pixel count;
 * ``classes.png``: one band, the class index of every pixel;
 * ``segments.png``: the class display colours blended over the image;
 * ``heatmap_<class>.png``: the probability of each class, colour-mapped
   (``HEATMAP_STOPS``: dark blue at 0, through green, to yellow at 1.0).
+
+Scale: a model sees roofs and roads at the size it was trained on. When the
+image's ground resolution is known (``--resolution-cm``, else a GeoTIFF's
+georeferencing in metres, feet or degrees) and differs from the model's by
+more than 2 %, the image is resampled to the model's resolution for the model
+and the probabilities back to the image's pixels, so every output keeps the
+image's size; ``--no-resample`` segments the pixels as they are.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from osgeo import gdal
 
 from satseg_plugin.inference.atomic import write_text_atomic
 from satseg_plugin.inference.cli import run_cli
@@ -33,6 +42,7 @@ from satseg_plugin.inference.errors import ModelError, ParameterError
 from satseg_plugin.inference.imageio import read_image, to_rgb, write_png
 from satseg_plugin.inference.metadata import parse_hex_color
 from satseg_plugin.inference.runfolder import output_folder
+from satseg_plugin.inference.tileplan import crs_resolution, srs_from_user
 
 from .predictor import load_predictor
 from .tiled import predict_image
@@ -77,6 +87,47 @@ def file_name(class_name: str) -> str:
     return safe
 
 
+#: Image and model resolutions closer than this ratio are taken as equal: no resampling.
+RESAMPLE_TOLERANCE = 0.02
+
+
+def image_resolution_cm(path: str | Path) -> float | None:
+    """The ground size of a georeferenced image's pixels in cm (the mean of width and height).
+
+    A projected CRS's units count as metres (feet convert); a geographic CRS's degrees
+    are measured at the image's middle latitude. ``None`` for an image without a CRS
+    and geotransform (a plain PNG or JPEG).
+    """
+    ds = gdal.Open(str(path))
+    try:
+        gt = ds.GetGeoTransform(can_return_null=True)
+        wkt = ds.GetProjection()
+        rows = ds.RasterYSize
+    finally:
+        ds = None
+    if gt is None or not wkt:
+        return None
+    srs = srs_from_user(wkt)
+    px, py = float(np.hypot(gt[1], gt[4])), float(np.hypot(gt[2], gt[5]))
+    per_m_x, per_m_y = crs_resolution(srs, 1.0, gt[3] + gt[5] * rows / 2)  # CRS units per metre
+    return 100.0 * (px / per_m_x + py / per_m_y) / 2
+
+
+def resample(array: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``[B, H, W]`` resampled to ``[B, height, width]`` by GDAL's bilinear kernel, which
+    widens to the scale when it shrinks (no aliasing); the dtype is kept."""
+    bands, h, w = array.shape
+    kind = gdal.GDT_Byte if array.dtype == np.uint8 else gdal.GDT_Float32
+    src = gdal.GetDriverByName("MEM").Create("", w, h, bands, kind)
+    try:
+        for b in range(bands):
+            src.GetRasterBand(b + 1).WriteArray(array[b])
+        out = gdal.Translate("", src, format="MEM", width=width, height=height, resampleAlg="bilinear")
+        return out.ReadAsArray().reshape(bands, height, width).astype(array.dtype, copy=False)
+    finally:
+        src = out = None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training.feed_forward",
@@ -95,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.5, help="opacity of the class colours in segments.png")
     p.add_argument("--device", default="auto", help="torch device for .pt weights: auto, cpu, cuda")
     p.add_argument("--no-heatmaps", action="store_true", help="skip the per-class heatmap PNGs")
+    p.add_argument(
+        "--resolution-cm", type=float, default=None, metavar="CM",
+        help="ground size of the image's pixels in cm (default: from a GeoTIFF's georeferencing, else "
+        "unknown); the image is resampled to the model's resolution for the model when they differ",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-resample", action="store_true",
+        help="segment the image's pixels as they are, whatever their resolution and the model's",
+    )  # fmt: skip
     return p
 
 
@@ -111,6 +171,8 @@ def _segment_image(args: argparse.Namespace) -> int:
         raise ParameterError("--batch-size must be at least 1")
     if not 0 <= args.alpha <= 1:
         raise ParameterError(f"--alpha must be in [0, 1], not {args.alpha}")
+    if args.resolution_cm is not None and not args.resolution_cm > 0:
+        raise ParameterError(f"--resolution-cm must be positive, not {args.resolution_cm}")
     pred = load_predictor(args.weights, args.device)
     image, _ = to_rgb(read_image(args.image))
     overlap = pred.tiles_overlap if args.overlap is None else args.overlap
@@ -120,7 +182,26 @@ def _segment_image(args: argparse.Namespace) -> int:
     print(
         f"{args.image}: {w}x{h} px, {pred.kind} model {args.weights.name}, tiles {pred.tile_size}, overlap {overlap}%"
     )
-    probs = predict_image(image, pred.predict, pred.num_classes, pred.tile_size, overlap, args.batch_size)
+    res = args.resolution_cm or image_resolution_cm(args.image)
+    factor = res / pred.resolution_cm if res and pred.resolution_cm and not args.no_resample else 1.0
+    if abs(factor - 1) > RESAMPLE_TOLERANCE:
+        sw, sh = max(1, round(w * factor)), max(1, round(h * factor))
+        print(
+            f"resampled to {sw}x{sh} px for the model ({res:.3g} cm/px to its {pred.resolution_cm:.3g}), "
+            "results back to the image's pixels"
+        )
+        small = resample(np.ascontiguousarray(image.transpose(2, 0, 1)), sw, sh).transpose(1, 2, 0)
+        probs = predict_image(
+            np.ascontiguousarray(small),
+            pred.predict,
+            pred.num_classes,
+            pred.tile_size,
+            overlap,
+            args.batch_size,
+        )
+        probs = resample(probs.astype(np.float32, copy=False), w, h)
+    else:
+        probs = predict_image(image, pred.predict, pred.num_classes, pred.tile_size, overlap, args.batch_size)
     lo, hi = float(probs.min()), float(probs.max())
     if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-3 or hi > 1 + 1e-3:  # never pictures of NaN
         got = f"values from {lo:.4g} to {hi:.4g}" if np.isfinite(lo + hi) else "NaN or infinite values"
@@ -134,7 +215,7 @@ def _segment_image(args: argparse.Namespace) -> int:
 
     out: Path = args.outdir
     out.mkdir(parents=True, exist_ok=True)
-    res = (pred.checkpoint or {}).get("resolution_cm")
+    res = res or pred.resolution_cm  # an image of unknown resolution is taken to be at the model's
     rows = ["class,pixels,share,area_m2,area_ha"]
     print(f"{'class':<20} {'pixels':>12} {'share':>8}")
     for name, n in zip(pred.class_names, counts, strict=True):

@@ -52,6 +52,8 @@ class Predictor:
     #: The standardisation the model was trained with (its metadata, or the checkpoint's).
     mean: tuple[float, ...] = MEAN
     std: tuple[float, ...] = STD
+    #: Ground size of the pixels the model was trained on, when it names one.
+    resolution_cm: float | None = None
 
     @property
     def num_classes(self) -> int:
@@ -99,7 +101,7 @@ def load_predictor(path: str | os.PathLike[str], device: str = "auto") -> Predic
 
         return Predictor(
             p, "onnx", meta.class_names, meta.class_colors, meta.tile_size, meta.tiles_overlap, None, run,
-            tuple(meta.mean), tuple(meta.std),
+            tuple(meta.mean), tuple(meta.std), meta.resolution_cm,
         )  # fmt: skip
     ckpt = load_checkpoint(p)
     net = model_from_checkpoint(ckpt, str(p))
@@ -114,4 +116,5 @@ def load_predictor(path: str | os.PathLike[str], device: str = "auto") -> Predic
         _torch_runner(SoftmaxSegNet(net), pick_device(device)),
         tuple(ckpt.get("mean") or MEAN),
         tuple(ckpt.get("std") or STD),
+        float(ckpt["resolution_cm"]) if ckpt.get("resolution_cm") else None,
     )
