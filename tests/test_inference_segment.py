@@ -552,3 +552,31 @@ def test_raster_is_read_at_the_models_ground_resolution_in_any_crs(tmp_path: Pat
     ground = 256 * RES * math.cos(math.radians(latitude))
     for width, height in sides.values():
         assert width == pytest.approx(ground, rel=0.03) and height == pytest.approx(ground, rel=0.03)
+
+
+def test_a_raster_much_coarser_than_the_model_gets_a_warning(tmp_path: Path) -> None:
+    """A 1-m raster through a model trained at 0.3 m is read enlarged three times: the run says
+    so with its result, the CLI prints it, and imagery at or finer than the model's gets no note."""
+    model = make_rgb_model(tmp_path / "m30.onnx", zoom=None, resolution_cm=30)
+    image = mosaic(T0.x, T0.y, T0.x, T0.y, Z)[:128, :128]
+    notes = {}
+    for res in (1.0, 0.5, 0.1):
+        raster = write_geotiff(
+            tmp_path / f"r{res}.tif", image, (500000.0, res, 0.0, 5000000.0, 0.0, -res), 32632
+        )
+        bbox = (500000.0, 5000000.0 - 128 * res, 500000.0 + 128 * res, 5000000.0)
+        result = run_segment(
+            SegmentRequest(
+                model=model, bbox=bbox, bbox_crs="EPSG:32632", raster_path=str(raster),
+                out_dir=tmp_path / f"out{res}", write_heatmaps=False,
+            )
+        )  # fmt: skip
+        notes[res] = result.notes
+    assert notes[0.5] == notes[0.1] == []  # 1.7 times coarser, and finer: nothing to say
+    assert len(notes[1.0]) == 1 and "1 m on the ground, 3.3 times the model's 0.3 m" in notes[1.0][0]
+    done = cli(
+        "segment", "--model", model, "--raster", tmp_path / "r1.0.tif", "--bbox-crs", "EPSG:32632",
+        "--bbox", "500000,4999872,500128,5000000", "--out", tmp_path / "cli", "--no-heatmaps",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "warning: the raster's pixels are 1 m on the ground, 3.3 times the model's 0.3 m" in done.stderr

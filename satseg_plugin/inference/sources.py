@@ -41,6 +41,7 @@ from .tileplan import (
     XyzGrid,
     check_extent,
     crs_resolution,
+    ground_pixel_size,
     srs_from_user,
     transform_bounds,
 )
@@ -286,12 +287,12 @@ class RasterSource:
         native = not resolution_m
         bbox = check_extent(bbox, bbox_crs)
         minx, miny, maxx, maxy = transform_bounds(bbox, srs_from_user(bbox_crs), srs)
+        latitude = (miny + maxy) / 2 if srs.IsGeographic() else 0.0
+        #: The raster's own pixel size on the ground, in metres (``scale_note`` compares it).
+        self.native_m = ground_pixel_size(srs, gt, latitude)
         if native:
             xres, yres = abs(gt[1]), abs(gt[5])
         else:  # a geographic or feet CRS too: the model's ground pixel size in the raster's units
-            latitude = 0.0
-            if srs.IsGeographic():
-                latitude = (miny + maxy) / 2
             xres, yres = crs_resolution(srs, float(resolution_m), latitude)  # type: ignore[arg-type]
         # Clip to the raster: segmenting where there is no imagery only makes nodata.
         rx0, ry1 = gt[0], gt[3]

@@ -170,6 +170,15 @@ def crs_resolution(srs: osr.SpatialReference, resolution_m: float, latitude: flo
     return resolution_m / (per_radian_x * unit), resolution_m / (per_radian_y * unit)
 
 
+def ground_pixel_size(srs: osr.SpatialReference, geotransform: Sequence[float], latitude: float) -> float:
+    """Metres on the ground of a pixel of ``geotransform`` in ``srs`` (the mean of its width
+    and height): ``crs_resolution`` the other way round. A projected CRS's units count as
+    metres (feet convert); a geographic CRS's degrees are measured at ``latitude``."""
+    gt = geotransform
+    per_m_x, per_m_y = crs_resolution(srs, 1.0, latitude)
+    return (math.hypot(gt[1], gt[4]) / per_m_x + math.hypot(gt[2], gt[5]) / per_m_y) / 2
+
+
 def xyz_grid(bbox: tuple[float, float, float, float], bbox_crs: str, zoom: int) -> XyzGrid:
     """Return the zoom-``zoom`` XYZ pixel grid covering ``bbox`` (in ``bbox_crs``).
 

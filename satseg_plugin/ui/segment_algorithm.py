@@ -248,6 +248,8 @@ class SegmentExtentAlgorithm(QgsProcessingAlgorithm):
                 context.addLayerToLoadOnCompletion(path, details)
         for tile, reason in result.tiles_failed:
             feedback.reportError(f"tile {tile} could not be had: {redact(reason)}; left empty (nodata)")
+        for note in result.notes:
+            feedback.pushWarning(note)
         return {
             OUT_CLASSES: result.classes_path,
             OUT_HEATMAPS: out_dir if result.heatmap_paths else None,

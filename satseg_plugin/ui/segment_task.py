@@ -164,9 +164,11 @@ class SegmentTask(QgsTask):
                 bar.pushMessage("satseg", str(exc), Qgis.Warning, MESSAGE_SECONDS)
                 return
             text = f"segmented {res.tiles_total} tiles into {self.out_dir}"
+            notes = list(getattr(res, "notes", ()))
             if res.tiles_failed:
                 text += f"; {len(res.tiles_failed)} tiles could not be had and are left empty (nodata)"
-                bar.pushMessage("satseg", text, Qgis.Warning, MESSAGE_SECONDS)
+            if res.tiles_failed or notes:
+                bar.pushMessage("satseg", "; ".join([text, *notes]), Qgis.Warning, MESSAGE_SECONDS)
             else:
                 bar.pushMessage("satseg", text, Qgis.Success, MESSAGE_SECONDS)
         else:
