@@ -42,7 +42,7 @@ from satseg_plugin.inference.errors import ModelError, ParameterError
 from satseg_plugin.inference.imageio import read_image, to_rgb, write_png
 from satseg_plugin.inference.metadata import parse_hex_color
 from satseg_plugin.inference.runfolder import output_folder
-from satseg_plugin.inference.tileplan import crs_resolution, srs_from_user
+from satseg_plugin.inference.tileplan import ground_pixel_size, srs_from_user
 
 from .predictor import load_predictor
 from .tiled import predict_image
@@ -92,12 +92,9 @@ RESAMPLE_TOLERANCE = 0.02
 
 
 def image_resolution_cm(path: str | Path) -> float | None:
-    """The ground size of a georeferenced image's pixels in cm (the mean of width and height).
-
-    A projected CRS's units count as metres (feet convert); a geographic CRS's degrees
-    are measured at the image's middle latitude. ``None`` for an image without a CRS
-    and geotransform (a plain PNG or JPEG).
-    """
+    """The ground size of a georeferenced image's pixels in cm (``tileplan.ground_pixel_size``
+    at the image's middle latitude); ``None`` for an image without a CRS and geotransform
+    (a plain PNG or JPEG)."""
     ds = gdal.Open(str(path))
     try:
         gt = ds.GetGeoTransform(can_return_null=True)
@@ -107,10 +104,7 @@ def image_resolution_cm(path: str | Path) -> float | None:
         ds = None
     if gt is None or not wkt:
         return None
-    srs = srs_from_user(wkt)
-    px, py = float(np.hypot(gt[1], gt[4])), float(np.hypot(gt[2], gt[5]))
-    per_m_x, per_m_y = crs_resolution(srs, 1.0, gt[3] + gt[5] * rows / 2)  # CRS units per metre
-    return 100.0 * (px / per_m_x + py / per_m_y) / 2
+    return 100.0 * ground_pixel_size(srs_from_user(wkt), gt, gt[3] + gt[5] * rows / 2)
 
 
 def resample(array: np.ndarray, width: int, height: int) -> np.ndarray:
