@@ -90,6 +90,7 @@ def test_every_cli_explains_its_options(module: str, phrases: list[str]) -> None
     text = help_text(module)
     for phrase in phrases:
         assert phrase in text, phrase
+    assert "(default: None)" not in text  # an option left out says in words what happens
 
 
 def test_train_defaults_are_the_issues() -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from satseg_plugin.inference.cli import run_cli
+from satseg_plugin.inference.cli import DefaultsHelpFormatter, run_cli
 from satseg_plugin.inference.errors import ModelError, SatsegError
 from satseg_plugin.inference.progress import ProgressBar
 
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m training.average",
         description="Average the weights of checkpoints of one run (e.g. its last epochs' "
         "snapshots from train --snapshots) and measure batch-norm statistics again for the mean.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("checkpoints", nargs="+", type=Path, help="two or more .pt checkpoints of one network")
     p.add_argument("--out", type=Path, required=True, help="the averaged checkpoint to write")

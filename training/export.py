@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from satseg_plugin.inference.atomic import atomic_path
-from satseg_plugin.inference.cli import run_cli
+from satseg_plugin.inference.cli import DefaultsHelpFormatter, run_cli
 from satseg_plugin.inference.errors import ModelError, SatsegError
 from satseg_plugin.inference.metadata import DEFAULT_OVERLAP_PERCENT, MEAN, STD, ModelMetadata, build_metadata
 from satseg_plugin.inference.params import PARAMETERS
@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training.export",
         description="Export a SegNet checkpoint to ONNX with satseg/Deepness metadata, checked with onnxruntime.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("weights", type=Path, help="checkpoint to export (runs/NAME/best.pt)")
     p.add_argument("--out", type=Path, required=True, help="ONNX file to write")

@@ -37,7 +37,7 @@ import numpy as np
 from osgeo import gdal
 
 from satseg_plugin.inference.atomic import write_text_atomic
-from satseg_plugin.inference.cli import run_cli
+from satseg_plugin.inference.cli import DefaultsHelpFormatter, run_cli
 from satseg_plugin.inference.errors import ModelError, ParameterError
 from satseg_plugin.inference.imageio import read_image, to_rgb, write_png
 from satseg_plugin.inference.metadata import parse_hex_color
@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m training.feed_forward",
         description="Segment one image (any size) with a .pt checkpoint or .onnx model; write counts, "
         "class image, overlay and per-class heatmaps.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("weights", type=Path, metavar="WEIGHTS", help="runs/NAME/best.pt or model.onnx")
     p.add_argument("image", type=Path, metavar="IMAGE", help="RGB image (PNG, JPEG, GeoTIFF, ...)")

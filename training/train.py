@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from satseg_plugin.inference.atomic import write_text_atomic
-from satseg_plugin.inference.cli import run_cli
+from satseg_plugin.inference.cli import DefaultsHelpFormatter, run_cli
 from satseg_plugin.inference.errors import SatsegError
 from satseg_plugin.inference.metadata import DEFAULT_OVERLAP_PERCENT
 from satseg_plugin.inference.progress import ProgressBar
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training.train",
         description="Train SegNet on a dataset folder made by python -m training.dataset.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument(
         "--data", type=Path, required=True, help="dataset folder (manifest.json, images/, labels/)"

@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 
 from satseg_plugin.inference.atomic import atomic_path, write_text_atomic
-from satseg_plugin.inference.cli import run_cli
+from satseg_plugin.inference.cli import DefaultsHelpFormatter, run_cli
 from satseg_plugin.inference.errors import ModelError, SatsegError
 from satseg_plugin.inference.progress import ProgressBar
 
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training.validate",
         description="Score a SegNet checkpoint or ONNX model on a dataset's validation tiles.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--data", type=Path, required=True, help="dataset folder")
     p.add_argument("--weights", type=Path, required=True, help="runs/NAME/best.pt or model.onnx")

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .cli import join_negative_values, run_cli
+from .cli import DefaultsHelpFormatter, join_negative_values, run_cli
 from .counts import format_table
 from .errors import ExtentError, ModelError, SatsegError
 from .int8speed import int8_original, int8_twin, measure_int8_speed
@@ -65,7 +65,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
             "in 8 bits: bytes 0..254 with scale 1/254; 255 = nodata) and OUT/pixel_counts.csv (class, "
             "pixels, share, area_m2, area_ha; areas measured on the ground), and prints the table. Tiles that cannot be had are left as nodata and listed."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--model", help=f"ONNX segmentation model (default: the shipped {DEFAULT_MODEL_NAME})")
     p.add_argument(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import re
 import signal
@@ -15,6 +16,16 @@ from .runfolder import disk_fault
 
 #: A value such as ``-9.49,38.82,-9.40,38.89`` or ``-.5,...`` (west of Greenwich): argparse takes it for an option.
 _NEGATIVE_LIST = re.compile(r"^-\.?\d[\d.eE+-]*(,.*)?$")
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default, except where it is None: those options say in
+    their own words what happens when they are left out, and "(default: None)" says nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def join_negative_values(argv: list[str], options: tuple[str, ...] = ("--bbox",)) -> list[str]:
