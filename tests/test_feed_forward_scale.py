@@ -17,7 +17,7 @@ from osgeo import gdal, osr
 
 from satseg_plugin.inference.cli import run_cli
 from satseg_plugin.inference.errors import ParameterError
-from satseg_plugin.inference.imageio import read_image, write_png
+from satseg_plugin.inference.imageio import read_image, resize_bands, write_png
 from training import feed_forward
 from training.predictor import load_predictor
 
@@ -35,7 +35,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         for y in (Y0, Y0 + 1)
     ]
     native = np.concatenate(rows, axis=0)  # 512 x 512 at zoom 19
-    finer = feed_forward.resample(np.ascontiguousarray(native.transpose(2, 0, 1)), 1536, 1536)
+    finer = resize_bands(native.transpose(2, 0, 1), 1536, 1536, "bilinear")
     write_png(tmp / "native.png", native)
     write_png(tmp / "finer.png", finer.transpose(1, 2, 0))
     # The finer image as a GeoTIFF in UTM 37S (Zanzibar's zone): a third of the model's pixel.

@@ -39,7 +39,7 @@ from osgeo import gdal
 from satseg_plugin.inference.atomic import write_text_atomic
 from satseg_plugin.inference.cli import DefaultsHelpFormatter, run_cli
 from satseg_plugin.inference.errors import ModelError, ParameterError
-from satseg_plugin.inference.imageio import read_image, to_rgb, write_png
+from satseg_plugin.inference.imageio import read_image, resize_bands, to_rgb, write_png
 from satseg_plugin.inference.metadata import parse_hex_color
 from satseg_plugin.inference.runfolder import output_folder
 from satseg_plugin.inference.tileplan import ground_pixel_size, srs_from_user
@@ -107,21 +107,6 @@ def image_resolution_cm(path: str | Path) -> float | None:
     return 100.0 * ground_pixel_size(srs_from_user(wkt), gt, gt[3] + gt[5] * rows / 2)
 
 
-def resample(array: np.ndarray, width: int, height: int) -> np.ndarray:
-    """``[B, H, W]`` resampled to ``[B, height, width]`` by GDAL's bilinear kernel, which
-    widens to the scale when it shrinks (no aliasing); the dtype is kept."""
-    bands, h, w = array.shape
-    kind = gdal.GDT_Byte if array.dtype == np.uint8 else gdal.GDT_Float32
-    src = gdal.GetDriverByName("MEM").Create("", w, h, bands, kind)
-    try:
-        for b in range(bands):
-            src.GetRasterBand(b + 1).WriteArray(array[b])
-        out = gdal.Translate("", src, format="MEM", width=width, height=height, resampleAlg="bilinear")
-        return out.ReadAsArray().reshape(bands, height, width).astype(array.dtype, copy=False)
-    finally:
-        src = out = None
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training.feed_forward",
@@ -184,7 +169,7 @@ def _segment_image(args: argparse.Namespace) -> int:
             f"resampled to {sw}x{sh} px for the model ({res:.3g} cm/px to its {pred.resolution_cm:.3g}), "
             "results back to the image's pixels"
         )
-        small = resample(np.ascontiguousarray(image.transpose(2, 0, 1)), sw, sh).transpose(1, 2, 0)
+        small = resize_bands(image.transpose(2, 0, 1), sw, sh, "bilinear").transpose(1, 2, 0)
         probs = predict_image(
             np.ascontiguousarray(small),
             pred.predict,
@@ -193,7 +178,7 @@ def _segment_image(args: argparse.Namespace) -> int:
             overlap,
             args.batch_size,
         )
-        probs = resample(probs.astype(np.float32, copy=False), w, h)
+        probs = resize_bands(probs.astype(np.float32, copy=False), w, h, "bilinear")
     else:
         probs = predict_image(image, pred.predict, pred.num_classes, pred.tile_size, overlap, args.batch_size)
     lo, hi = float(probs.min()), float(probs.max())

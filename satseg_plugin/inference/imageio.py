@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from osgeo import gdal
+from osgeo import gdal, gdal_array
 
 from .atomic import atomic_path
 from .errors import SatsegError
@@ -158,6 +158,17 @@ def to_rgb(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     else:
         valid = np.ones(pixels.shape[:2], bool)
     return np.ascontiguousarray(rgb), valid
+
+
+def resize_bands(bands: np.ndarray, width: int, height: int, alg: str) -> np.ndarray:
+    """``[B, H, W]`` (uint8 or float32) resampled to ``[B, height, width]`` by GDAL's ``alg``
+    ("bilinear", "average", "nearest", "mode"...); the dtype is kept. GDAL's bilinear
+    kernel widens to the scale when it shrinks, so it does not alias."""
+    src = gdal_array.OpenArray(np.ascontiguousarray(bands))
+    dst = gdal.Translate("", src, format="MEM", width=width, height=height, resampleAlg=alg)
+    out = dst.ReadAsArray().reshape(bands.shape[0], height, width)
+    src = dst = None  # release the MEM datasets now
+    return out
 
 
 def write_png(path: str | os.PathLike[str], pixels: np.ndarray) -> None:

@@ -237,8 +237,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(p.flag, dest=p.name, action=action, help=words)
             continue
         text = p.help.replace("%", "%%")  # argparse formats help with %
-        # "%(default).0s" prints nothing, and keeps a defaults-showing formatter from adding "(default: None)".
-        default = f"default: {p.unset}%(default).0s" if p.unset else "default: %(default)s"
+        default = f"default: {p.unset}" if p.unset else "default: %(default)s"
         parser.add_argument(
             p.flag,
             dest=p.name,

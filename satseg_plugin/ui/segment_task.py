@@ -164,7 +164,7 @@ class SegmentTask(QgsTask):
                 bar.pushMessage("satseg", str(exc), Qgis.Warning, MESSAGE_SECONDS)
                 return
             text = f"segmented {res.tiles_total} tiles into {self.out_dir}"
-            notes = list(getattr(res, "notes", ()))
+            notes = res.notes
             if res.tiles_failed:
                 text += f"; {len(res.tiles_failed)} tiles could not be had and are left empty (nodata)"
             if res.tiles_failed or notes:

@@ -61,11 +61,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from osgeo import gdal, gdal_array
+from osgeo import gdal
 
 from satseg_plugin.inference.atomic import atomic_path, write_text_atomic
 from satseg_plugin.inference.errors import ConfigError, SatsegError
-from satseg_plugin.inference.imageio import ImageError, read_image, to_rgb, write_png
+from satseg_plugin.inference.imageio import ImageError, read_image, resize_bands, to_rgb, write_png
 from satseg_plugin.inference.metadata import default_color, parse_hex_color
 from satseg_plugin.inference.progress import ProgressBar
 from satseg_plugin.inference.tileplan import starts_inside
@@ -186,12 +186,9 @@ def resample(pixels: np.ndarray, factor: float, labels: bool) -> np.ndarray:
     h, w = pixels.shape[:2]
     out_w, out_h = max(1, round(w * factor)), max(1, round(h * factor))
     bands = pixels[None] if pixels.ndim == 2 else np.moveaxis(pixels, 2, 0)
-    src = gdal_array.OpenArray(np.ascontiguousarray(bands))
     alg = ("nearest" if factor > 1 else "mode") if labels else ("bilinear" if factor > 1 else "average")
-    dst = gdal.Translate("", src, format="MEM", width=out_w, height=out_h, resampleAlg=alg)
-    out = dst.ReadAsArray()
-    src = dst = None  # release the MEM datasets now
-    return out if pixels.ndim == 2 else np.ascontiguousarray(np.moveaxis(out, 0, 2))
+    out = resize_bands(bands, out_w, out_h, alg)
+    return out[0] if pixels.ndim == 2 else np.ascontiguousarray(np.moveaxis(out, 0, 2))
 
 
 def parse_band_list(text: str | None) -> tuple[int, ...] | None:
