@@ -25,7 +25,7 @@ from training.dataset.__main__ import main as dataset_main
 from training.dataset.osm_source import repair_area
 from training.dataset.tiles import pixel_size, xyz_blocks
 from training.ema import WeightEMA, ema_decay
-from training.losses import SegmentationLoss, soft_dice_loss
+from training.losses import SegmentationLoss, lovasz_softmax_loss, soft_dice_loss
 from training.schedule import LRSchedule
 from training.validate import main as validate_main
 
@@ -240,6 +240,26 @@ def test_dice_loss_values() -> None:
     assert math.isnan(float(soft_dice_loss(uniform, torch.full((1, 2, 2), 255), 255)))
     both = SegmentationLoss("ce+dice", None, 255)(uniform, target)
     assert float(both) == pytest.approx(math.log(2) + 1 - (2 / 3.5 + 3 / 4.5) / 2, abs=1e-6)
+
+
+def test_lovasz_loss_is_one_minus_iou_for_hard_predictions() -> None:
+    target = torch.tensor([[[0, 1], [1, 255]]])
+    perfect = torch.tensor([[[[50.0, -50], [-50, 0]], [[-50.0, 50], [50, 0]]]])
+    assert float(lovasz_softmax_loss(perfect, target, 255)) == pytest.approx(0.0, abs=1e-6)
+    # Top-right pixel called 0: class 0 IoU 1/2 (pixels {00, 01} against {00}), class 1 IoU 1/2.
+    one_wrong = torch.tensor([[[[50.0, 50], [-50, 0]], [[-50.0, -50], [50, 0]]]])
+    assert float(lovasz_softmax_loss(one_wrong, target, 255)) == pytest.approx(0.5, abs=1e-6)
+    # Hard but all wrong on class 1 (every labelled pixel called 0): class 0 IoU 1/3, class 1 IoU 0.
+    all_zero = torch.tensor([[[[50.0, 50], [50, 50]], [[-50.0, -50], [-50, -50]]]])
+    assert float(lovasz_softmax_loss(all_zero, target, 255)) == pytest.approx((2 / 3 + 1) / 2, abs=1e-6)
+    # p = 0.5 everywhere: every error is 0.5, and the weights sum to the Jaccard loss of
+    # predicting everything (1 for both classes), so 0.5; the ignored pixel counts nowhere.
+    uniform = torch.zeros(1, 2, 2, 2)
+    assert float(lovasz_softmax_loss(uniform, target, 255)) == pytest.approx(0.5, abs=1e-6)
+    assert math.isnan(float(lovasz_softmax_loss(uniform, torch.full((1, 2, 2), 255), 255)))
+    both = SegmentationLoss("ce+lovasz", None, 255)(uniform, target)
+    assert float(both) == pytest.approx(math.log(2) + 0.5, abs=1e-6)
+    assert float(SegmentationLoss("lovasz", None, 255)(uniform, target)) == pytest.approx(0.5, abs=1e-6)
 
 
 def test_rescale_keeps_labels_on_their_pixels_and_ignores_the_padding() -> None:

@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--loss", choices=LOSSES, default="ce",
-        help="cross-entropy, soft Dice over the classes present, or their sum (Dice serves rare classes' IoU)",
+        help="cross-entropy, soft Dice or Lovász-softmax over the classes present, or cross-entropy "
+        "plus one of them (Dice and Lovász serve rare classes' IoU; Lovász is IoU's own surrogate)",
     )  # fmt: skip
     p.add_argument(
         "--color", type=float, default=0.0, metavar="S",
