@@ -31,9 +31,9 @@ def data(tmp_path: Path) -> Path:
     return make_tiny_dataset(tmp_path / "data")
 
 
-def help_text(module: str) -> str:
+def help_text(module: str, *verb: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", module, *verb, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120,
         env={**os.environ, "COLUMNS": "250"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -91,6 +91,14 @@ def test_every_cli_explains_its_options(module: str, phrases: list[str]) -> None
     for phrase in phrases:
         assert phrase in text, phrase
     assert "(default: None)" not in text  # an option left out says in words what happens
+    assert "(default: False)" not in text  # plain flags say what they do when given
+
+
+def test_segment_flags_do_not_claim_a_default_that_reads_backwards() -> None:
+    text = help_text("satseg_plugin.inference", "segment")
+    assert "--no-classes do not write classes.tif --no-heatmaps" in text and "(default: True)" not in text
+    train_help = help_text("training.train")  # a --x/--no-x switch says which side is on
+    assert "--augment, --no-augment random flips and 90-degree rotations of training tiles (default: True)" in train_help
 
 
 def test_train_defaults_are_the_issues() -> None:

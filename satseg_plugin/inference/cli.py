@@ -19,11 +19,14 @@ _NEGATIVE_LIST = re.compile(r"^-\.?\d[\d.eE+-]*(,.*)?$")
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` with each option's default, except where it is None: those options say in
-    their own words what happens when they are left out, and "(default: None)" says nothing."""
+    """``--help`` with each option's default, except where it is None (those options say in
+    their own words what happens when they are left out, and "(default: None)" says nothing)
+    and on plain flags, where "--no-heatmaps ... (default: True)" reads as the opposite of
+    what it means. ``--x/--no-x`` switches keep theirs: it says which of the two is on."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None:
+        plain_flag = action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction)
+        if action.default is None or plain_flag:
             return action.help
         return super()._get_help_string(action)
 
