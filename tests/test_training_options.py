@@ -98,7 +98,10 @@ def test_segment_flags_do_not_claim_a_default_that_reads_backwards() -> None:
     text = help_text("satseg_plugin.inference", "segment")
     assert "--no-classes do not write classes.tif --no-heatmaps" in text and "(default: True)" not in text
     train_help = help_text("training.train")  # a --x/--no-x switch says which side is on
-    assert "--augment, --no-augment random flips and 90-degree rotations of training tiles (default: True)" in train_help
+    assert (
+        "--augment, --no-augment random flips and 90-degree rotations of training tiles (default: True)"
+        in train_help
+    )
 
 
 def test_train_defaults_are_the_issues() -> None:
