@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal
 
+from . import heap
 from .blend import BandBlender
 from .clean import count_band, min_area_pixels, sieve
 from .counts import COUNTS_NAME, ClassCount, CountAccumulator, write_counts_csv
@@ -489,6 +490,7 @@ def segment_stripes(
                     rows, lo = done
                     if written is not None:
                         written.result()  # one strip in flight at most; its errors surface here
+                        heap.release_free_heap()  # the last strip's arrays are gone: no creep over a run
                     written = writer.submit(sink, rows, lo, stripe.x0)
                     next_row = lo + rows.classes.shape[0]
         if written is not None:
