@@ -12,9 +12,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A strip's pattern in small: after one large block is freed glibc serves blocks of that
-# size from the heap, and blocks freed below a live one cannot leave from the heap's top.
+# A strip's pattern in small: blocks of a few MB served from the heap (what glibc does after
+# a run's first strip has freed one as large; set here with mallopt, so that the probe does not
+# hang on that heuristic), freed below a live one, so they cannot leave from the heap's top.
 PROBE = """
+import ctypes, ctypes.util
 from pathlib import Path
 import numpy as np
 from satseg_plugin.inference.heap import release_free_heap
@@ -23,8 +25,8 @@ def rss_mb():
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS:"))
     return int(line.split()[1]) // 1024
 
-big = np.ones(16 * 2**20, np.uint8)
-del big
+M_MMAP_THRESHOLD = -3
+assert ctypes.CDLL(ctypes.util.find_library("c")).mallopt(M_MMAP_THRESHOLD, 32 * 2**20) == 1
 blocks = [np.ones(2 * 2**20, np.uint8) for _ in range(100)]
 keep = blocks[-1]
 del blocks
