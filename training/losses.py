@@ -81,15 +81,15 @@ class SegmentationLoss(nn.Module):
         self.kind = kind
         self.ignore_index = ignore_index
         self.ce = nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
+        self.with_ce = kind.startswith("ce")
+        self.region = _REGION_LOSSES.get(kind.removeprefix("ce+"))  # None for plain "ce"
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.kind == "ce":
+        if self.region is None:
             return self.ce(logits, target)
-        region = (
-            lovasz_softmax_loss(logits, target, self.ignore_index)
-            if self.kind.endswith("lovasz")
-            else soft_dice_loss(logits, target, self.ignore_index)
-        )
-        if "+" not in self.kind:
-            return region
-        return self.ce(logits, target) + region
+        region = self.region(logits, target, self.ignore_index)
+        return self.ce(logits, target) + region if self.with_ce else region
+
+
+#: The overlap losses ``LOSSES`` names, alone or after ``ce+``.
+_REGION_LOSSES = {"dice": soft_dice_loss, "lovasz": lovasz_softmax_loss}
