@@ -153,7 +153,7 @@ def _segment_image(args: argparse.Namespace) -> int:
     if args.resolution_cm is not None and not args.resolution_cm > 0:
         raise ParameterError(f"--resolution-cm must be positive, not {args.resolution_cm}")
     pred = load_predictor(args.weights, args.device)
-    image, _ = to_rgb(read_image(args.image))
+    image, _ = to_rgb(read_image(args.image, stretch=True))
     overlap = pred.tiles_overlap if args.overlap is None else args.overlap
     if not 0 <= overlap < 100:
         raise ParameterError(f"--overlap must be a percent in [0, 100), not {overlap}")

@@ -36,6 +36,7 @@ from .model import SegModel
 from .outputs import CLASSES_NAME, EncodedRows, RunOutputs, heatmap_names
 from .segment import segment_stripes
 from .sources import RasterSource, Tile, XyzSource
+from .stretch import Stretch
 from .tileplan import XYZ_TILE, Grid, Stripe, XyzGrid
 from .tileurl import TileTemplate
 
@@ -70,6 +71,7 @@ class BlockJob:
     params: dict[str, Any]
     template: TileTemplate | None = None
     raster: tuple[str, tuple[float, float, float, float], str, float | None] | None = None
+    stretch: Stretch | None = None  # the raster's, measured once for the run (``stretch``)
     batch_size: int = 4
     fetch_workers: int = 8
     timeout: float = 20.0
@@ -231,7 +233,7 @@ def _open_source(job: BlockJob) -> XyzSource | RasterSource:
         )
     assert job.raster is not None
     path, bbox, crs, res = job.raster
-    return RasterSource(path, bbox, crs, res)
+    return RasterSource(path, bbox, crs, res, stretch=job.stretch)
 
 
 def segment_block(job: BlockJob, is_cancelled: Callable[[], bool] | None = None) -> BlockResult:

@@ -59,7 +59,7 @@ from .outputs import (
     style_class_band,
 )
 from .segment import ProgressFn, RunPlan, SegmentRequest, plan_run, single_process_options
-from .sources import tile_name
+from .sources import RasterSource, tile_name
 from .tileplan import Grid, plan_blocks
 from .tileurl import TokenError
 
@@ -119,9 +119,18 @@ def plan_jobs(
     model = str(Path(req.model).resolve())
     out = Path(req.out_dir).resolve()
     raster = None
+    stretch = None
     if req.raster_path:
         res = meta.resolution_cm / 100 if meta.resolution_cm else None
         raster = (str(Path(req.raster_path).resolve()), tuple(req.bbox), req.bbox_crs, res)
+        # Bands of more than 8 bits: one stretch for the whole run, measured here, not in each block.
+        source = RasterSource(*raster)
+        try:
+            stretch = source.stretch
+            if note := source.stretch_note():
+                plan.notes.append(note)
+        finally:
+            source.close()
         st = os.stat(raster[0])
         source_id: Any = {"raster": raster[0], "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     else:
@@ -166,6 +175,7 @@ def plan_jobs(
                 params=params,
                 template=plan.template,
                 raster=raster,
+                stretch=stretch,
                 batch_size=plan.batch_size,
                 fetch_workers=req.workers,
                 timeout=req.timeout,

@@ -1,4 +1,4 @@
-"""Read and write 8-bit images through GDAL (PNG, JPEG, WebP, ...).
+"""Read and write 8-bit images through GDAL (PNG, JPEG, WebP, GeoTIFF...).
 
 GDAL is already a dependency of every part of satseg, so it decodes the tiles
 too rather than adding Pillow. Arrays are ``(height, width, bands)`` uint8 in
@@ -16,6 +16,7 @@ from osgeo import gdal, gdal_array
 
 from .atomic import atomic_path
 from .errors import SatsegError
+from .stretch import Stretch, raster_stretch
 
 gdal.UseExceptions()
 
@@ -40,15 +41,25 @@ class ImageSizeError(ImageError):
     """An image whose size is not the one expected, or too large to decode (asking again will not help)."""
 
 
-def _read_dataset(ds: gdal.Dataset, what: str) -> np.ndarray:
+def _read_dataset(ds: gdal.Dataset, what: str, stretch: bool = False) -> np.ndarray:
     if ds.RasterCount == 0:
         raise ImageError(f"{what} has no image bands")
+    wide = None  # the one stretch of bands of more than 8 bits
     bands = []
     for i in range(1, ds.RasterCount + 1):
         band = ds.GetRasterBand(i)
         if band.DataType != gdal.GDT_Byte:
             kind = gdal.GetDataTypeName(band.DataType)
-            raise ImageError(f"{what} is not an 8-bit image (band {i} is {kind})")
+            if not stretch or gdal.DataTypeIsComplex(band.DataType):
+                raise ImageError(f"{what} is not an 8-bit image (band {i} is {kind})")
+            values = band.ReadAsArray()
+            if band.GetColorInterpretation() == gdal.GCI_AlphaBand:
+                bands.append(np.where(values > 0, 255, 0).astype(np.uint8))
+                continue
+            if wide is None:
+                wide = _image_stretch(ds, what)
+            bands.append(wide.apply(values))
+            continue
         if band.GetColorTable() is not None and ds.RasterCount == 1:
             # Palette PNG: expand to RGB(A) so callers see colours, not indices.
             table = band.GetColorTable()
@@ -60,11 +71,28 @@ def _read_dataset(ds: gdal.Dataset, what: str) -> np.ndarray:
     return np.dstack(bands)
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+def _image_stretch(ds: gdal.Dataset, what: str) -> Stretch:
+    """The one stretch of an image's bands (all but alpha) of more than 8 bits, from all their pixels."""
+    data = [
+        b
+        for b in range(1, ds.RasterCount + 1)
+        if ds.GetRasterBand(b).GetColorInterpretation() != gdal.GCI_AlphaBand
+    ]
+    try:
+        found = raster_stretch(ds, data, sample_side=max(ds.RasterXSize, ds.RasterYSize))
+    except ValueError:
+        raise ImageError(f"{what} has no valid value") from None
+    assert found is not None  # a band wider than 8 bits is among them
+    return found
+
+
+def read_image(path: str | os.PathLike[str], stretch: bool = False) -> np.ndarray:
     """Return the pixels of the image file at ``path`` as ``(H, W, bands)`` uint8.
 
-    Palette images come back as RGB. Raises ``ImageError`` naming the file
-    when it is missing or cannot be decoded.
+    Palette images come back as RGB. Bands of more than 8 bits are refused,
+    or with ``stretch`` brought to 0..255 (``stretch``: one linear stretch of all
+    the image bands, from the image's own values).
+    Raises ``ImageError`` naming the file when it is missing or cannot be decoded.
     """
     p = Path(path)
     if not p.is_file():
@@ -74,7 +102,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     except RuntimeError as exc:
         raise ImageError(f"cannot read image {p}: {exc}") from None
     try:
-        return _read_dataset(ds, str(p))
+        return _read_dataset(ds, str(p), stretch)
     except RuntimeError as exc:
         raise ImageError(f"cannot decode image {p}: {exc}") from None
     finally:

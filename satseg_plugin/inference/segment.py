@@ -184,7 +184,9 @@ class SegmentResult:
     min_area_pixels: int = 0  # the sieve threshold used (0: no sieve)
     windows_run: int = 0  # windows the model ran: those with imagery under them
     window_size: int = 0  # their side in pixels, as the run chose it (``fewest_pixels_windows``)
-    notes: list[str] = field(default_factory=list)  # warnings about the result's quality (``scale_note``)
+    notes: list[str] = field(
+        default_factory=list
+    )  # warnings about the result's quality (``scale_note``, a stretch)
 
 
 @dataclass
@@ -271,7 +273,7 @@ def plan_run(
             if model.channels != 3
             else "bands are chosen for raster files; XYZ tiles are RGB"
         )
-    note = None
+    notes: list[str] = []
     if req.tiles_url:
         if template is None:
             template = resolve_template(req.tiles_url, req.token_env, token_any_host=req.token_any_host)
@@ -294,7 +296,12 @@ def plan_run(
         res = model.metadata.resolution_cm / 100 if model.metadata.resolution_cm else None
         bands = req.bands or model.metadata.input_bands
         source = RasterSource(str(req.raster_path), req.bbox, req.bbox_crs, res, bands, model.channels)
-        note = scale_note(source.native_m, res)
+        try:  # the stretch of wider bands is measured once, for the run, not for a count
+            stretched = source.stretch_note() if open_source else None
+        except BaseException:
+            source.close()
+            raise
+        notes = [n for n in (scale_note(source.native_m, res), stretched) if n]
         grid = source.grid
         windows = fewest_pixels_windows(grid.width, grid.height, sizes, overlap_for)
         tiles = windows.count
@@ -311,7 +318,6 @@ def plan_run(
         raise
     overlap = windows.size - windows.stride
     batch = batch_for(windows.size, req.batch_size)
-    notes = [note] if note else []
     return RunPlan(model, grid, windows, overlap, tiles, batch, source, inside, template, area, notes)
 
 

@@ -6,7 +6,8 @@ reuse); a tile must arrive whole, be 256 x 256 and decode cleanly
 (``tilefetch``). A tile that cannot be had becomes nodata and is listed, an HTTP 401/403 stops the run
 with a message about the token; tiles are RGB. ``RasterSource`` reads any raster
 GDAL opens (GeoTIFF, VRT, a WMS/XYZ description...) warped onto the grid, the
-bands the model takes in its order (``raster_bands``: RGB, RGB + near-infrared...).
+bands the model takes in its order (``raster_bands``: RGB, RGB + near-infrared...);
+bands of more than 8 bits are stretched to 0..255 (``stretch``).
 
 Both offer ``prefetch(y, h, x, w)`` (start fetching those rows and columns) and
 ``read(y, h, x, w)`` (``(pixels, valid)``: ``(h, w, channels)`` uint8 and
@@ -33,6 +34,7 @@ from osgeo import gdal
 from .atomic import write_bytes_atomic
 from .errors import ExtentError, SourceError
 from .imageio import to_rgb
+from .stretch import Stretch, raster_stretch, stretch_note
 from .tilefetch import MAX_BODY_BYTES, ThreadSessions, TileFailure, check_tile, fetch_tile
 from .tileplan import (
     XYZ_TILE,
@@ -254,6 +256,8 @@ class RasterSource:
     The grid's pixel size is ``resolution_m`` on the ground when the model gives
     one, in the raster's CRS units (``crs_resolution``: degrees at the extent's
     latitude for a geographic CRS, feet for a CRS in feet), else the raster's own.
+    Bands of more than 8 bits are stretched to 0..255 (``stretch``) by the
+    ``stretch`` given, else by the one measured over the whole raster at the first read.
     """
 
     def __init__(
@@ -264,6 +268,7 @@ class RasterSource:
         resolution_m: float | None,
         bands: Sequence[int] | None = None,
         channels: int = 3,
+        stretch: Stretch | None = None,
     ) -> None:
         shown = redact(str(path))  # a GDAL name may be a URL with a key in it
         try:
@@ -272,13 +277,18 @@ class RasterSource:
             raise SourceError(f"cannot open the raster {shown}: {_gdal_error(exc)}") from None
         self.bands, alpha = choose_bands(src, shown, bands, channels)
         self.channels = channels
-        for b in self.bands:
-            kind = src.GetRasterBand(b).DataType
-            if kind != gdal.GDT_Byte:
-                raise SourceError(
-                    f"band {b} of the raster {shown} holds {gdal.GetDataTypeName(kind)} values; satseg needs "
-                    "8-bit bands (convert it, e.g. gdal_translate -ot Byte -scale)"
-                )
+        kinds = {src.GetRasterBand(b).DataType for b in self.bands}
+        names = ", ".join(sorted(gdal.GetDataTypeName(k) for k in kinds))
+        if any(gdal.DataTypeIsComplex(k) for k in kinds):
+            raise SourceError(f"the raster {shown} holds complex ({names}) values, not imagery")
+        if len(kinds) > 1:  # the warp would give them all one type and cut the wider ones
+            raise SourceError(
+                f"the chosen bands of the raster {shown} hold values of different types ({names}); "
+                "convert them to one type first (gdal_translate -ot)"
+            )
+        #: The type name of the bands' values ("Byte", "UInt16", "Float32", ...).
+        self.kind = names
+        self._stretch = stretch
         wkt = src.GetProjection()
         gt = src.GetGeoTransform(can_return_null=True)
         if not wkt or gt is None:
@@ -363,10 +373,31 @@ class RasterSource:
             raise SourceError(f"cannot read the raster {self.shown}: {_gdal_error(exc)}") from None
         pixels = np.moveaxis(data, 0, -1)  # the chosen bands, then the warper's alpha
         dst = (slice(r0 - y, r1 - y), slice(c0 - x, c1 - x))
-        rgb[dst] = pixels[..., : self.channels]
+        stretch = self.stretch
+        rgb[dst] = (
+            pixels[..., : self.channels] if stretch is None else stretch.apply(pixels[..., : self.channels])
+        )
         valid[dst] = pixels[..., -1] > 0
         self.fetched += 1
         return rgb, valid
+
+    @property
+    def stretch(self) -> Stretch | None:
+        """The stretch of bands of more than 8 bits, None for 8-bit ones (measured once, when first asked)."""
+        if self._stretch is None and self.kind != "Byte":
+            src = None
+            try:
+                src = gdal.Open(str(self.path))
+                self._stretch = raster_stretch(src, self.bands)
+            except (RuntimeError, ValueError) as exc:
+                raise SourceError(f"cannot measure the values of the raster {self.shown}: {exc}") from None
+            finally:
+                src = None  # closes the dataset
+        return self._stretch
+
+    def stretch_note(self) -> str | None:
+        """What the user is told of the stretch of the bands, or None for 8-bit imagery."""
+        return None if self.kind == "Byte" else stretch_note(self.kind, self.stretch)
 
     def close(self) -> None:
         """Release the warped dataset (GDAL must not outlive its in-memory VRT)."""

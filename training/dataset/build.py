@@ -146,7 +146,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--raster",
         type=Path,
-        help="a local georeferenced 8-bit raster (GeoTIFF, VRT...) to cut the imagery tiles from, "
+        help="a local georeferenced raster (GeoTIFF, VRT...) to cut the imagery tiles from (more than "
+        "8 bits: stretched to 0-255 between the 0.5 %% and 99.5 %% points of all its bands' values), "
         "instead of --imagery",
     )
     parser.add_argument(

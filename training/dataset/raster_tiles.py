@@ -19,6 +19,7 @@ from osgeo import gdal
 
 from satseg_plugin.inference.errors import SourceError
 from satseg_plugin.inference.imageio import to_rgb, write_png
+from satseg_plugin.inference.stretch import Stretch, raster_stretch
 
 from .imagery import DownloadReport
 from .tiles import Tile, pixel_size, tile_id, tiles_extent
@@ -33,8 +34,9 @@ def _gdal_error(exc: RuntimeError) -> str:
 class RasterTiles:
     """The tiles ``tiles`` (one zoom) of the raster at ``path``.
 
-    Raises ``SourceError`` when the raster cannot be opened, is not 8-bit grey
-    or RGB(A), has no georeferencing, or covers none of the tiles.
+    Raises ``SourceError`` when the raster cannot be opened, is not grey or
+    RGB(A), has no georeferencing, or covers none of the tiles. Bands of more
+    than 8 bits are stretched to 0..255 (``stretch``).
     """
 
     def __init__(self, path: str | os.PathLike[str], tiles: Sequence[Tile], tile_size: int = 256) -> None:
@@ -54,10 +56,16 @@ class RasterTiles:
             raise SourceError(
                 f"the raster {self.path} has {src.RasterCount} bands; satseg needs RGB (3 or 4) or grey"
             )
-        if src.GetRasterBand(1).DataType != gdal.GDT_Byte:
-            raise SourceError(
-                f"the raster {self.path} does not hold 8-bit values; convert it (gdal_translate -ot Byte -scale)"
-            )
+        kind = src.GetRasterBand(1).DataType
+        if gdal.DataTypeIsComplex(kind):
+            raise SourceError(f"the raster {self.path} holds complex values, not imagery")
+        #: Bands of more than 8 bits: their one stretch to 0..255 (None for 8-bit bands).
+        self.stretch: Stretch | None = None
+        if kind != gdal.GDT_Byte:
+            try:
+                self.stretch = raster_stretch(src, range(1, min(src.RasterCount, 3) + 1))
+            except ValueError as exc:
+                raise SourceError(f"cannot stretch the raster {self.path} to 8 bits: {exc}") from None
         if not src.GetProjection() or src.GetGeoTransform(can_return_null=True) is None:
             raise SourceError(f"the raster {self.path} has no georeferencing (CRS and geotransform)")
         xs, ys = [t[0] for t in tiles], [t[1] for t in tiles]
@@ -94,7 +102,15 @@ class RasterTiles:
         pixels = np.moveaxis(data, 0, -1)  # (rows, cols, bands), the last band the warp's alpha
         if not (pixels[..., -1] > 0).any():
             return None
-        rgb, _ = to_rgb(pixels[..., :-1])
+        bands = pixels[..., :-1]
+        if self.stretch is not None:  # the image bands stretched, a fourth (alpha) band opaque or not
+            image = self.stretch.apply(bands[..., :3])
+            bands = (
+                image
+                if bands.shape[-1] < 4
+                else np.dstack([image, np.where(bands[..., 3] > 0, 255, 0).astype(np.uint8)])
+            )
+        rgb, _ = to_rgb(bands)
         rgb[pixels[..., -1] == 0] = 0
         return rgb
 
