@@ -238,7 +238,12 @@ def test_segment_tile_of_the_wrong_size_fails_not_resized(model: Path, tmp_path:
     with TileServer(faulty_provider({tile: retina})) as s:
         result = segment(model, s.template, tmp_path / "out")
         assert s.requests[tile] == 1
-    assert_segment_outcome(result, {tile: "image is 512x512, not 256x256"})
+    assert_segment_outcome(
+        result,
+        {
+            tile: "image is 512x512, not 256x256 (the service's 512-px tiles: give its address of 256-px tiles)"
+        },
+    )
     record("segment: 512 px tile", nothing_lost=True)
 
 
@@ -357,7 +362,9 @@ def test_dataset_keeps_only_whole_tiles(
     assert reasons[ids[png]].startswith("damaged image (")
     assert reasons[ids[huge]] == "response larger than 16 MiB"
     assert reasons[ids[big]] == "image is 16000x16000, not 256x256"
-    assert reasons[ids[retina]] == "image is 512x512, not 256x256"
+    assert reasons[ids[retina]] == (
+        "image is 512x512, not 256x256 (the service's 512-px tiles: give its address of 256-px tiles)"
+    )
     # Only whole tiles became training data, each exactly the served one.
     good = [t for t in tiles if ids[t] not in reasons]
     assert sorted(p.stem for p in (data / "images").iterdir()) == sorted(ids[t] for t in good)

@@ -149,6 +149,8 @@ def decode_image(
             w, h = ds.RasterXSize, ds.RasterYSize
             if size is not None and (w, h) != (size, size):
                 reason = f"image is {w}x{h}, not {size}x{size}"
+                if w == h and w in (2 * size, 4 * size):  # a 512-px or @2x address
+                    reason += f" (the service's {w}-px tiles: give its address of {size}-px tiles)"
                 raise ImageSizeError(f"{what}: {reason}", reason)
             if w * h > max_pixels:
                 reason = f"image declares {w}x{h} pixels, more than {max_pixels:,}"
