@@ -205,7 +205,7 @@ def _print_counts_and_gaps(result: Any) -> None:
     print(format_table(result.counts))
     for tile, reason in result.tiles_failed:
         print(f"warning: tile {tile} could not be had ({redact(reason)}); left as nodata", file=sys.stderr)
-    for note in getattr(result, "notes", ()):  # a cluster run's result has none
+    for note in result.notes:
         print(f"warning: {note}", file=sys.stderr)
 
 

@@ -92,6 +92,7 @@ class ClusterResult:
     grid: Grid | None = None
     block_results: list[BlockResult] = field(default_factory=list)
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # warnings about the result's quality, as a single run's
 
 
 def _fingerprint(path: str) -> str:
@@ -366,6 +367,7 @@ def run_segment_cluster(
         grid=grid,
         block_results=[results[j.name] for j in jobs if j.name in results],
         seconds=time.perf_counter() - t_start,
+        notes=list(plan.notes),
     )
 
 
