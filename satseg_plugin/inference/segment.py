@@ -186,7 +186,7 @@ class SegmentResult:
     window_size: int = 0  # their side in pixels, as the run chose it (``fewest_pixels_windows``)
     notes: list[str] = field(
         default_factory=list
-    )  # warnings about the result's quality (``scale_note``, a stretch)
+    )  # on the result's quality: ``scale_note``, ``stretch_note``
 
 
 @dataclass
