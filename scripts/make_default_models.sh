@@ -8,7 +8,8 @@
 #   SKIP_TRAIN=1 scripts/...                 # export and score runs/{buildings,landcover}/best.pt as they are
 #   ONLY=buildings scripts/...               # one of the two models
 #   MINUTES=95 scripts/...                   # CPU training minutes of the land-cover model (buildings: 110, its shipped run's)
-#   INIT=1 scripts/...                       # the second leg: go on from models/satseg-*.pt with EMA
+#   INIT=1 scripts/...                       # a second cosine cycle from models/satseg-*.pt (land cover:
+#                                            # the mean of its last third of epochs ships, see models/*.md)
 #   SATSEG_MODELS=runs/try/models scripts/.. # ship elsewhere (experiments)
 #
 # Data (data/default/, gitignored):
@@ -25,10 +26,12 @@
 #   trained on.
 # Recipe (chosen for places the model has not seen, see models/*.md): SegNet width 0.25, AdamW
 # 0.002 with a cosine schedule over a time budget, cross-entropy + soft Dice, flips and
-# rotations, colour jitter, blur and scale augmentation. INIT=1 runs a second leg from the
-# shipped weights (lower rate, a moving average of the weights as the model); the shipping rule
-# keeps the starting weights unless the leg beats them on validation (tried once per model: neither
-# did, models/*.md).
+# rotations, colour jitter, blur and scale augmentation. INIT=1 runs a second cosine cycle from the
+# shipped weights (lr 0.001, 90 minutes, every epoch's weights kept); for the land cover, whose
+# validation swings from epoch to epoch, the mean of the last third of the epochs' weights
+# (batch-norm statistics measured again) is the candidate. The shipped land-cover weights are
+# such a second cycle of the first run's (models/satseg-landcover.md); the buildings model's
+# second cycle did not beat its first (models/satseg-buildings.md).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -196,13 +199,8 @@ train() {  # train NAME DATASET EXTRA_ARGS...
     if [[ -f "$RUNS/$name/last.pt" ]]; then
         resume=(--resume)
     elif [[ -n "${INIT:-}" ]]; then
-        # A second leg: from the shipped weights, with a moving average of the weights as the
-        # model; the rate and minutes of the second legs tried (models/*.md).
-        resume=(--init "$MODELS/satseg-$name.pt" --ema 0.995)
-        case $name in
-            buildings) resume+=(--lr 0.0003 --max-minutes 60) ;;
-            landcover) resume+=(--lr 0.001 --max-minutes 85) ;;
-        esac
+        # A second cosine cycle from the shipped weights, every epoch's weights kept (models/*.md).
+        resume=(--init "$MODELS/satseg-$name.pt" --lr 0.001 --max-minutes 90 --snapshots)
     fi
     OMP_NUM_THREADS=1 nice -n 10 "$PY" -m training.train --data "$DATA/$data" --out "$RUNS/$name" \
         --width 0.25 --epochs 400 --optimizer adam --lr 0.002 --schedule cosine --loss ce+dice \
@@ -221,6 +219,12 @@ if [[ -z "${SKIP_TRAIN:-}" ]]; then
     fi
     for pid in "${pids[@]}"; do wait "$pid"; done
     grep -h "^done\|^stopped" "$RUNS"/*/train.log | tail -4
+    if [[ -n "${INIT:-}" ]] && wanted landcover; then
+        # The mean of the last third of the epochs (rounded up) is the land-cover candidate.
+        mapfile -t snaps < <(ls "$RUNS"/landcover/snapshots/epoch-*.pt)
+        keep=$(((${#snaps[@]} + 2) / 3))
+        "$PY" -m training.average "${snaps[@]: -keep}" --out "$RUNS/landcover/mean.pt"
+    fi
 fi
 
 # --- export, held-out scores, ship ----------------------------------------------------------------
@@ -247,7 +251,11 @@ ship() {  # ship NAME DESCRIPTION HELDOUT_SETS... [-- TRAINED_SETS...]
     (($#)) && shift
     trained=("$@")
     local weights
-    weights=$("$PY" -m scripts.model_release pick "$run")
+    if [[ -f "$run/mean.pt" ]]; then  # a second cycle's mean of its last epochs (INIT=1)
+        weights=$run/mean.pt
+    else
+        weights=$("$PY" -m scripts.model_release pick "$run")
+    fi
     echo "shipping $weights"
     "$PY" -m training.export "$weights" --out "$run/satseg-$name.onnx" --int8 \
         --description "$description" 2>&1 | tee "$run/export.log"
