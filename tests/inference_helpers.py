@@ -197,3 +197,29 @@ def write_utm_raster(path: Path, bands: np.ndarray, alpha: int | None = None) ->
             ds.GetRasterBand(i + 1).SetColorInterpretation(gdal.GCI_AlphaBand)
     ds = None
     return path
+
+
+def write_raster(
+    path: Path, bands: np.ndarray, kind: int, gt: tuple = UTM_GT, epsg: int = 32632, **how: object
+) -> Path:
+    """``bands`` ``[B, H, W]`` as a GeoTIFF of GDAL type ``kind`` (UInt16, Float32...) on ``gt`` in ``EPSG:epsg``.
+
+    ``how``: ``nodata`` for every band, ``alpha`` (1-based) the band tagged alpha.
+    """
+    count, height, width = bands.shape
+    ds = gdal.GetDriverByName("GTiff").Create(
+        str(path), width, height, count, kind, ["PHOTOMETRIC=RGB"] if count >= 3 else []
+    )
+    ds.SetGeoTransform(gt)
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(epsg)
+    ds.SetProjection(srs.ExportToWkt())
+    for i, band in enumerate(bands):
+        out = ds.GetRasterBand(i + 1)
+        out.WriteArray(band)
+        if how.get("nodata") is not None:
+            out.SetNoDataValue(float(how["nodata"]))  # type: ignore[arg-type]
+        if how.get("alpha") == i + 1:
+            out.SetColorInterpretation(gdal.GCI_AlphaBand)
+    ds = None
+    return path

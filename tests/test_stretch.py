@@ -13,8 +13,8 @@ from pathlib import Path
 import mercantile
 import numpy as np
 import pytest
-from inference_helpers import HEATMAP_ROUNDING, UTM_GT, heatmap_probabilities, make_rgb_model
-from osgeo import gdal, osr
+from inference_helpers import HEATMAP_ROUNDING, UTM_GT, heatmap_probabilities, make_rgb_model, write_raster
+from osgeo import gdal
 
 from satseg_plugin.inference.cluster import plan_jobs
 from satseg_plugin.inference.errors import SourceError
@@ -42,29 +42,6 @@ def real_rgb() -> np.ndarray:
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_rgb_model(tmp_path_factory.mktemp("m") / "rgb.onnx", zoom=None)
-
-
-def write_raster(
-    path: Path, bands: np.ndarray, kind: int, gt: tuple = UTM_GT, epsg: int = 32632, **how: object
-) -> Path:
-    """``bands`` ``[B, H, W]`` as a GeoTIFF of GDAL type ``kind``; ``nodata`` for every band, ``alpha`` (1-based)."""
-    count, height, width = bands.shape
-    ds = gdal.GetDriverByName("GTiff").Create(
-        str(path), width, height, count, kind, ["PHOTOMETRIC=RGB"] if count >= 3 else []
-    )
-    ds.SetGeoTransform(gt)
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(epsg)
-    ds.SetProjection(srs.ExportToWkt())
-    for i, band in enumerate(bands):
-        out = ds.GetRasterBand(i + 1)
-        out.WriteArray(band)
-        if how.get("nodata") is not None:
-            out.SetNoDataValue(float(how["nodata"]))  # type: ignore[arg-type]
-        if how.get("alpha") == i + 1:
-            out.SetColorInterpretation(gdal.GCI_AlphaBand)
-    ds = None
-    return path
 
 
 def widened(rgb: np.ndarray, kind: str) -> np.ndarray:

@@ -10,8 +10,8 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from inference_helpers import UTM_GT, make_rgb_model, mosaic
-from osgeo import gdal, osr
+from inference_helpers import make_rgb_model, mosaic, write_raster
+from osgeo import gdal
 from qgis.core import Qgis, QgsProject, QgsRasterLayer
 from ui_helpers import wait_for_task
 
@@ -22,15 +22,7 @@ from satseg_plugin.ui.sources import ImagerySource
 
 def _uint16_raster(path: Path) -> Path:
     image = mosaic(100, 200, 100, 200, 10)[:96, :128].astype(np.uint16) * 16 + 100  # 12-bit counts
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), 128, 96, 3, gdal.GDT_UInt16, ["PHOTOMETRIC=RGB"])
-    ds.SetGeoTransform(UTM_GT)
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32632)
-    ds.SetProjection(srs.ExportToWkt())
-    for i in range(3):
-        ds.GetRasterBand(i + 1).WriteArray(image[..., i])
-    ds = None
-    return path
+    return write_raster(path, image.transpose(2, 0, 1), gdal.GDT_UInt16)
 
 
 def test_a_16_bit_layer_segments_and_the_message_gives_the_stretch(
