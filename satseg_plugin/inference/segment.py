@@ -184,9 +184,8 @@ class SegmentResult:
     min_area_pixels: int = 0  # the sieve threshold used (0: no sieve)
     windows_run: int = 0  # windows the model ran: those with imagery under them
     window_size: int = 0  # their side in pixels, as the run chose it (``fewest_pixels_windows``)
-    notes: list[str] = field(
-        default_factory=list
-    )  # on the result's quality: ``scale_note``, ``stretch_note``
+    # Warnings on the result's quality: ``scale_note``, ``stretch.stretch_note``.
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass

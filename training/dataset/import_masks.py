@@ -250,7 +250,7 @@ def _read_pair(
     image_path: Path, mask_path: Path, bands: tuple[int, ...] | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The image (its RGB, or ``bands``) and the mask's RGB; ``ImageError`` when either cannot be had."""
-    raw = read_image(image_path, stretch=True)  # 16-bit satellite imagery as QGIS draws it
+    raw = read_image(image_path, stretch=True)  # 16-bit satellite imagery: one stretch of all its bands
     image = to_rgb(raw)[0] if bands is None else pick_bands(raw, bands, image_path)
     return image, to_rgb(read_image(mask_path))[0]
 

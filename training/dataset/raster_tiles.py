@@ -103,13 +103,8 @@ class RasterTiles:
         if not (pixels[..., -1] > 0).any():
             return None
         bands = pixels[..., :-1]
-        if self.stretch is not None:  # the image bands stretched, a fourth (alpha) band opaque or not
-            image = self.stretch.apply(bands[..., :3])
-            bands = (
-                image
-                if bands.shape[-1] < 4
-                else np.dstack([image, np.where(bands[..., 3] > 0, 255, 0).astype(np.uint8)])
-            )
+        if self.stretch is not None:  # the image bands; nodata is the warp's alpha, below
+            bands = self.stretch.apply(bands[..., :3])
         rgb, _ = to_rgb(bands)
         rgb[pixels[..., -1] == 0] = 0
         return rgb
