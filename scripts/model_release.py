@@ -35,9 +35,10 @@ import numpy as np
 
 from satseg_plugin.inference.atomic import write_text_atomic
 from satseg_plugin.inference.model import SegModel
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import FLIPS_KEY, load_checkpoint, save_checkpoint
 from training.data import checkpoint_split, load_dataset, read_tiles
 from training.metrics import confusion_matrix, format_report, scores_json
+from training.model import FLIPS
 from training.train import class_pixel_stats
 
 #: Keys of a training checkpoint that do not ship: resume state and where it was trained.
@@ -73,9 +74,13 @@ def baseline(weights: Path, data: Path, out: Path) -> dict:
     return metrics
 
 
-def ship_weights(weights: Path, out: Path) -> None:
+def ship_weights(weights: Path, out: Path, flips: int = 1) -> None:
+    """The weights-only checkpoint of ``weights``; ``flips`` > 1 names the test-time flips its ONNX
+    file was exported with, so torch predictions from it (validate, feed_forward) are the same."""
     ckpt = load_checkpoint(weights)
-    shipped = {k: v for k, v in ckpt.items() if k not in PRIVATE_KEYS}
+    shipped = {k: v for k, v in ckpt.items() if k not in (*PRIVATE_KEYS, FLIPS_KEY)}
+    if flips > 1:
+        shipped[FLIPS_KEY] = flips
     save_checkpoint(out, shipped)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, weights of epoch {ckpt.get('epoch')})")
 
@@ -149,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     w = sub.add_parser("weights", help="write the weights-only checkpoint that ships")
     w.add_argument("weights", type=Path)
     w.add_argument("out", type=Path)
+    w.add_argument("--flips", type=int, choices=FLIPS, default=1, help="the ONNX file's test-time flips")
     v = sub.add_parser("int8-verdict", help="exit 0 when the int8 model may ship")
     v.add_argument("run", type=Path)
     v.add_argument("name")
@@ -161,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.verb == "baseline":
         baseline(args.weights, args.data, args.out)
     elif args.verb == "weights":
-        ship_weights(args.weights, args.out)
+        ship_weights(args.weights, args.out, args.flips)
     else:
         ok, line = int8_verdict(args.run, args.name, args.data)
         print(line)

@@ -155,6 +155,58 @@ def test_export_parity_and_metadata(exported: Path, dubai_data: Path, trained: P
     assert parse_metadata({p.key: p.value for p in q.metadata_props}).class_names == CLASSES
 
 
+def test_export_with_flips_averages_each_window_and_its_mirror_image(
+    exported: Path, dubai_data: Path, trained: Path, tmp_path: Path
+) -> None:
+    """``--flips 2``: the graph is the mean of the model on a window and on its left-right mirror
+    image (mirrored back), so a mirrored window gives the mirrored result; a shipped ``.pt`` that
+    names the flips predicts the same through torch."""
+    from scripts.model_release import ship_weights
+    from training.predictor import load_predictor
+
+    out = tmp_path / "flips.onnx"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert run_cli(export.main, [str(trained / "best.pt"), "--out", str(out), "--flips", "2"]) == 0
+    assert "averaged over 2 mirror images" in printed.getvalue()
+    raw = {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
+    assert raw["test_time_flips"] == 2
+    ds = load_dataset(dubai_data)
+    images, _ = read_tiles(ds.cache, [0, 7, 14])
+    x = normalize(images)
+    mirrored = np.ascontiguousarray(x[..., ::-1])
+    run = {p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run for p in (exported, out)}
+    plain, plain_of_mirror = (run[exported](None, {"image": v})[0] for v in (x, mirrored))
+    got = run[out](None, {"image": x})[0]
+    np.testing.assert_allclose(got, (plain + plain_of_mirror[..., ::-1]) / 2, atol=1e-5)
+    # Exactly equivariant to the mirror, which the model alone is not.
+    np.testing.assert_allclose(run[out](None, {"image": mirrored})[0][..., ::-1], got, atol=1e-5)
+    assert np.abs(plain_of_mirror[..., ::-1] - plain).max() > 1e-2
+    # A shipped .pt carries the flips: validate and feed_forward on it see what the ONNX file gives.
+    shipped = tmp_path / "shipped.pt"
+    ship_weights(trained / "best.pt", shipped, flips=2)
+    torch_probs = load_predictor(shipped, "cpu").predict(images)
+    np.testing.assert_allclose(torch_probs, got, atol=1e-4)
+    assert np.abs(load_predictor(trained / "best.pt", "cpu").predict(images) - got).max() > 1e-3
+
+
+def test_export_refuses_flips_it_does_not_know(trained: Path, tmp_path: Path) -> None:
+    from training.checkpoint import load_checkpoint, save_checkpoint
+
+    with pytest.raises(SystemExit):  # argparse: --flips must be 1, 2 or 4
+        export.build_parser().parse_args([str(trained / "best.pt"), "--out", "x.onnx", "--flips", "3"])
+    ckpt = load_checkpoint(trained / "best.pt")
+    ckpt["test_time_flips"] = 8
+    bad = tmp_path / "bad.pt"
+    save_checkpoint(bad, ckpt)
+    out = tmp_path / "bad.onnx"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert run_cli(export.main, [str(bad), "--out", str(out)]) == 2
+    assert "test_time_flips 8; this version knows 1, 2, 4" in err.getvalue(), err.getvalue()
+    assert not out.exists()
+
+
 def test_export_metadata_is_what_deepness_reads(exported: Path) -> None:
     """The raw ``metadata_props``: every value a JSON string, under the keys Deepness and satseg read."""
     raw = {p.key: json.loads(p.value) for p in onnx.load(str(exported)).metadata_props}

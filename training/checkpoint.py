@@ -4,7 +4,8 @@ A checkpoint is a dict of plain types (docs/design.md), so
 ``torch.load(path, weights_only=True)`` reads it without unpickling code:
 ``state_dict``, ``class_names``, ``class_colors``, ``width``, ``tile_size``,
 ``zoom``, ``resolution_cm``, ``mean``, ``std``, ``epoch``, ``best_miou``, ``head``
-(what the classifier reads, ``training.model.HEADS``; "relu" when absent), and for a
+(what the classifier reads, ``training.model.HEADS``; "relu" when absent),
+``test_time_flips`` (a shipped model's mirror images, ``checkpoint_flips``), and for a
 model of other than 3 input bands ``channels`` and ``input_bands``; training
 adds ``optimizer``, ``scheduler`` (in ``last.pt``) and ``seed``,
 ``val_fraction``, ``data`` (the dataset folder) so validate and export find the
@@ -22,7 +23,7 @@ import torch
 from satseg_plugin.inference.atomic import atomic_path
 from satseg_plugin.inference.errors import ModelError
 
-from .model import HEADS, SegNet
+from .model import FLIPS, HEADS, SegNet
 
 REQUIRED_KEYS = ("state_dict", "class_names", "class_colors", "width")
 
@@ -91,6 +92,21 @@ def checkpoint_head(ckpt: dict[str, Any]) -> str:
     """What the checkpoint's classifier reads (``training.model.HEADS``); checkpoints from
     before the option name none, and theirs is "relu"."""
     return str(ckpt.get("head") or "relu")
+
+
+#: The checkpoint key of the mirror images its predictions average over (``FlipAveraged``).
+FLIPS_KEY = "test_time_flips"
+
+
+def checkpoint_flips(ckpt: dict[str, Any], where: str = "checkpoint") -> int:
+    """How many mirror images predictions from ``ckpt`` average over: its ``test_time_flips``
+    (a shipped model's card chose it by measurement), 1 for every checkpoint that names none."""
+    flips = ckpt.get(FLIPS_KEY) or 1
+    if flips not in FLIPS:
+        raise ModelError(
+            f"{where} names {FLIPS_KEY} {flips!r}; this version knows {', '.join(map(str, FLIPS))}"
+        )
+    return int(flips)
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], where: str = "checkpoint") -> SegNet:

@@ -25,6 +25,11 @@ such patch in a 512-px window of a shipped-recipe model gave a mean of 1.6e-5
 with 99.998 % of the pixels of the same class, so the mean may reach 1e-4; a
 wrong graph (normalisation, padding, unpooling) is off by far more.
 
+``--flips 2`` (or 4) puts test-time flips into the graph: each window's
+probabilities are the mean over it and its mirror images (``FlipAveraged``),
+for that many times the model's time; the default is the checkpoint's
+``test_time_flips`` (a shipped ``.pt`` carries its ONNX file's), else none.
+
 ``--int8`` also writes ``<out>.int8.onnx``: onnxruntime static quantisation
 (QDQ, per-channel int8 weights) calibrated on training tiles, and prints its
 speed and validation mIoU against the float model.
@@ -53,10 +58,10 @@ from satseg_plugin.inference.metadata import DEFAULT_OVERLAP_PERCENT, MEAN, STD,
 from satseg_plugin.inference.params import PARAMETERS
 from satseg_plugin.inference.tileplan import WINDOW_STEP, overlap_pixels
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import FLIPS_KEY, checkpoint_flips, load_checkpoint, model_from_checkpoint
 from .data import checkpoint_split, load_dataset, normalize, read_tiles
 from .metrics import confusion_matrix, scores
-from .model import SoftmaxSegNet
+from .model import FLIPS, probability_model
 from .predictor import load_predictor
 
 OPSET = 18
@@ -160,15 +165,20 @@ def _check_onnxscript() -> None:
         ) from None
 
 
-def export_onnx(net: torch.nn.Module, tile_size: int, out: Path, props: dict[str, str]) -> None:
-    """Write ``SoftmaxSegNet(net)`` as a self-contained ONNX file with ``props`` as metadata.
+def export_onnx(
+    net: torch.nn.Module, tile_size: int, out: Path, props: dict[str, str], flips: int = 1
+) -> None:
+    """Write ``probability_model(net, flips)`` as a self-contained ONNX file with ``props`` as metadata.
 
+    With ``flips`` > 1 the mean over the mirror images is inside the graph, so
+    every program that runs the file (the plugin, Deepness, onnxruntime alone)
+    gets it.
     The input's band count is the network's (``SegNet.in_channels``): the plugin reads it from the graph.
     Height and width are dynamic (multiples of ``WINDOW_STEP``); ``tile_size`` only shapes the example.
     """
     import onnx
 
-    model = SoftmaxSegNet(net).eval()
+    model = probability_model(net, flips).eval()
     # torch.export specialises a dimension of size 1: a 32-px example would fix rows at 1.
     side = max(tile_size, 2 * WINDOW_STEP)
     example = (torch.zeros(2, int(getattr(net, "in_channels", 3)), side, side),)
@@ -228,13 +238,15 @@ def parity(
     tiles: np.ndarray,
     mean: Sequence[float] = MEAN,
     std: Sequence[float] = STD,
+    flips: int = 1,
 ) -> Parity:
-    """Compare torch and onnxruntime probabilities on uint8 ``tiles`` standardised with ``mean``/``std``."""
+    """Compare torch (``probability_model(net, flips)``) and onnxruntime probabilities on uint8
+    ``tiles`` standardised with ``mean``/``std``."""
     import onnxruntime as ort
 
     x = normalize(tiles, mean, std)
     with torch.inference_mode():
-        ref = SoftmaxSegNet(net).eval()(torch.from_numpy(x)).numpy()
+        ref = probability_model(net, flips).eval()(torch.from_numpy(x)).numpy()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got = session.run(["probabilities"], {"image": x})[0]
     if got.shape != ref.shape:
@@ -353,6 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--meta", action="append", default=[], metavar="KEY=JSON",
         help="an extra metadata key with a JSON value, e.g. 'training_area={\"bbox\": [1, 2, 3, 4]}' (repeatable)",
     )  # fmt: skip
+    p.add_argument(
+        "--flips", type=int, choices=FLIPS, default=None,
+        help="average each window's probabilities over this many mirror images of it, inside the graph: "
+        "2 = as it is and mirrored left-right, 4 = also up-down and both; costs as many times the model's "
+        "time; worth it only where measured (models/satseg-landcover.md). Default: the checkpoint's "
+        f"{FLIPS_KEY}, else 1",
+    )  # fmt: skip
     p.add_argument("--int8", action="store_true", help="also write OUT.int8.onnx (static int8 quantisation)")
     p.add_argument("--calibration-tiles", type=int, default=32, help="training tiles that calibrate --int8")
     p.add_argument("--eval-tiles", type=int, default=64, help="validation tiles for --int8's speed and mIoU")
@@ -365,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     window = check_window(args.window)
     overlap = export_overlap(ckpt, args.overlap, window)
     net = model_from_checkpoint(ckpt, str(args.weights))
+    flips = args.flips or checkpoint_flips(ckpt, str(args.weights))
     data = args.data or (Path(ckpt["data"]) if ckpt.get("data") else None)
     if data is None or not data.is_dir():
         raise SatsegError(
@@ -384,19 +404,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_idx, val_idx = checkpoint_split(ds.groups, ckpt)
     check_idx = (val_idx or train_idx)[: max(1, args.check_tiles)]
     extra = dict(parse_meta_option(m) for m in args.meta)
+    if flips > 1:  # the graph does it; the key tells a reader (diagnostics, a card) why it costs more
+        extra[FLIPS_KEY] = json.dumps(flips)
     props = metadata_for(ckpt, overlap, args.description, extra, window)
     out: Path = args.out
     if out.suffix.lower() != ".onnx":
         raise SatsegError(f"--out should end in .onnx: {out}")
 
-    print(f"exporting {args.weights} (width {ckpt['width']}, {len(ckpt['class_names'])} classes) to {out}")
-    export_onnx(net, ds.tile_size, out, props)
+    mirrored = f", probabilities averaged over {flips} mirror images" if flips > 1 else ""
+    print(
+        f"exporting {args.weights} (width {ckpt['width']}, {len(ckpt['class_names'])} classes{mirrored}) to {out}"
+    )
+    export_onnx(net, ds.tile_size, out, props, flips)
     tiles = read_tiles(ds.cache, check_idx)[0]
     checks = [(f"{len(check_idx)} real tiles", tiles)]
     if window != ds.tile_size:  # and the window the plugin will run, made of the same pixels
         checks.append((f"a {window}-px window of them", mosaic(tiles, window)))
     for what, images in checks:
-        check = parity(net, out, images, mean, std)
+        check = parity(net, out, images, mean, std, flips)
         if not check.passes(args.tolerance, args.min_agreement):
             out.unlink()
             raise ModelError(

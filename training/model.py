@@ -9,7 +9,8 @@ after batch norm (``head`` "bn"): behind a ReLU, pixels whose 16 features (at
 width 0.25) are all zero get the classifier's bias alone, as about half the
 building pixels of the first two-class default did. ``forward`` returns
 logits ``[N, C, H, W]``; ``SoftmaxSegNet`` (the exported graph) returns softmax
-probabilities.
+probabilities, ``FlipAveraged`` their mean over the input's mirror images
+(test-time flips, where a model's card measured that they pay).
 
 Input: float32 ``[N, 3, H, W]`` in RGB order, ``(uint8 / 255 - MEAN) / STD``
 with ``satseg_plugin.inference.metadata.MEAN/STD``; H and W multiples of 32. A
@@ -122,3 +123,39 @@ class SoftmaxSegNet(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.net(image), dim=1)
+
+
+#: Mirror images ``FlipAveraged`` may average over: none, left-right, and also up-down and both.
+FLIPS = (1, 2, 4)
+_FLIP_DIMS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
+
+
+class FlipAveraged(nn.Module):
+    """The probabilities of ``model`` averaged over its input and ``flips - 1`` mirror images of it.
+
+    ``flips`` 2: as it is and mirrored left-right; 4: also up-down and both ways.
+    Each mirror image's probabilities are mirrored back before the mean, so the
+    result lines up with the input and the model becomes exactly equivariant to
+    those mirrors. Mirrors, unlike rotations by 90 degrees, keep the shape of
+    any window. Costs ``flips`` times the model's time, not its memory: the
+    mirror images run one after another.
+    """
+
+    def __init__(self, model: nn.Module, flips: int) -> None:
+        super().__init__()
+        if flips not in FLIPS:
+            raise ValueError(f"flips must be one of {', '.join(map(str, FLIPS))}, not {flips}")
+        self.model = model
+        self.dims = _FLIP_DIMS[:flips]
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        total = self.model(image)
+        for dims in self.dims[1:]:
+            total = total + torch.flip(self.model(torch.flip(image, dims)), dims)
+        return total / len(self.dims)
+
+
+def probability_model(net: SegNet, flips: int = 1) -> nn.Module:
+    """The graph a model ships as: softmax probabilities, averaged over ``flips`` mirror images."""
+    model = SoftmaxSegNet(net)
+    return model if flips == 1 else FlipAveraged(model, flips)

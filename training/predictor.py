@@ -19,9 +19,9 @@ import torch
 from satseg_plugin.inference.errors import ModelError
 from satseg_plugin.inference.metadata import DEFAULT_OVERLAP_PERCENT, MEAN, STD, parse_metadata
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import checkpoint_flips, load_checkpoint, model_from_checkpoint
 from .data import normalize
-from .model import SoftmaxSegNet
+from .model import probability_model
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -64,7 +64,7 @@ class Predictor:
         return self._run(normalize(tiles, self.mean, self.std))
 
 
-def _torch_runner(net: SoftmaxSegNet, device: torch.device):
+def _torch_runner(net: torch.nn.Module, device: torch.device):
     net = net.to(device).eval()
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -113,7 +113,7 @@ def load_predictor(path: str | os.PathLike[str], device: str = "auto") -> Predic
         int(ckpt.get("tile_size") or 256),
         int(ckpt["tiles_overlap"]) if ckpt.get("tiles_overlap") is not None else DEFAULT_OVERLAP_PERCENT,
         ckpt,
-        _torch_runner(SoftmaxSegNet(net), pick_device(device)),
+        _torch_runner(probability_model(net, checkpoint_flips(ckpt, str(p))), pick_device(device)),
         tuple(ckpt.get("mean") or MEAN),
         tuple(ckpt.get("std") or STD),
         float(ckpt["resolution_cm"]) if ckpt.get("resolution_cm") else None,
