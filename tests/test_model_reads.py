@@ -59,7 +59,7 @@ def _test_models(folder: Path) -> list[Path]:
 
 def test_the_metadata_read_from_the_file_is_what_onnxruntime_reports(tmp_path: Path) -> None:
     models = [*SHIPPED, *_test_models(tmp_path)]
-    assert len(SHIPPED) >= 3  # both default models and the int8 copies that ship (the buildings one)
+    assert len(SHIPPED) >= 4  # both default models and their int8 copies (both ship since 2026-12-08)
     for path in models:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         info = read_model_info(path)
