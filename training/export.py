@@ -173,6 +173,7 @@ def export_onnx(
     With ``flips`` > 1 the mean over the mirror images is inside the graph, so
     every program that runs the file (the plugin, Deepness, onnxruntime alone)
     gets it.
+
     The input's band count is the network's (``SegNet.in_channels``): the plugin reads it from the graph.
     Height and width are dynamic (multiples of ``WINDOW_STEP``); ``tile_size`` only shapes the example.
     """
@@ -404,6 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_idx, val_idx = checkpoint_split(ds.groups, ckpt)
     check_idx = (val_idx or train_idx)[: max(1, args.check_tiles)]
     extra = dict(parse_meta_option(m) for m in args.meta)
+    if FLIPS_KEY in extra:  # the key must say what the graph does
+        raise SatsegError(f"--meta {FLIPS_KEY}: set by --flips, which also builds the graph for it")
     if flips > 1:  # the graph does it; the key tells a reader (diagnostics, a card) why it costs more
         extra[FLIPS_KEY] = json.dumps(flips)
     props = metadata_for(ckpt, overlap, args.description, extra, window)
