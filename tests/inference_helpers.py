@@ -178,38 +178,26 @@ UTM_GT = (500000.0, 0.5, 0.0, 5000000.0, 0.0, -0.5)
 
 
 def write_utm_raster(path: Path, bands: np.ndarray, alpha: int | None = None) -> Path:
-    """A byte GeoTIFF of ``bands`` ``[B, H, W]`` on ``UTM_GT``; band ``alpha`` (1-based) tagged alpha.
-
-    GDAL would tag the 4th band of a 4-band byte GeoTIFF alpha: an RGB +
-    near-infrared survey says it is not (``PHOTOMETRIC=RGB``, ``ALPHA=NO``).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    options = ["PHOTOMETRIC=RGB", "ALPHA=NO"] if bands.shape[0] == 4 else []
-    count, height, width = bands.shape
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), width, height, count, gdal.GDT_Byte, options)
-    ds.SetGeoTransform(UTM_GT)
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32632)
-    ds.SetProjection(srs.ExportToWkt())
-    for i, band in enumerate(bands):
-        ds.GetRasterBand(i + 1).WriteArray(band)
-        if alpha == i + 1:
-            ds.GetRasterBand(i + 1).SetColorInterpretation(gdal.GCI_AlphaBand)
-    ds = None
-    return path
+    """A byte GeoTIFF of ``bands`` ``[B, H, W]`` on ``UTM_GT``; band ``alpha`` (1-based) tagged alpha."""
+    return write_raster(path, bands, gdal.GDT_Byte, alpha=alpha)
 
 
 def write_raster(
     path: Path, bands: np.ndarray, kind: int, gt: tuple = UTM_GT, epsg: int = 32632, **how: object
 ) -> Path:
-    """``bands`` ``[B, H, W]`` as a GeoTIFF of GDAL type ``kind`` (UInt16, Float32...) on ``gt`` in ``EPSG:epsg``.
+    """``bands`` ``[B, H, W]`` as a GeoTIFF of GDAL type ``kind`` (Byte, UInt16, Float32...) on ``gt``
+    in ``EPSG:epsg``.
 
-    ``how``: ``nodata`` for every band, ``alpha`` (1-based) the band tagged alpha.
+    ``how``: ``nodata`` for every band, ``alpha`` (1-based) the band tagged alpha. GDAL would tag
+    the 4th band of a 4-band GeoTIFF alpha: an RGB + near-infrared survey says it is not
+    (``ALPHA=NO``), so only ``alpha`` makes one.
     """
+    path.parent.mkdir(parents=True, exist_ok=True)
     count, height, width = bands.shape
-    ds = gdal.GetDriverByName("GTiff").Create(
-        str(path), width, height, count, kind, ["PHOTOMETRIC=RGB"] if count >= 3 else []
-    )
+    options = ["PHOTOMETRIC=RGB"] if count >= 3 else []
+    if count == 4:
+        options.append("ALPHA=NO")
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), width, height, count, kind, options)
     ds.SetGeoTransform(gt)
     srs = osr.SpatialReference()
     srs.ImportFromEPSG(epsg)
